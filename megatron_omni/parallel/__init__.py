@@ -1,0 +1,21 @@
+"""Process groups, megatron parallel state, seeds, and the CPU compatibility layer."""
+from megatron_omni.parallel.cpu_compat import apply_cpu_compat, cpu_compat_active
+from megatron_omni.parallel.runtime import (
+    DistEnv,
+    destroy_parallel,
+    init_distributed,
+    initialize_parallel,
+    read_dist_env,
+    set_seed,
+)
+
+__all__ = [
+    "DistEnv",
+    "apply_cpu_compat",
+    "cpu_compat_active",
+    "destroy_parallel",
+    "init_distributed",
+    "initialize_parallel",
+    "read_dist_env",
+    "set_seed",
+]

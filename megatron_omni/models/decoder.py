@@ -1,0 +1,114 @@
+"""The Qwen2.5 language decoder as a megatron-core ``GPTModel``.
+
+Layers come from megatron-core module specs, so one code path serves both machines: the
+Transformer Engine spec (fused kernels, FP8) when TE imports and CUDA is present, the local
+(plain torch) spec otherwise.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt.gpt_layer_specs import (
+    get_gpt_layer_local_spec,
+    get_gpt_layer_with_transformer_engine_spec,
+)
+from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.spec_utils import ModuleSpec
+
+from megatron_omni.config import Config, ModelConfig, transformer_engine_available
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def padded_vocab_size(model: ModelConfig, tensor_model_parallel_size: int) -> int:
+    """Round the vocabulary up so every TP rank holds an equal, aligned slice (as megatron does)."""
+    multiple = model.make_vocab_size_divisible_by * tensor_model_parallel_size
+    return -(-model.vocab_size // multiple) * multiple
+
+
+def uses_transformer_engine(cfg: Config) -> bool:
+    return cfg.precision.transformer_engine and transformer_engine_available()
+
+
+def transformer_config(cfg: Config) -> TransformerConfig:
+    """Qwen2.5: RMSNorm, SwiGLU, GQA, bias on QKV only, RoPE theta from the config."""
+    m, p, prec = cfg.model, cfg.parallel, cfg.precision
+    dtype = _DTYPES[prec.params_dtype]
+    on_gpu = torch.cuda.is_available()
+    return TransformerConfig(
+        num_layers=m.num_layers,
+        hidden_size=m.hidden_size,
+        ffn_hidden_size=m.ffn_hidden_size,
+        num_attention_heads=m.num_attention_heads,
+        num_query_groups=m.num_query_groups,
+        kv_channels=m.head_dim,
+        normalization="RMSNorm",
+        layernorm_epsilon=m.norm_epsilon,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=m.add_qkv_bias,
+        hidden_dropout=m.hidden_dropout,
+        attention_dropout=m.attention_dropout,
+        mrope_section=m.mrope_section,
+        tensor_model_parallel_size=p.tensor_model_parallel_size,
+        pipeline_model_parallel_size=p.pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=p.virtual_pipeline_model_parallel_size,
+        sequence_parallel=p.sequence_parallel,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=prec.params_dtype == "bf16",
+        fp16=prec.params_dtype == "fp16",
+        fp8=prec.fp8,
+        fp8_recipe=prec.fp8_recipe,
+        # CPU initialisation draws the full weight from one generator and slices it, so a TP run
+        # starts from exactly the weights of the single-process run.
+        use_cpu_initialization=True,
+        # Fusions that need apex or CUDA kernels stay off on CPU.
+        gradient_accumulation_fusion=False,
+        bias_activation_fusion=on_gpu,
+        bias_dropout_fusion=on_gpu,
+        masked_softmax_fusion=on_gpu,
+        apply_rope_fusion=False,
+        persist_layer_norm=on_gpu,
+        # Interleaved pipelines give wrong numbers with batched p2p on gloo.
+        batch_p2p_comm=on_gpu,
+        deallocate_pipeline_outputs=True,
+    )
+
+
+def layer_spec(cfg: Config) -> ModuleSpec:
+    if uses_transformer_engine(cfg):
+        return get_gpt_layer_with_transformer_engine_spec()
+    return get_gpt_layer_local_spec(normalization="RMSNorm")
+
+
+def build_decoder(
+    cfg: Config,
+    pre_process: bool = True,
+    post_process: bool = True,
+    vp_stage: int | None = None,
+    config: TransformerConfig | None = None,
+) -> GPTModel:
+    """One pipeline stage (or virtual stage) of the decoder."""
+    m = cfg.model
+    return GPTModel(
+        config=config or transformer_config(cfg),
+        transformer_layer_spec=layer_spec(cfg),
+        vocab_size=padded_vocab_size(m, cfg.parallel.tensor_model_parallel_size),
+        max_sequence_length=m.max_position_embeddings,
+        pre_process=pre_process,
+        post_process=post_process,
+        parallel_output=True,
+        share_embeddings_and_output_weights=m.tie_word_embeddings,
+        position_embedding_type="mrope" if m.mrope_section else "rope",
+        rotary_base=int(m.rotary_base),
+        vp_stage=vp_stage,
+    )
+
+
+def text_position_ids(tokens: torch.Tensor, mrope: bool) -> torch.Tensor:
+    """Positions of plain text: [b, s] for 1-D RoPE, [3, b, s] (three equal rows) for MRoPE."""
+    pos = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0).expand_as(tokens)
+    return pos.unsqueeze(0).expand(3, -1, -1).contiguous() if mrope else pos.contiguous()

@@ -1,0 +1,67 @@
+"""Train the Qwen2.5 language decoder on the generated text corpus (launch with torchrun).
+
+    torchrun --nproc-per-node 2 -m megatron_omni.pretrain_decoder \
+        --config examples/configs/toy_decoder.yaml parallel.tensor_model_parallel_size=2
+"""
+from __future__ import annotations
+
+import argparse
+from functools import partial
+
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+from megatron_omni.algorithms.lm import collate, lm_forward_step
+from megatron_omni.config import load_config
+from megatron_omni.data.sampler import ResumableBatchSampler
+from megatron_omni.data.text_corpus import VOCAB_SIZE, TextWindows, generate_sentences
+from megatron_omni.models.decoder import build_decoder
+from megatron_omni.parallel import destroy_parallel, init_distributed, initialize_parallel, set_seed
+from megatron_omni.training.loop import train
+from megatron_omni.training.model_setup import build_model_chunks
+from megatron_omni.training.optimizer import build_optimizer
+
+CORPUS_SENTENCES = 2000
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML config (defaults: the tiny CPU decoder)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=10")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    init_distributed()
+    cfg.validate(dist.get_world_size())
+    if cfg.model.vocab_size < VOCAB_SIZE:
+        raise SystemExit(f"model.vocab_size must be >= {VOCAB_SIZE} for the byte-level text corpus")
+    p = cfg.parallel
+    initialize_parallel(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.virtual_pipeline_model_parallel_size)
+    set_seed(cfg.train.seed)
+
+    model_chunks = build_model_chunks(cfg, build_decoder)
+    optimizer, scheduler = build_optimizer(cfg, model_chunks)
+    dataset = TextWindows(generate_sentences(CORPUS_SENTENCES, cfg.train.seed), cfg.train.seq_length)
+    sampler = ResumableBatchSampler(
+        len(dataset), cfg.train.global_batch_size,
+        dp_rank=parallel_state.get_data_parallel_rank(), dp_size=parallel_state.get_data_parallel_world_size(),
+        seed=cfg.train.seed,
+    )
+    history = train(
+        cfg, model_chunks, optimizer, scheduler, sampler,
+        make_microbatch=lambda idx: collate([dataset[i] for i in idx]),
+        forward_step=partial(lm_forward_step, mrope=cfg.model.mrope_section is not None),
+    )
+    if dist.get_rank() == 0 and history:
+        first, last = history[0]["lm_loss"], history[-1]["lm_loss"]
+        print(f"[train] lm_loss {first:.4f} (step {history[0]['step']}) -> {last:.4f} (step {history[-1]['step']})", flush=True)
+    destroy_parallel()
+    dist.destroy_process_group()
+    return history
+
+
+if __name__ == "__main__":
+    main()

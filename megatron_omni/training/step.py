@@ -1,0 +1,80 @@
+"""One optimizer step over a list of micro-batches with megatron's pipeline schedules."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+# forward_step(batch, model_chunk) -> (output_tensor, loss_func); loss_func(output) -> (loss, {name: tensor})
+ForwardStep = Callable
+
+
+def run_microbatches(
+    model_chunks,
+    microbatches: list,
+    forward_step: ForwardStep,
+    seq_length: int,
+    micro_batch_size: int,
+    forward_only: bool = False,
+) -> dict[str, float]:
+    """Forward (and backward) every micro-batch; returns the mean of each reported metric.
+
+    Every pipeline stage reads the same micro-batches (later stages need positions and labels),
+    so each virtual stage gets its own iterator over the list. Metrics exist on the last stage
+    only: they are summed over the pipeline group (other stages add zeros) and averaged over
+    data-parallel replicas, so every rank returns the same numbers.
+    """
+    iterators = [iter(microbatches) for _ in model_chunks]
+
+    def step_func(data_iterator, model):
+        return forward_step(next(data_iterator), model)
+
+    outputs = get_forward_backward_func()(
+        forward_step_func=step_func,
+        data_iterator=iterators if len(model_chunks) > 1 else iterators[0],
+        model=model_chunks if len(model_chunks) > 1 else model_chunks[0],
+        num_microbatches=len(microbatches),
+        seq_length=seq_length,
+        micro_batch_size=micro_batch_size,
+        forward_only=forward_only,
+    )
+    return _reduce_metrics(outputs)
+
+
+def _reduce_metrics(outputs: list[dict]) -> dict[str, float]:
+    local = None
+    if outputs:
+        local = {
+            name: torch.stack([o[name].detach().double().reshape(()) for o in outputs]).mean().item()
+            for name in outputs[0]
+        }
+    holder = [local]
+    dist.broadcast_object_list(
+        holder,
+        src=parallel_state.get_pipeline_model_parallel_last_rank(),
+        group=parallel_state.get_pipeline_model_parallel_group(),
+    )
+    names = sorted(holder[0])
+    values = torch.tensor([holder[0][n] for n in names], dtype=torch.float64)
+    dp_group = parallel_state.get_data_parallel_group()
+    dist.all_reduce(values, group=dp_group)
+    values /= dist.get_world_size(dp_group)
+    return dict(zip(names, values.tolist()))
+
+
+def optimizer_step(model_chunks, optimizer, scheduler, microbatches, forward_step, seq_length, micro_batch_size) -> dict:
+    """Zero grads, run the schedule, step the optimizer and the LR scheduler."""
+    for chunk in model_chunks:
+        chunk.zero_grad_buffer()
+    optimizer.zero_grad()
+    metrics = run_microbatches(model_chunks, microbatches, forward_step, seq_length, micro_batch_size)
+    update_successful, grad_norm, _ = optimizer.step()
+    if update_successful:
+        scheduler.step(increment=1)
+    metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+    metrics["lr"] = optimizer.param_groups[0]["lr"]
+    metrics["skipped"] = float(not update_successful)
+    return metrics
