@@ -12,8 +12,9 @@ import re
 from collections.abc import Iterable
 
 # Separators: the official ones (comma and both quote characters) plus semicolons, newlines,
-# tabs, the CJK comma/semicolon/enumeration comma and typographic quotes.
-_SEPARATORS = re.compile(r"[,;\n\t'\"\uff0c\uff1b\u3001\u2018\u2019\u201c\u201d]")
+# tabs, the CJK comma/semicolon/enumeration comma and typographic double quotes (a typographic
+# apostrophe stays: lexicon entries such as "don’t care" contain it).
+_SEPARATORS = re.compile(r"[,;\n\t'\"\uff0c\uff1b\u3001\u201c\u201d]")
 _BRACKETS = re.compile(r"[\[\]{}\uff3b\uff3d]")
 _EDGE_PUNCTUATION = " .:!?*`\u3002\uff1a\uff01\uff1f"
 _WHITESPACE = re.compile(r"\s+")

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 from typing import Callable
 
+import math
+
 import torch
 from megatron.core import parallel_state
-from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 from megatron.core.transformer.module import Float16Module, MegatronModule
 
 from megatron_omni.config import Config
+from megatron_omni.parallel.sharding import layout_independent_init
 
 # (cfg, pre_process, post_process, vp_stage) -> one model chunk
 ChunkBuilder = Callable[[Config, bool, bool, "int | None"], MegatronModule]
@@ -17,6 +20,7 @@ ChunkBuilder = Callable[[Config, bool, bool, "int | None"], MegatronModule]
 def build_model_chunks(cfg: Config, builder: ChunkBuilder, wrap_ddp: bool = True) -> list[MegatronModule]:
     """One chunk per virtual pipeline stage held by this rank (one chunk without interleaving).
 
+    Weights are drawn per parameter name, so every TP/PP layout starts from the same model.
     Chunks are wrapped in ``Float16Module`` for bf16/fp16 parameters and in megatron's
     ``DistributedDataParallel`` (contiguous grad buffers, fp32 main grads) for training.
     """
@@ -26,7 +30,12 @@ def build_model_chunks(cfg: Config, builder: ChunkBuilder, wrap_ddp: bool = True
     for vp_stage in stages:
         pre = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
         post = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
-        chunks.append(builder(cfg, pre, post, vp_stage))
+        chunk = builder(cfg, pre, post, vp_stage)
+        tconfig = chunk.config
+        layout_independent_init(
+            chunk, cfg.train.seed, tconfig.init_method_std, tconfig.init_method_std / math.sqrt(2 * tconfig.num_layers)
+        )
+        chunks.append(chunk)
     if torch.cuda.is_available():
         for chunk in chunks:
             chunk.cuda(torch.cuda.current_device())
@@ -35,6 +44,9 @@ def build_model_chunks(cfg: Config, builder: ChunkBuilder, wrap_ddp: bool = True
         chunks = [Float16Module(tconfig, chunk) for chunk in chunks]
     if not wrap_ddp:
         return chunks
+    # The schedules call this after the last backward: data-parallel grad all-reduce, the
+    # tied-embedding grad sum between first and last pipeline stage, sequence-parallel norms.
+    tconfig.finalize_model_grads_func = finalize_model_grads
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
         overlap_grad_reduce=False,

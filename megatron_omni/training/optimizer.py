@@ -25,6 +25,8 @@ def build_optimizer(cfg: Config, model_chunks):
         use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
     )
     optimizer = get_megatron_optimizer(mcfg, model_chunks)
+    # fp16 loss scaling enters the backward through the schedule's grad_scale_func.
+    model_chunks[0].config.grad_scale_func = optimizer.scale_loss
     steps = max(cfg.train.steps, 1)
     scheduler = OptimizerParamScheduler(
         optimizer,

@@ -1,0 +1,48 @@
+"""Row chunking for the pure-torch paths: a chunk of token rows is upcast to fp32 at a time, so
+the peak extra memory is a few [chunk x vocab] fp32 tiles, never [tokens x vocab]."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from kernels.sharding import RowSelection
+
+# Bytes of one fp32 [chunk x vocab] tile; a chunk's arithmetic holds about five of them.
+CHUNK_BYTES = 8 << 20
+
+
+@dataclass(frozen=True)
+class RowChunk:
+    slots: slice  # positions among the selected rows
+    rows: slice | Tensor  # row ids in the [rows, vocab] logits
+
+
+def row_chunks(rows: RowSelection, n_cols: int, chunk_bytes: int = CHUNK_BYTES) -> Iterator[RowChunk]:
+    step = max(1, chunk_bytes // (4 * max(1, n_cols)))
+    for start in range(0, rows.count, step):
+        stop = min(start + step, rows.count)
+        ids = slice(start, stop) if rows.index is None else rows.index[start:stop]
+        yield RowChunk(slice(start, stop), ids)
+
+
+def read_tile(logits: Tensor, chunk: RowChunk, n_valid: int, inv_temp: float) -> Tensor:
+    """fp32 logits / T of the chunk's rows over the real columns (a fresh tensor)."""
+    tile = logits[chunk.rows, :n_valid]
+    return tile.to(torch.float32, copy=True).mul_(inv_temp)
+
+
+def write_tile(out: Tensor, chunk: RowChunk, n_valid: int, values: Tensor) -> None:
+    if isinstance(chunk.rows, slice):
+        out[chunk.rows, :n_valid] = values
+    else:
+        out[:, :n_valid].index_copy_(0, chunk.rows, values.to(out.dtype))
+
+
+def zero_unwritten(out: Tensor, rows: RowSelection, n_valid: int) -> None:
+    """Zero what `write_tile` never touches: padding columns and unselected rows."""
+    out[:, n_valid:] = 0
+    if rows.index is not None:
+        out.index_fill_(0, (rows.slots() < 0).nonzero().squeeze(1), 0)
