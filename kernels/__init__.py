@@ -1,0 +1,24 @@
+"""Fused, vocab-parallel loss kernels with their pure-torch references.
+
+- `vocab_parallel_kl`: per-token forward / reverse KL or generalised JSD between student and
+  teacher logits, TP-sharded vocabulary, temperature, row selection, padded-vocab exclusion.
+- `evidence_masked_kl`: OPPO's Omni-Perception loss term built on it.
+- `vocab_parallel_logprob_entropy`: per-token log-prob of the sampled token and entropy (GRPO).
+- `kl_reference`, `logprob_entropy_reference`: the materialising torch definitions.
+
+Each op runs Triton kernels where Triton can run (CUDA, or TRITON_INTERPRET=1 on CPU) and a
+chunked pure-torch path elsewhere; `backend=` forces one. See docs/KERNELS.md.
+"""
+from kernels.evidence_kl import EvidenceKL, evidence_masked_kl
+from kernels.logprob_entropy import vocab_parallel_logprob_entropy
+from kernels.reference import kl_reference, logprob_entropy_reference
+from kernels.vocab_parallel_kl import vocab_parallel_kl
+
+__all__ = [
+    "EvidenceKL",
+    "evidence_masked_kl",
+    "kl_reference",
+    "logprob_entropy_reference",
+    "vocab_parallel_kl",
+    "vocab_parallel_logprob_entropy",
+]

@@ -91,6 +91,9 @@ class TrainConfig:
     save_interval: int = 0  # 0: only at the end
     save_dir: str | None = None
     load_dir: str | None = None  # resume from this folder's latest checkpoint
+    # Stop this run (after a checkpoint) once this step is reached; the LR schedule still spans
+    # train.steps, so a later run continues exactly. For time-limited jobs.
+    exit_at_step: int | None = None
 
 
 @dataclass
@@ -153,6 +156,12 @@ def _convert(value, tp, key: str):
         return _build(tp, value, key)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        # YAML 1.1 reads 1e-5 (no dot) as a string.
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected float, got str {value!r}") from None
     if tp is bool and not isinstance(value, bool):
         raise ConfigError(f"{key}: expected true/false, got {value!r}")
     if tp is int and isinstance(value, bool):

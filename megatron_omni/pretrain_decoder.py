@@ -12,7 +12,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 from megatron_omni.algorithms.lm import collate, lm_forward_step
-from megatron_omni.config import load_config
+from megatron_omni.config import Config, ConfigError, load_config
 from megatron_omni.data.sampler import ResumableBatchSampler
 from megatron_omni.data.text_corpus import VOCAB_SIZE, TextWindows, generate_sentences
 from megatron_omni.models.decoder import build_decoder
@@ -31,13 +31,11 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> list[dict]:
-    args = parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    init_distributed()
+def run(cfg: Config) -> list[dict]:
+    """Train in an initialised process group; returns this run's per-step metrics."""
     cfg.validate(dist.get_world_size())
     if cfg.model.vocab_size < VOCAB_SIZE:
-        raise SystemExit(f"model.vocab_size must be >= {VOCAB_SIZE} for the byte-level text corpus")
+        raise ConfigError(f"model.vocab_size ({cfg.model.vocab_size}) must be >= {VOCAB_SIZE} for the byte-level text corpus")
     p = cfg.parallel
     initialize_parallel(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.virtual_pipeline_model_parallel_size)
     set_seed(cfg.train.seed)
@@ -59,8 +57,20 @@ def main(argv=None) -> list[dict]:
         first, last = history[0]["lm_loss"], history[-1]["lm_loss"]
         print(f"[train] lm_loss {first:.4f} (step {history[0]['step']}) -> {last:.4f} (step {history[-1]['step']})", flush=True)
     destroy_parallel()
-    dist.destroy_process_group()
     return history
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        init_distributed()
+        run(cfg)
+    except ConfigError as exc:
+        raise SystemExit(f"config error: {exc}") from None
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from megatron_omni.data.errors import MediaError, first_line
 _TRUNCATION_SLACK_S = 0.1
 
 
-@dataclass(frozen=True)
+@dataclass
 class AudioConfig:
     sampling_rate: int = 16000
     # The Qwen2.5-Omni feature extractor reads at most 300 s (chunk_length); longer audio is cut.

@@ -21,6 +21,7 @@ class ResumableBatchSampler:
         self.dp_rank, self.dp_size = dp_rank, dp_size
         self.seed, self.shuffle = seed, shuffle
         self.consumed_samples = 0
+        self._cached_order: tuple[int, torch.Tensor] | None = None
 
     @property
     def batches_per_epoch(self) -> int:
@@ -30,16 +31,25 @@ class ResumableBatchSampler:
     def _order(self, epoch: int) -> torch.Tensor:
         if not self.shuffle:
             return torch.arange(self.num_samples)
-        return torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed + epoch))
+        # One permutation per epoch, kept: large data sets would otherwise redraw it every step.
+        if self._cached_order is None or self._cached_order[0] != epoch:
+            generator = torch.Generator().manual_seed(self.seed + epoch)
+            self._cached_order = (epoch, torch.randperm(self.num_samples, generator=generator))
+        return self._cached_order[1]
+
+    def indices_at(self, consumed_samples: int) -> list[int]:
+        """This rank's sample indices of the global batch that starts at ``consumed_samples``."""
+        per_epoch = self.batches_per_epoch * self.global_batch_size
+        epoch, offset = divmod(consumed_samples, per_epoch)
+        batch = self._order(epoch)[offset : offset + self.global_batch_size]
+        share = self.global_batch_size // self.dp_size
+        return batch[self.dp_rank * share : (self.dp_rank + 1) * share].tolist()
 
     def next_indices(self) -> list[int]:
         """This rank's sample indices of the next global batch; advances the position."""
-        per_epoch = self.batches_per_epoch * self.global_batch_size
-        epoch, offset = divmod(self.consumed_samples, per_epoch)
-        batch = self._order(epoch)[offset : offset + self.global_batch_size]
-        share = self.global_batch_size // self.dp_size
+        indices = self.indices_at(self.consumed_samples)
         self.consumed_samples += self.global_batch_size
-        return batch[self.dp_rank * share : (self.dp_rank + 1) * share].tolist()
+        return indices
 
     def state_dict(self) -> dict:
         return {"consumed_samples": self.consumed_samples, "seed": self.seed, "num_samples": self.num_samples}

@@ -11,7 +11,7 @@ group of patches the vision merger fuses is contiguous.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_ASPECT_RATIO = 200
 
 
-@dataclass(frozen=True)
+@dataclass
 class VideoConfig:
     fps: float = 2.0
     min_frames: int = 4
@@ -38,8 +38,8 @@ class VideoConfig:
     patch_size: int = 14
     temporal_patch_size: int = 2
     merge_size: int = 2
-    image_mean: tuple[float, float, float] = CLIP_MEAN
-    image_std: tuple[float, float, float] = CLIP_STD
+    image_mean: list[float] = field(default_factory=lambda: list(CLIP_MEAN))
+    image_std: list[float] = field(default_factory=lambda: list(CLIP_STD))
 
     @property
     def resize_factor(self) -> int:

@@ -6,11 +6,11 @@ Every loader returns {sample name: label}: an emotion word (basic-emotion sets),
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
 
+from megatron_omni.eval.jsonl import read_jsonl
 from megatron_omni.eval.wordlists import parse_emotion_words
 
 # Index -> class name of the integer-coded releases (MELD label.npz, IEMOCAP label_4way.npz).
@@ -108,32 +108,24 @@ def load_openset_csv(path: str | Path) -> dict[str, list[str]]:
 MANIFEST_FIELDS = {"openset": "openset", "discrete": "emo", "sentiment": "val"}
 
 
+def load_manifest_records(path: str | Path) -> list[dict]:
+    """The JSON objects of a JSONL manifest, each required to carry an `id`."""
+    return [record for _, record in read_jsonl(path, LabelFileError, required=("id",))]
+
+
 def load_manifest_labels(path: str | Path, kind: str) -> dict[str, object]:
     """Labels from a JSONL manifest: `id` plus `openset` (list), `emo` (word) or `val` (number)."""
     if kind not in MANIFEST_FIELDS:
         raise ValueError(f"kind must be one of {sorted(MANIFEST_FIELDS)}, got {kind!r}")
     field = MANIFEST_FIELDS[kind]
-    path = Path(path)
-    if not path.is_file():
-        raise LabelFileError(f"manifest not found: {path}")
     labels: dict[str, object] = {}
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise LabelFileError(f"{path}, line {line_number}: not valid JSON ({error.msg})") from None
-            for required in ("id", field):
-                if required not in record:
-                    raise LabelFileError(f"{path}, line {line_number}: missing field '{required}'")
-            value = record[field]
-            if kind == "openset" and not (isinstance(value, list) and all(isinstance(w, str) for w in value)):
-                raise LabelFileError(f"{path}, line {line_number}: 'openset' must be a list of strings")
-            if kind == "sentiment" and not isinstance(value, (int, float)):
-                raise LabelFileError(f"{path}, line {line_number}: 'val' must be a number, got {value!r}")
-            if kind == "discrete" and not isinstance(value, str):
-                raise LabelFileError(f"{path}, line {line_number}: 'emo' must be a string, got {value!r}")
-            labels[str(record["id"])] = parse_emotion_words(value) if kind == "openset" else value
+    for where, record in read_jsonl(path, LabelFileError, required=("id", field)):
+        value = record[field]
+        if kind == "openset" and not (isinstance(value, list) and all(isinstance(w, str) for w in value)):
+            raise LabelFileError(f"{where}: 'openset' must be a list of strings")
+        if kind == "sentiment" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise LabelFileError(f"{where}: 'val' must be a number, got {value!r}")
+        if kind == "discrete" and not isinstance(value, str):
+            raise LabelFileError(f"{where}: 'emo' must be a string, got {value!r}")
+        labels[str(record["id"])] = parse_emotion_words(value) if kind == "openset" else value
     return labels

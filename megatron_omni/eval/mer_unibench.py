@@ -100,10 +100,9 @@ def results_summary(results: Sequence[DatasetResult]) -> dict:
 def results_markdown(results: Sequence[DatasetResult]) -> str:
     """Markdown table in the published layout (scores x 100, two decimals, then the mean)."""
     summary = results_summary(results)
-    header = [r.dataset for r in results] + ["Mean"]
-    metrics = [r.metric for r in results] + [""]
+    header = [f"{r.dataset} ({r.metric})" for r in results] + ["Mean"]
     values = [f"{100 * r.score:.2f}" for r in results] + [f"{summary['mean']:.2f}"]
-    lines = ["| " + " | ".join(row) + " |" for row in (header, ["---"] * len(header), metrics, values)]
+    lines = ["| " + " | ".join(row) + " |" for row in (header, ["---"] * len(header), values)]
     extra = []
     for r in results:
         if r.kind == "openset":

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from megatron_omni.eval.answers import AnswerWordExtractor
+from megatron_omni.eval.jsonl import read_jsonl
 from megatron_omni.eval.wordlists import parse_emotion_words
 
 WordExtractor = Callable[[str], list[str]]
@@ -70,23 +71,8 @@ def load_predictions(path: str | Path, extract: WordExtractor | None = None) -> 
                     for row in reader}
     if suffix in (".jsonl", ".json"):
         return {_name_of(record, where): _words_of(record, extract, where)
-                for where, record in _jsonl_records(path)}
+                for where, record in read_jsonl(path, PredictionFileError)}
     raise PredictionFileError(f"{path}: unsupported predictions format {suffix!r} (use .npz, .csv or .jsonl)")
-
-
-def _jsonl_records(path: Path) -> Iterable[tuple[str, dict]]:
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise PredictionFileError(f"{where}: not valid JSON ({error.msg})") from None
-            if not isinstance(record, dict):
-                raise PredictionFileError(f"{where}: expected a JSON object")
-            yield where, record
 
 
 class PredictionsJsonl:
@@ -113,7 +99,7 @@ class PredictionsJsonl:
     def records(self) -> list[dict]:
         if not self.path.is_file():
             return []
-        return [record for _, record in _jsonl_records(self.path)]
+        return [record for _, record in read_jsonl(self.path, PredictionFileError)]
 
     def done_ids(self) -> set[str]:
         return {str(record["id"]) for record in self.records() if "id" in record}

@@ -90,8 +90,14 @@ def build_decoder(
     post_process: bool = True,
     vp_stage: int | None = None,
     config: TransformerConfig | None = None,
+    scatter_embedding_sequence_parallel: bool = True,
 ) -> GPTModel:
-    """One pipeline stage (or virtual stage) of the decoder."""
+    """One pipeline stage (or virtual stage) of the decoder.
+
+    ``scatter_embedding_sequence_parallel=False`` keeps the embedding output whole under sequence
+    parallelism, for callers that edit it (the omni model's placeholder scatter) and scatter it
+    themselves.
+    """
     m = cfg.model
     return GPTModel(
         config=config or transformer_config(cfg),
@@ -104,6 +110,7 @@ def build_decoder(
         share_embeddings_and_output_weights=m.tie_word_embeddings,
         position_embedding_type="mrope" if m.mrope_section else "rope",
         rotary_base=int(m.rotary_base),
+        scatter_embedding_sequence_parallel=scatter_embedding_sequence_parallel,
         vp_stage=vp_stage,
     )
 

@@ -62,7 +62,8 @@ def train(
         )
 
     try:
-        while state.step < t.steps:
+        last = min(t.steps, t.exit_at_step or t.steps)
+        while state.step < last:
             started = time.perf_counter()
             indices = sampler.next_indices()
             microbatches = [make_microbatch(chunk) for chunk in _split(indices, t.micro_batch_size)]

@@ -1,0 +1,149 @@
+"""Micro-batches: padded [b, s] blocks or packed THD sequences, with the media of their samples.
+
+``pad`` and ``pack`` put the same per-sample content (tokens, labels, loss mask, position ids,
+media) into the two layouts. Packing concatenates the samples into one row and records the
+sample boundaries in ``cu_seqlens`` for megatron-core's ``PackedSeqParams`` (``qkv_format="thd"``);
+each sample keeps its own position ids, starting at 0, so attention and RoPE see every sample
+exactly as in the padded layout.
+
+Media follow transformers' Qwen2.5-Omni inputs: ``pixel_values_videos`` concatenated over
+videos with ``video_grid_thw`` [V, 3] and ``video_second_per_grid`` [V]; ``input_features``
+[A, mel, T] padded to the longest audio with ``feature_attention_mask`` [A, T]. Their order is
+the order of the placeholders in the token stream.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Sequence
+
+import torch
+
+from megatron_omni.data.processor import ProcessedSample
+
+# Position id of padding tokens, as transformers' get_rope_index fills them.
+PAD_POSITION = 1
+
+
+@dataclass
+class SkippedSample:
+    """A sample left out of training because its data was bad (with skip_bad_samples)."""
+
+    index: int
+    sample_id: str
+    reason: str
+
+
+@dataclass
+class OmniBatch:
+    tokens: torch.Tensor  # long [b, s] ([1, total] when packed)
+    labels: torch.Tensor  # long [b, s]
+    loss_mask: torch.Tensor  # float [b, s]
+    position_ids: torch.Tensor  # long [3, b, s]
+    attention_mask: torch.Tensor  # bool [b, s]: real tokens
+    rope_deltas: torch.Tensor  # long [num_samples]
+    sample_ids: list[str]
+    prompt_lengths: list[int]
+    cu_seqlens: torch.Tensor | None = None  # int32 [segments + 1] when packed
+    max_seqlen: int | None = None
+    pixel_values_videos: torch.Tensor | None = None
+    video_grid_thw: torch.Tensor | None = None  # long [V, 3]
+    video_second_per_grid: torch.Tensor | None = None  # float [V]
+    input_features: torch.Tensor | None = None  # float [A, mel, T]
+    feature_attention_mask: torch.Tensor | None = None  # long [A, T]
+    skipped: list[SkippedSample] = field(default_factory=list)
+
+    @property
+    def packed(self) -> bool:
+        return self.cu_seqlens is not None
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.sample_ids)
+
+    def packed_seq_params(self):
+        """megatron-core ``PackedSeqParams`` for a packed batch, None for a padded one."""
+        if not self.packed:
+            return None
+        from megatron.core.packed_seq_params import PackedSeqParams
+
+        return PackedSeqParams(qkv_format="thd", cu_seqlens_q=self.cu_seqlens, cu_seqlens_kv=self.cu_seqlens,
+                               max_seqlen_q=self.max_seqlen, max_seqlen_kv=self.max_seqlen)
+
+    def to(self, device) -> "OmniBatch":
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, value in moved.items():
+            if isinstance(value, torch.Tensor):
+                moved[name] = value.to(device, non_blocking=True)
+        return OmniBatch(**moved)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def collate_media(samples: Sequence[ProcessedSample]) -> dict[str, torch.Tensor | None]:
+    videos = [s.media.video for s in samples if s.media.video is not None]
+    audios = [s.media.audio_features for s in samples if s.media.audio_features is not None]
+    media: dict[str, torch.Tensor | None] = {"pixel_values_videos": None, "video_grid_thw": None,
+                                             "video_second_per_grid": None, "input_features": None,
+                                             "feature_attention_mask": None}
+    if videos:
+        media["pixel_values_videos"] = torch.cat([v.pixel_values for v in videos])
+        media["video_grid_thw"] = torch.tensor([v.grid_thw for v in videos], dtype=torch.long)
+        media["video_second_per_grid"] = torch.tensor([v.second_per_grid for v in videos], dtype=torch.float32)
+    if audios:
+        longest = max(a.shape[1] for a in audios)
+        features = torch.zeros(len(audios), audios[0].shape[0], longest)
+        mask = torch.zeros(len(audios), longest, dtype=torch.long)
+        for row, audio in enumerate(audios):
+            features[row, :, : audio.shape[1]] = audio
+            mask[row, : audio.shape[1]] = 1
+        media["input_features"], media["feature_attention_mask"] = features, mask
+    return media
+
+
+def _common(samples: Sequence[ProcessedSample]) -> dict:
+    if not samples:
+        raise ValueError("cannot batch zero samples")
+    return {"rope_deltas": torch.tensor([s.rope_delta for s in samples], dtype=torch.long),
+            "sample_ids": [s.sample_id for s in samples],
+            "prompt_lengths": [s.prompt_length for s in samples],
+            **collate_media(samples)}
+
+
+def pad(samples: Sequence[ProcessedSample], pad_to_multiple_of: int = 1) -> OmniBatch:
+    """Right-padded [b, s] batch; padding has loss mask 0, attention mask False, position 1."""
+    length = _round_up(max(s.length for s in samples), pad_to_multiple_of)
+    batch = len(samples)
+    tokens = torch.full((batch, length), samples[0].pad_token_id, dtype=torch.long)
+    labels = torch.full((batch, length), samples[0].pad_token_id, dtype=torch.long)
+    loss_mask = torch.zeros(batch, length)
+    positions = torch.full((3, batch, length), PAD_POSITION, dtype=torch.long)
+    attention = torch.zeros(batch, length, dtype=torch.bool)
+    for row, sample in enumerate(samples):
+        n = sample.length
+        tokens[row, :n], labels[row, :n], loss_mask[row, :n] = sample.input_ids, sample.labels, sample.loss_mask
+        positions[:, row, :n] = sample.position_ids
+        attention[row, :n] = True
+    return OmniBatch(tokens=tokens, labels=labels, loss_mask=loss_mask, position_ids=positions,
+                     attention_mask=attention, **_common(samples))
+
+
+def pack(samples: Sequence[ProcessedSample], pad_to_multiple_of: int = 1) -> OmniBatch:
+    """One [1, total] row; ``cu_seqlens`` marks sample boundaries. Rounding the total up to
+    ``pad_to_multiple_of`` adds a final padding segment of its own (never attended by samples)."""
+    lengths = [s.length for s in samples]
+    total = sum(lengths)
+    padding = _round_up(total, pad_to_multiple_of) - total
+    pad_id = samples[0].pad_token_id
+    tokens = torch.cat([s.input_ids for s in samples] + [torch.full((padding,), pad_id, dtype=torch.long)])
+    labels = torch.cat([s.labels for s in samples] + [torch.full((padding,), pad_id, dtype=torch.long)])
+    loss_mask = torch.cat([s.loss_mask for s in samples] + [torch.zeros(padding)])
+    positions = torch.cat([s.position_ids for s in samples]
+                          + [torch.arange(padding).view(1, -1).expand(3, -1)], 1)
+    attention = torch.cat([torch.ones(total, dtype=torch.bool), torch.zeros(padding, dtype=torch.bool)])
+    segments = lengths + ([padding] if padding else [])
+    cu_seqlens = torch.tensor([0] + segments, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    return OmniBatch(tokens=tokens[None], labels=labels[None], loss_mask=loss_mask[None],
+                     position_ids=positions[:, None], attention_mask=attention[None],
+                     cu_seqlens=cu_seqlens, max_seqlen=max(segments), **_common(samples))

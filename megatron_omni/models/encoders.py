@@ -1,0 +1,144 @@
+"""The vision and audio towers: transformers' Qwen2.5-Omni modules, built from our dataclasses.
+
+Reusing transformers' modules keeps the towers numerically identical to the reference model and
+their parameter names identical to the released checkpoints (``visual.*``, ``audio_tower.*``).
+They are small next to the decoder (about 0.7B parameters each in the 7B model), so they are
+replicated on the first pipeline stage rather than tensor-parallel: every TP rank computes the
+same features from the same inputs.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from transformers.models.qwen2_5_omni.configuration_qwen2_5_omni import (
+    Qwen2_5OmniAudioEncoderConfig,
+    Qwen2_5OmniVisionEncoderConfig,
+)
+from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import (
+    Qwen2_5OmniAudioEncoder,
+    Qwen2_5OmniVisionEncoder,
+)
+
+from megatron_omni.models.omni_config import AudioEncoderConfig, VisionEncoderConfig
+
+
+def hf_vision_config(cfg: VisionEncoderConfig) -> Qwen2_5OmniVisionEncoderConfig:
+    return Qwen2_5OmniVisionEncoderConfig(
+        depth=cfg.depth,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_heads=cfg.num_heads,
+        in_channels=cfg.in_channels,
+        patch_size=cfg.patch_size,
+        temporal_patch_size=cfg.temporal_patch_size,
+        spatial_merge_size=cfg.spatial_merge_size,
+        window_size=cfg.window_size,
+        fullatt_block_indexes=list(cfg.fullatt_block_indexes),
+        out_hidden_size=cfg.out_hidden_size,
+        hidden_act=cfg.hidden_act,
+        rope_parameters={"rope_type": "axial", "rope_theta": cfg.rope_theta},
+    )
+
+
+def hf_audio_config(cfg: AudioEncoderConfig) -> Qwen2_5OmniAudioEncoderConfig:
+    return Qwen2_5OmniAudioEncoderConfig(
+        num_mel_bins=cfg.num_mel_bins,
+        encoder_layers=cfg.encoder_layers,
+        encoder_attention_heads=cfg.encoder_attention_heads,
+        encoder_ffn_dim=cfg.encoder_ffn_dim,
+        d_model=cfg.d_model,
+        n_window=cfg.n_window,
+        max_source_positions=cfg.max_source_positions,
+        output_dim=cfg.output_dim,
+        activation_function=cfg.activation_function,
+        scale_embedding=cfg.scale_embedding,
+    )
+
+
+def _skip_init():
+    """transformers' context that leaves weights uninitialised (they are loaded right after)."""
+    from transformers.initialization import no_init_weights
+
+    return no_init_weights()
+
+
+def build_vision_encoder(
+    cfg: VisionEncoderConfig, dtype: torch.dtype, attn_implementation: str, initialize: bool = True
+) -> Qwen2_5OmniVisionEncoder:
+    with contextlib.nullcontext() if initialize else _skip_init():
+        tower = Qwen2_5OmniVisionEncoder._from_config(hf_vision_config(cfg), attn_implementation=attn_implementation)
+    return cast_parameters(tower, dtype)
+
+
+def build_audio_encoder(
+    cfg: AudioEncoderConfig, dtype: torch.dtype, attn_implementation: str, initialize: bool = True
+) -> Qwen2_5OmniAudioEncoder:
+    with contextlib.nullcontext() if initialize else _skip_init():
+        tower = Qwen2_5OmniAudioEncoder._from_config(hf_audio_config(cfg), attn_implementation=attn_implementation)
+    return cast_parameters(tower, dtype)
+
+
+def cast_parameters(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast parameters only: rotary frequency buffers stay fp32, as in transformers' bf16 models."""
+    for param in module.parameters():
+        param.data = param.data.to(dtype)
+    return module
+
+
+def fp32_buffers(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of the fp32 buffers (rotary frequencies, sinusoid tables) to restore after a cast."""
+    return {name: buf.detach().clone() for name, buf in module.named_buffers() if buf.dtype == torch.float32}
+
+
+def restore_buffers(module: torch.nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    """Put back ``saved`` buffers in fp32 on the device the module's buffers now live on."""
+    for name, value in saved.items():
+        owner_name, _, buffer_name = name.rpartition(".")
+        owner = module.get_submodule(owner_name)
+        current = owner._buffers[buffer_name]
+        if current.dtype != torch.float32:
+            owner._buffers[buffer_name] = value.to(current.device)
+
+
+def _merged_tokens(output) -> torch.Tensor:
+    """The per-token features of a tower's output, across transformers versions: 5.x returns a
+    model output whose ``pooler_output`` holds the merged tokens; 4.x returns a tensor."""
+    if isinstance(output, torch.Tensor):
+        return output
+    pooled = getattr(output, "pooler_output", None)
+    return pooled if pooled is not None else output.last_hidden_state
+
+
+def encode_video(tower: Qwen2_5OmniVisionEncoder, pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor) -> torch.Tensor:
+    """[sum_i t_i*h_i*w_i, C*T*P*P] patches -> [sum_i t_i*h_i*w_i / merge^2, out_hidden] tokens."""
+    dtype = tower.patch_embed.proj.weight.dtype
+    return _merged_tokens(tower(pixel_values_videos.to(dtype), grid_thw=video_grid_thw))
+
+
+def audio_feature_lengths(input_features: torch.Tensor, feature_attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Valid mel frames per audio clip (all frames when no mask is given)."""
+    if feature_attention_mask is None:
+        return torch.full((input_features.shape[0],), input_features.shape[-1], dtype=torch.long, device=input_features.device)
+    return feature_attention_mask.sum(dim=1).long()
+
+
+def audio_token_counts(feature_lengths: torch.Tensor) -> torch.Tensor:
+    """Audio placeholder tokens per clip: the stride-2 convolution, then stride-2 pooling."""
+    after_conv = (feature_lengths - 1) // 2 + 1
+    return (after_conv - 2) // 2 + 1
+
+
+def encode_audio(
+    tower: Qwen2_5OmniAudioEncoder, input_features: torch.Tensor, feature_attention_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """[clips, mel, frames] padded log-mel features -> [sum of audio tokens, output_dim] tokens."""
+    lengths = audio_feature_lengths(input_features, feature_attention_mask)
+    frames = input_features.permute(0, 2, 1)  # [clips, frames, mel]
+    if feature_attention_mask is not None:
+        frames = frames[feature_attention_mask.bool()]
+    else:
+        frames = frames.reshape(-1, frames.shape[-1])
+    # The tower takes all clips' valid frames concatenated along time: [mel, total frames].
+    packed = frames.permute(1, 0).to(tower.conv1.weight.dtype)
+    return _merged_tokens(tower(packed, feature_lens=lengths))

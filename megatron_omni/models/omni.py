@@ -1,0 +1,202 @@
+"""The Qwen2.5-Omni thinker on megatron-core: towers + placeholder scatter + GPTModel decoder.
+
+    model = build_omni_model(cfg, pre_process, post_process, vp_stage, omni=omni_cfg)
+    out = model(input_ids, position_ids,                      # position_ids: [3, b, s] TMRoPE
+                pixel_values_videos=..., video_grid_thw=...,  # optional
+                input_features=..., feature_attention_mask=..., labels=...)
+
+On the first pipeline stage the text embeddings come from the decoder's own vocab-parallel
+embedding ([s, b, h], replicated over TP ranks); the video and audio tokens produced by the
+towers overwrite the placeholder positions; the result enters the decoder as ``decoder_input``.
+Later stages receive hidden states through ``set_input_tensor`` as with any GPTModel.
+
+Checkpointing needs no override: MegatronModule's default ``sharded_state_dict`` takes the
+decoder's own sharded state dict and stores the towers as replicated tensors (replica id
+(0, tp_rank, dp_rank)), so a checkpoint saved at one TP/PP layout loads at another.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from megatron.core import tensor_parallel
+from megatron.core.models.gpt import GPTModel
+from megatron.core.packed_seq_params import PackedSeqParams
+from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.enums import ModelType
+from megatron.core.transformer.module import MegatronModule
+
+from megatron_omni.config import Config
+from megatron_omni.models.decoder import build_decoder, transformer_config
+from megatron_omni.models.encoders import (
+    build_audio_encoder,
+    build_vision_encoder,
+    encode_audio,
+    encode_video,
+    fp32_buffers,
+    restore_buffers,
+)
+from megatron_omni.models.masking import ModalityMask, mask_features
+from megatron_omni.models.omni_config import OmniConfig, validate_omni
+from megatron_omni.models.placeholders import PlaceholderMismatch, placeholder_count, scatter_placeholders
+from megatron_omni.models.vocab_padding import mask_padded_vocab
+
+
+class OmniModel(MegatronModule):
+    """One pipeline stage (or virtual stage) of the omni thinker.
+
+    Forward returns, like GPTModel: the per-token loss [b, s] when ``labels`` are given on the
+    last stage, else vocab-parallel logits [b, s, V_padded / TP], or the hidden state [s, b, h]
+    on other stages. Padded vocabulary columns are masked (see ``vocab_padding``), so the loss
+    and any softmax of the logits equal those over the true vocabulary.
+    """
+
+    def __init__(
+        self,
+        config: TransformerConfig,
+        omni: OmniConfig,
+        language_model: GPTModel,
+        vocab_size: int,
+        initialize: bool = True,
+    ):
+        super().__init__(config=config)
+        self._tower_fp32_buffers: dict[str, dict[str, torch.Tensor]] = {}
+        self.omni = omni
+        self.language_model = language_model
+        self.vocab_size = vocab_size
+        self.pre_process = language_model.pre_process
+        self.post_process = language_model.post_process
+        self.share_embeddings_and_output_weights = language_model.share_embeddings_and_output_weights
+        self.model_type = ModelType.encoder_or_decoder
+        self.visual = None
+        self.audio_tower = None
+        if self.pre_process:
+            attn = omni.encoder_attn_implementation
+            self.visual = build_vision_encoder(omni.vision, config.params_dtype, attn, initialize)
+            self.audio_tower = build_audio_encoder(omni.audio, config.params_dtype, attn, initialize)
+            self.visual.requires_grad_(not omni.freeze_vision)
+            self.audio_tower.requires_grad_(not omni.freeze_audio)
+            self._tower_fp32_buffers = {"visual": fp32_buffers(self.visual), "audio_tower": fp32_buffers(self.audio_tower)}
+
+    # ------------------------------------------------------------------ megatron plumbing
+
+    @property
+    def decoder(self):
+        """The transformer block, where megatron's schedules look for per-micro-batch state."""
+        return self.language_model.decoder
+
+    def set_input_tensor(self, input_tensor) -> None:
+        self.language_model.set_input_tensor(input_tensor)
+
+    def shared_embedding_or_output_weight(self) -> torch.Tensor | None:
+        """Tied embedding weight, for megatron's embedding-gradient all-reduce across stages."""
+        return self.language_model.shared_embedding_or_output_weight()
+
+    def _apply(self, fn, recurse=True):
+        # Float16Module calls .bfloat16() on the whole model; the towers' rotary frequencies
+        # must stay fp32 (as in transformers' bf16 models) or vision positions lose precision.
+        super()._apply(fn, recurse)
+        for name, saved in self._tower_fp32_buffers.items():
+            restore_buffers(getattr(self, name), saved)
+        return self
+
+    # ------------------------------------------------------------------ forward
+
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values_videos: torch.Tensor | None = None,
+        video_grid_thw: torch.Tensor | None = None,
+        input_features: torch.Tensor | None = None,
+        feature_attention_mask: torch.Tensor | None = None,
+        modality_mask: ModalityMask | None = None,
+    ) -> torch.Tensor:
+        """Text embeddings with video and audio tokens scattered in: [s, b, h] (first stage)."""
+        tokens = self.omni.tokens
+        embeddings = self.language_model.embedding(input_ids=input_ids, position_ids=None)
+        if pixel_values_videos is not None:
+            pixels = mask_features(pixel_values_videos, modality_mask, "visual")
+            video = encode_video(self.visual, pixels, video_grid_thw)
+            embeddings = scatter_placeholders(embeddings, input_ids, tokens.video, video, "video")
+        if input_features is not None:
+            mel = mask_features(input_features, modality_mask, "audio")
+            audio = encode_audio(self.audio_tower, mel, feature_attention_mask)
+            embeddings = scatter_placeholders(embeddings, input_ids, tokens.audio, audio, "audio")
+        for token_id, what, given in (
+            (tokens.video, "video", pixel_values_videos is not None),
+            (tokens.audio, "audio", input_features is not None),
+            (tokens.image, "image", False),
+        ):
+            count = 0 if given else placeholder_count(input_ids, token_id)
+            if count:
+                raise PlaceholderMismatch(
+                    f"input_ids hold {count} {what} placeholder tokens (id {token_id}) but no {what} inputs were given"
+                    + (" (image inputs are not supported; send images as one-frame videos)" if what == "image" else "")
+                )
+        if self.config.sequence_parallel:
+            embeddings = tensor_parallel.scatter_to_sequence_parallel_region(embeddings)
+        return embeddings
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        video_grid_thw: torch.Tensor | None = None,
+        input_features: torch.Tensor | None = None,
+        feature_attention_mask: torch.Tensor | None = None,
+        modality_mask: ModalityMask | None = None,
+        packed_seq_params: PackedSeqParams | None = None,
+    ) -> torch.Tensor:
+        if position_ids.dim() != 3 or position_ids.shape[0] != 3:
+            raise ValueError(
+                f"position_ids must be [3, batch, seq] (TMRoPE temporal/height/width rows), got {tuple(position_ids.shape)}"
+            )
+        decoder_input = None
+        if self.pre_process:
+            decoder_input = self.embed(
+                input_ids, pixel_values_videos, video_grid_thw, input_features, feature_attention_mask, modality_mask
+            )
+        vocab_is_padded = self.post_process and self.language_model.vocab_size != self.vocab_size
+        output = self.language_model(
+            input_ids,
+            position_ids,
+            attention_mask,
+            decoder_input=decoder_input,
+            labels=None if vocab_is_padded else labels,
+            packed_seq_params=packed_seq_params,
+        )
+        if not vocab_is_padded:
+            return output
+        logits = mask_padded_vocab(output, self.vocab_size)
+        if labels is None:
+            return logits
+        return self.language_model.compute_language_model_loss(labels, logits.transpose(0, 1))
+
+
+def build_omni_model(
+    cfg: Config,
+    pre_process: bool = True,
+    post_process: bool = True,
+    vp_stage: int | None = None,
+    omni: OmniConfig | None = None,
+    initialize: bool = True,
+) -> OmniModel:
+    """A ``build_model_chunks`` builder: ``partial(build_omni_model, omni=omni_cfg)``.
+
+    ``omni`` defaults to ``cfg.omni``. ``initialize=False`` skips random initialisation (the
+    weights are about to be loaded), which saves minutes on a 7B model.
+    """
+    omni = omni if omni is not None else cfg.omni
+    validate_omni(cfg.model, omni)
+    config = transformer_config(cfg)
+    if not initialize:
+        config = dataclasses.replace(config, perform_initialization=False)
+    # The placeholder scatter needs the whole sequence: the scatter into sequence-parallel
+    # chunks happens after it, in OmniModel.embed.
+    language_model = build_decoder(
+        cfg, pre_process, post_process, vp_stage, config=config, scatter_embedding_sequence_parallel=False
+    )
+    return OmniModel(config, omni, language_model, cfg.model.vocab_size, initialize)

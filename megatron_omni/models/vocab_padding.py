@@ -1,0 +1,27 @@
+"""Keep the rows megatron adds to the vocabulary (for an even split over TP ranks) out of softmaxes.
+
+A padded row of the output layer produces a logit of 0, not -inf, so without masking every
+softmax, log-prob, cross-entropy and KL over the padded vocabulary would differ from the model's
+true distribution. Masked columns carry the dtype's lowest finite value: their probability is
+exactly 0 and ``p * log p`` stays 0 (``-inf`` would give NaN there).
+"""
+from __future__ import annotations
+
+import torch
+from megatron.core import parallel_state
+
+
+def local_padding_start(vocab_size: int, local_columns: int, tp_rank: int) -> int | None:
+    """First padded column of this rank's vocabulary shard, or None if the shard has no padding."""
+    first = tp_rank * local_columns
+    if first + local_columns <= vocab_size:
+        return None
+    return max(vocab_size - first, 0)
+
+
+def mask_padded_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Set this TP rank's padded vocabulary columns of ``logits`` [..., V_padded / TP] in place."""
+    start = local_padding_start(vocab_size, logits.shape[-1], parallel_state.get_tensor_model_parallel_rank())
+    if start is not None:
+        logits[..., start:] = torch.finfo(logits.dtype).min
+    return logits

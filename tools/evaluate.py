@@ -1,0 +1,119 @@
+#!/usr/bin/env python
+"""Score emotion predictions on MER-UniBench and write a results table (Markdown + JSON).
+
+Examples
+  # score AffectGPT's released OV-MERD+ predictions against the public labels
+  python tools/evaluate.py --wheel-dir data/emotion_wheel --out-dir results/ \\
+      --set ovmerdplus affectgpt_ovmerdplus_predictions.npz ovmerdplus/ovlabel.csv
+  # all nine sets: repeat --set DATASET PREDICTIONS LABELS
+  # a custom set from a JSONL manifest: --set myset@openset preds.jsonl manifest.jsonl
+
+DATASET is one of the MER-UniBench keys (mer2023 mer2024 meld iemocapfour cmumosi cmumosei sims
+simsv2 ovmerdplus) or NAME@KIND with KIND in discrete/sentiment/openset. LABELS is the released
+label file (label-6way.npz, label.npz, label_4way.npz, ovlabel.csv) or a JSONL manifest
+(fields id + emo / val / openset). PREDICTIONS is .npz (filenames/fileitems), .csv or .jsonl.
+
+Generation from a model plugs in through `main(argv, generate=...)`: with --manifest, samples
+not yet in --generate-into are generated in batches and appended there, then scored.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from megatron_omni.eval.answers import AnswerWordExtractor
+from megatron_omni.eval.generation import GenerateFn, generate_predictions
+from megatron_omni.eval.labels import load_manifest_labels, load_manifest_records
+from megatron_omni.eval.lexicon import EmotionWheelLexicon
+from megatron_omni.eval.llm_endpoint import ChatEndpoint, EndpointConfig
+from megatron_omni.eval.mer_unibench import DATASETS, KINDS, DatasetResult, results_markdown, results_summary, score_dataset
+from megatron_omni.eval.predictions import PredictionsJsonl, load_predictions
+from megatron_omni.eval.valence import LexiconValence, LLMValence
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--wheel-dir", required=True, help="folder with format.csv, synonym.xlsx, wheel1..5.xlsx")
+    parser.add_argument("--out-dir", required=True, help="where results.md and results.json are written")
+    parser.add_argument("--set", nargs=3, action="append", default=[], metavar=("DATASET", "PREDICTIONS", "LABELS"),
+                        dest="sets", help="one data set to score (repeatable)")
+    parser.add_argument("--valence", choices=("lexicon", "llm"), default="lexicon",
+                        help="word -> sentiment step for the sentiment sets")
+    parser.add_argument("--answer-parser", choices=("tags", "llm"), default="tags",
+                        help="raw outputs without <answer>: read as a word list (tags) or ask the LLM")
+    parser.add_argument("--llm-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    parser.add_argument("--llm-model", help="model name served by --llm-url")
+    parser.add_argument("--llm-cache", help="JSONL cache of LLM replies (default: <out-dir>/llm_cache.jsonl)")
+    parser.add_argument("--manifest", help="JSONL samples to generate predictions for (needs a generate callable)")
+    parser.add_argument("--generate-into", help="predictions JSONL that generation appends to (resumable)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    return parser.parse_args(argv)
+
+
+def _endpoint(args: argparse.Namespace) -> ChatEndpoint:
+    if not (args.llm_url and args.llm_model):
+        raise SystemExit("error: --valence llm / --answer-parser llm need --llm-url and --llm-model")
+    cache = args.llm_cache or str(Path(args.out_dir) / "llm_cache.jsonl")
+    return ChatEndpoint(EndpointConfig(url=args.llm_url, model=args.llm_model, cache_path=cache))
+
+
+def _dataset_kind(name: str) -> tuple[str, str, object]:
+    """(title, kind, released-label loader or None) of a --set DATASET argument."""
+    if "@" in name:
+        title, kind = name.split("@", 1)
+        if kind not in KINDS:
+            raise SystemExit(f"error: --set {name}: kind must be one of {KINDS}")
+        return title, kind, None
+    if name.lower() not in DATASETS:
+        raise SystemExit(f"error: --set {name}: unknown data set; known: {sorted(DATASETS)} (or NAME@KIND)")
+    spec = DATASETS[name.lower()]
+    return spec.title, spec.kind, spec.load_labels
+
+
+def main(argv: list[str] | None = None, generate: GenerateFn | None = None) -> dict:
+    args = parse_args(argv)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    needs_llm = args.valence == "llm" or args.answer_parser == "llm"
+    endpoint = _endpoint(args) if needs_llm else None
+    extractor = AnswerWordExtractor(endpoint if args.answer_parser == "llm" else None)
+
+    if args.manifest:
+        if generate is None:
+            raise SystemExit("error: --manifest needs a model-backed generate callable; "
+                             "call tools/evaluate.main(argv, generate=...) or score existing predictions")
+        if not args.generate_into:
+            raise SystemExit("error: --manifest needs --generate-into PREDICTIONS.jsonl")
+        report = generate_predictions(load_manifest_records(args.manifest), generate,
+                                      PredictionsJsonl(args.generate_into), args.batch_size, extractor, progress=True)
+        print(f"generated {report.generated}, already present {report.skipped}", file=sys.stderr)
+
+    if not args.sets:
+        raise SystemExit("error: nothing to score; give at least one --set DATASET PREDICTIONS LABELS")
+    lexicon = EmotionWheelLexicon.from_dir(args.wheel_dir)
+    valence = LLMValence(endpoint) if args.valence == "llm" else LexiconValence(lexicon)
+    results: list[DatasetResult] = []
+    for name, predictions_path, labels_path in tqdm(args.sets, desc="MER-UniBench", unit="set"):
+        title, kind, load_released = _dataset_kind(name)
+        if labels_path.endswith(".jsonl"):
+            labels = load_manifest_labels(labels_path, kind)
+        elif load_released is not None:
+            labels = load_released(Path(labels_path))
+        else:
+            raise SystemExit(f"error: --set {name}: a custom data set needs JSONL manifest labels")
+        predictions = load_predictions(predictions_path, extractor)
+        results.append(score_dataset(title, kind, labels, predictions, lexicon, valence))
+
+    summary = results_summary(results)
+    (out_dir / "results.md").write_text(results_markdown(results), encoding="utf-8")
+    (out_dir / "results.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    print(results_markdown(results))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
