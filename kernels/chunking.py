@@ -20,18 +20,24 @@ class RowChunk:
     rows: slice | Tensor  # row ids in the [rows, vocab] logits
 
 
-def row_chunks(rows: RowSelection, n_cols: int, chunk_bytes: int = CHUNK_BYTES) -> Iterator[RowChunk]:
-    step = max(1, chunk_bytes // (4 * max(1, n_cols)))
+def row_chunks(rows: RowSelection, n_cols: int) -> Iterator[RowChunk]:
+    step = max(1, CHUNK_BYTES // (4 * max(1, n_cols)))
     for start in range(0, rows.count, step):
         stop = min(start + step, rows.count)
         ids = slice(start, stop) if rows.index is None else rows.index[start:stop]
         yield RowChunk(slice(start, stop), ids)
 
 
-def read_tile(logits: Tensor, chunk: RowChunk, n_valid: int, inv_temp: float) -> Tensor:
-    """fp32 logits / T of the chunk's rows over the real columns (a fresh tensor)."""
-    tile = logits[chunk.rows, :n_valid]
-    return tile.to(torch.float32, copy=True).mul_(inv_temp)
+def read_tile(logits: Tensor, chunk: RowChunk, n_valid: int) -> Tensor:
+    """fp32 logits of the chunk's rows over the real columns (a fresh tensor)."""
+    return logits[chunk.rows, :n_valid].to(torch.float32, copy=True)
+
+
+def centre(x: Tensor, inv_temp: float) -> tuple[Tensor, Tensor]:
+    """(x - rowmax(x)) / T in place, and the raw row max: only centred values are scaled, so
+    logits near 1e4 keep their precision."""
+    m = x.amax(dim=1)
+    return x.sub_(m[:, None]).mul_(inv_temp), m
 
 
 def write_tile(out: Tensor, chunk: RowChunk, n_valid: int, values: Tensor) -> None:

@@ -6,16 +6,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kernels.chunking import RowChunk, read_tile, row_chunks, write_tile, zero_unwritten
+from kernels.chunking import RowChunk, centre, read_tile, row_chunks, write_tile, zero_unwritten
 from kernels.kl_stats import FORWARD, N_JSD_SUMS, N_SHARD_STATS, REVERSE, KLSpec, RowStat, ShardStat
 from kernels.online_softmax import NEG_START
 from kernels.sharding import RowSelection, VocabShard
-
-
-def _centre(x: Tensor) -> tuple[Tensor, Tensor]:
-    """x - rowmax(x) in place, and the row max."""
-    m = x.amax(dim=1)
-    return x.sub_(m[:, None]), m
 
 
 def _weighted_sum(weight: Tensor, values: Tensor) -> Tensor:
@@ -30,8 +24,8 @@ def shard_stats(student: Tensor, teacher: Tensor, rows: RowSelection, shard: Voc
         out[ShardStat.M_T] = NEG_START
         return out
     for chunk in row_chunks(rows, shard.n_valid):
-        s, m_s = _centre(read_tile(student, chunk, shard.n_valid, spec.inv_temp))
-        t, m_t = _centre(read_tile(teacher, chunk, shard.n_valid, spec.inv_temp))
+        s, m_s = centre(read_tile(student, chunk, shard.n_valid), spec.inv_temp)
+        t, m_t = centre(read_tile(teacher, chunk, shard.n_valid), spec.inv_temp)
         e_s, e_t = torch.exp(s), torch.exp(t)
         out[ShardStat.M_S, chunk.slots] = m_s
         out[ShardStat.Z_S, chunk.slots] = e_s.sum(dim=1)
@@ -47,10 +41,10 @@ def shard_stats(student: Tensor, teacher: Tensor, rows: RowSelection, shard: Voc
 def _log_probs(student: Tensor, teacher: Tensor, chunk: RowChunk, shard: VocabShard, spec: KLSpec, row_stats: Tensor):
     """Student and teacher log-probabilities of a chunk under the global normalisers."""
     st = row_stats[:, chunk.slots]
-    log_q = read_tile(student, chunk, shard.n_valid, spec.inv_temp)
-    log_q.sub_(st[RowStat.M_S][:, None]).sub_(st[RowStat.LOGZ_S][:, None])
-    log_p = read_tile(teacher, chunk, shard.n_valid, spec.inv_temp)
-    log_p.sub_(st[RowStat.M_T][:, None]).sub_(st[RowStat.LOGZ_T][:, None])
+    log_q = read_tile(student, chunk, shard.n_valid)
+    log_q.sub_(st[RowStat.M_S][:, None]).mul_(spec.inv_temp).sub_(st[RowStat.LOGZ_S][:, None])
+    log_p = read_tile(teacher, chunk, shard.n_valid)
+    log_p.sub_(st[RowStat.M_T][:, None]).mul_(spec.inv_temp).sub_(st[RowStat.LOGZ_T][:, None])
     return log_q, log_p, st
 
 

@@ -1,19 +1,19 @@
 """Per-token statistics of the vocab-parallel KL: their layout, how shards combine, and the loss.
 
-Notation (per token, after dividing logits by the temperature T): s = student logits,
-t = teacher logits, P_S = softmax(s), P_T = softmax(t), restricted to the real vocabulary.
+Notation (per token): s = student logits, t = teacher logits (raw), T = temperature,
+P_S = softmax(s / T), P_T = softmax(t / T), restricted to the real vocabulary.
 
 Each shard reports, per selected token, a float32 [5, tokens] block (`ShardStat`):
-  M_S, Z_S  running max of s and sum exp(s - M_S) over the shard
+  M_S, Z_S  max of the raw s over the shard and sum exp((s - M_S) / T)
   M_T, Z_T  the same for t
-  CROSS     sum_j exp(a_j - M_a) * ((a_j - M_a) - (b_j - M_b)), where (a, b) = (t, s) for the
-            forward KL and (s, t) for the reverse KL (0 for JSD, whose terms need the global
-            log-normalisers and come from a second pass).
-Shards combine exactly (`merge_shard_stats`): maxima by max, sums rescaled by exp(M_r - M), and
-the cross term re-centred on the global maxima. Then KL(A||B) = CROSS / Z_a + log Z_b - log Z_a.
+  CROSS     sum_j exp((a_j - M_a) / T) * ((a_j - M_a) - (b_j - M_b)) / T, where (a, b) = (t, s)
+            for the forward KL and (s, t) for the reverse KL (unused for the JSD, whose terms
+            need the global log-normalisers and come from a second pass).
+Shards combine exactly (`merge_shard_stats`): maxima by max, sums rescaled by exp((M_r - M) / T),
+and the cross term re-centred on the global maxima. Then KL(A||B) = CROSS / Z_a + log Z_b - log Z_a.
 
 After the merge a float32 [6, tokens] block (`RowStat`) is all the backward needs: each shard's
-gradient is local, since log P = (x - M) - log Z.
+gradient is local, since log P = (x - M) / T - log Z.
 """
 from __future__ import annotations
 
@@ -83,13 +83,13 @@ class KLSpec:
 
 def merge_shard_stats(stacked: Tensor, spec: KLSpec) -> Tensor:
     """[world, 5, n] per-shard statistics (as one all-gather delivers them) -> global [5, n]."""
-    m_s, z_s, alpha_s = merge_max_sum(stacked[:, ShardStat.M_S], stacked[:, ShardStat.Z_S])
-    m_t, z_t, alpha_t = merge_max_sum(stacked[:, ShardStat.M_T], stacked[:, ShardStat.Z_T])
+    m_s, z_s, alpha_s = merge_max_sum(stacked[:, ShardStat.M_S], stacked[:, ShardStat.Z_S], spec.inv_temp)
+    m_t, z_t, alpha_t = merge_max_sum(stacked[:, ShardStat.M_T], stacked[:, ShardStat.Z_T], spec.inv_temp)
     if spec.weighted_by_teacher:
         m_a, m_b, z_a, alpha, glob_a, glob_b = ShardStat.M_T, ShardStat.M_S, ShardStat.Z_T, alpha_t, m_t, m_s
     else:
         m_a, m_b, z_a, alpha, glob_a, glob_b = ShardStat.M_S, ShardStat.M_T, ShardStat.Z_S, alpha_s, m_s, m_t
-    shift = (stacked[:, m_a] - glob_a) - (stacked[:, m_b] - glob_b)
+    shift = ((stacked[:, m_a] - glob_a) - (stacked[:, m_b] - glob_b)) * spec.inv_temp
     cross = (alpha * (stacked[:, ShardStat.CROSS] + stacked[:, z_a] * shift)).sum(dim=0)
     return torch.stack([m_s, z_s, m_t, z_t, cross])
 

@@ -34,17 +34,18 @@ def _kl_stats_kernel(
     for v0 in range(0, n_valid, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         mask = in_range[:, None] & (cols < n_valid)[None, :]
-        s = load_rows(s_ptr, rows, stride_s, cols, mask, inv_temp)
-        t = load_rows(t_ptr, rows, stride_t, cols, mask, inv_temp)
+        s = load_rows(s_ptr, rows, stride_s, cols, mask)
+        t = load_rows(t_ptr, rows, stride_t, cols, mask)
         z_s_old = z_s
         z_t_old = z_t
-        m_s_new, z_s, e_s, alpha_s = online_lse_step(m_s, z_s, s)
-        m_t_new, z_t, e_t, alpha_t = online_lse_step(m_t, z_t, t)
-        d_ts = (t - m_t_new[:, None]) - (s - m_s_new[:, None])
-        if MODE == 0:  # forward: expectation under P_T of (t - M_T) - (s - M_S)
-            cross = centred_cross_step(cross, z_t_old, alpha_t, (m_t - m_t_new) - (m_s - m_s_new), e_t, d_ts)
-        elif MODE == 1:  # reverse: expectation under P_S of (s - M_S) - (t - M_T)
-            cross = centred_cross_step(cross, z_s_old, alpha_s, (m_s - m_s_new) - (m_t - m_t_new), e_s, -d_ts)
+        m_s_new, z_s, e_s, alpha_s = online_lse_step(m_s, z_s, s, inv_temp)
+        m_t_new, z_t, e_t, alpha_t = online_lse_step(m_t, z_t, t, inv_temp)
+        d_ts = ((t - m_t_new[:, None]) - (s - m_s_new[:, None])) * inv_temp
+        shift_ts = ((m_t - m_t_new) - (m_s - m_s_new)) * inv_temp
+        if MODE == 0:  # forward: expectation under P_T of ((t - M_T) - (s - M_S)) / T
+            cross = centred_cross_step(cross, z_t_old, alpha_t, shift_ts, e_t, d_ts)
+        elif MODE == 1:  # reverse: expectation under P_S of ((s - M_S) - (t - M_T)) / T
+            cross = centred_cross_step(cross, z_s_old, alpha_s, -shift_ts, e_s, -d_ts)
         m_s = m_s_new
         m_t = m_t_new
     tl.store(out_ptr + 0 * n_sel + slots, m_s, mask=in_range)
@@ -61,9 +62,9 @@ def _row_stat(stats_ptr, k: tl.constexpr, slots, n_sel, live):
 
 
 @triton.jit
-def _log_probs(s, t, m_s, logz_s, m_t, logz_t):
+def _log_probs(s, t, m_s, logz_s, m_t, logz_t, inv_temp):
     """Log-probabilities of the student and teacher tiles under the global normalisers."""
-    return (s - m_s[:, None]) - logz_s[:, None], (t - m_t[:, None]) - logz_t[:, None]
+    return (s - m_s[:, None]) * inv_temp - logz_s[:, None], (t - m_t[:, None]) * inv_temp - logz_t[:, None]
 
 
 @triton.jit
@@ -87,9 +88,9 @@ def _jsd_sums_kernel(
     for v0 in range(0, n_valid, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         mask = in_range[:, None] & (cols < n_valid)[None, :]
-        s = load_rows(s_ptr, rows, stride_s, cols, mask, inv_temp)
-        t = load_rows(t_ptr, rows, stride_t, cols, mask, inv_temp)
-        log_q, log_p = _log_probs(s, t, m_s, logz_s, m_t, logz_t)
+        s = load_rows(s_ptr, rows, stride_s, cols, mask)
+        t = load_rows(t_ptr, rows, stride_t, cols, mask)
+        log_q, log_p = _log_probs(s, t, m_s, logz_s, m_t, logz_t, inv_temp)
         log_m = _log_mixture(log_q, log_p, beta)
         q = tl.exp(log_q)
         p = tl.exp(log_p)
@@ -119,9 +120,9 @@ def _kl_backward_kernel(
         cols = v0 + tl.arange(0, BLOCK_V)
         valid = live[:, None] & (cols < n_valid)[None, :]
         out_mask = in_range[:, None] & (cols < n_cols)[None, :]
-        s = load_rows(s_ptr, rows, stride_s, cols, valid, inv_temp)
-        t = load_rows(t_ptr, rows, stride_t, cols, valid, inv_temp)
-        log_q, log_p = _log_probs(s, t, m_s, logz_s, m_t, logz_t)
+        s = load_rows(s_ptr, rows, stride_s, cols, valid)
+        t = load_rows(t_ptr, rows, stride_t, cols, valid)
+        log_q, log_p = _log_probs(s, t, m_s, logz_s, m_t, logz_t, inv_temp)
         q = tl.exp(log_q)
         p = tl.exp(log_p)
         # Gradient of KL(A || B): w.r.t. A's logits A * (log A - log B - KL), w.r.t. B's (B - A).

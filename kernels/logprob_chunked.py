@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kernels.chunking import read_tile, row_chunks, write_tile, zero_unwritten
+from kernels.chunking import centre, read_tile, row_chunks, write_tile, zero_unwritten
 from kernels.logprob_stats import N_LP_SHARD_STATS, LPRowStat, LPShardStat
 from kernels.online_softmax import NEG_START
 from kernels.sharding import RowSelection, VocabShard
@@ -17,12 +17,11 @@ def shard_stats(logits: Tensor, targets: Tensor, rows: RowSelection, shard: Voca
         out[LPShardStat.M] = NEG_START
         return out
     for chunk in row_chunks(rows, shard.n_valid):
-        x = read_tile(logits, chunk, shard.n_valid, inv_temp)
+        x = read_tile(logits, chunk, shard.n_valid)
         target = targets[chunk.slots]
         held = target >= 0
         x_target = x.gather(1, target.clamp_min(0)[:, None]).squeeze(1)
-        m = x.amax(dim=1)
-        x = x.sub_(m[:, None])
+        x, m = centre(x, inv_temp)
         e = torch.exp(x)
         out[LPShardStat.M, chunk.slots] = m
         out[LPShardStat.Z, chunk.slots] = e.sum(dim=1)
@@ -37,8 +36,8 @@ def backward(
 ) -> None:
     for chunk in row_chunks(rows, shard.n_valid) if shard.n_valid else ():
         st = row_stats[:, chunk.slots]
-        log_p = read_tile(logits, chunk, shard.n_valid, inv_temp)
-        log_p.sub_(st[LPRowStat.M][:, None]).sub_(st[LPRowStat.LOGZ][:, None])
+        log_p = read_tile(logits, chunk, shard.n_valid)
+        log_p.sub_(st[LPRowStat.M][:, None]).mul_(inv_temp).sub_(st[LPRowStat.LOGZ][:, None])
         p = torch.exp(log_p)
         # d log p(y) / dx = onehot(y) - p;  d H / dx = -p (log p + H)
         d_ent = log_p.add_(st[LPRowStat.ENTROPY][:, None]).masked_fill_(p == 0, 0.0).mul_(p)

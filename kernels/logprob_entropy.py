@@ -35,7 +35,8 @@ class _VocabParallelLogprobEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, targets: Tensor, plan: _LPPlan):
         local = plan.impl.shard_stats(logits, targets, plan.rows, plan.shard, plan.inv_temp)
-        logprob, entropy, row_stats = logprob_entropy_from(merge_lp_shard_stats(plan.tp.gather(local)))
+        merged = merge_lp_shard_stats(plan.tp.gather(local), plan.inv_temp)
+        logprob, entropy, row_stats = logprob_entropy_from(merged, plan.inv_temp)
         ctx.save_for_backward(logits, targets, row_stats)
         ctx.plan = plan
         return plan.rows.scatter(logprob), plan.rows.scatter(entropy)

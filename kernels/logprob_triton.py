@@ -27,10 +27,10 @@ def _lp_stats_kernel(
     cross = tl.zeros([BLOCK_R], tl.float32)
     for v0 in range(0, n_valid, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
-        x = load_rows(x_ptr, rows, stride_x, cols, in_range[:, None] & (cols < n_valid)[None, :], inv_temp)
+        x = load_rows(x_ptr, rows, stride_x, cols, in_range[:, None] & (cols < n_valid)[None, :])
         z_old = z
-        m_new, z, e, alpha = online_lse_step(m, z, x)
-        cross = centred_cross_step(cross, z_old, alpha, m - m_new, e, x - m_new[:, None])
+        m_new, z, e, alpha = online_lse_step(m, z, x, inv_temp)
+        cross = centred_cross_step(cross, z_old, alpha, (m - m_new) * inv_temp, e, (x - m_new[:, None]) * inv_temp)
         m = m_new
     target = tl.load(target_ptr + slots, mask=in_range, other=-1)
     held = in_range & (target >= 0)
@@ -38,7 +38,7 @@ def _lp_stats_kernel(
     tl.store(out_ptr + 0 * n_sel + slots, m, mask=in_range)
     tl.store(out_ptr + 1 * n_sel + slots, z, mask=in_range)
     tl.store(out_ptr + 2 * n_sel + slots, cross, mask=in_range)
-    tl.store(out_ptr + 3 * n_sel + slots, x_target.to(tl.float32) * inv_temp, mask=in_range)
+    tl.store(out_ptr + 3 * n_sel + slots, x_target.to(tl.float32), mask=in_range)
 
 
 @triton.jit
@@ -57,8 +57,8 @@ def _lp_backward_kernel(
     for v0 in range(0, n_cols, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         valid = live[:, None] & (cols < n_valid)[None, :]
-        x = load_rows(x_ptr, rows, stride_x, cols, valid, inv_temp)
-        log_p = (x - m[:, None]) - logz[:, None]
+        x = load_rows(x_ptr, rows, stride_x, cols, valid)
+        log_p = (x - m[:, None]) * inv_temp - logz[:, None]
         p = tl.exp(log_p)
         # d log p(y) / dx = onehot(y) - p;  d H / dx = -p (log p + H)
         onehot = tl.where(cols[None, :] == target[:, None], 1.0, 0.0)

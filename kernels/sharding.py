@@ -45,9 +45,10 @@ class TPGroup:
         """All ranks' per-token statistics stacked on a new leading dim: [world, *local.shape]."""
         if self.group is None:
             return local.unsqueeze(0)
-        out = local.new_empty((self.world_size, *local.shape))
+        # Gathered along dim 0 as one flat tensor: the layout every backend (gloo too) accepts.
+        out = local.new_empty((self.world_size * local.shape[0], *local.shape[1:]))
         dist.all_gather_into_tensor(out, local.contiguous(), group=self.group)
-        return out
+        return out.view(self.world_size, *local.shape)
 
     def sum(self, local: Tensor) -> Tensor:
         """Per-token partial sums added over ranks, in place (the emulation adds the shards' values)."""

@@ -1,22 +1,23 @@
 """Triton building blocks shared by the KL and log-prob kernels: the online (streaming)
 log-sum-exp update and the centred cross-term update, plus the launch geometry.
 
-Online softmax keeps, per row, the running max m and z = sum exp(x - m). A cross term
-c = sum exp(a - m_a) * d, where d is a difference of logits each centred on its own running max,
-is rescaled when either max moves: centring keeps d small even when both logits are huge
-(e.g. +-1e4), so the final KL does not come from cancelling two large numbers.
+Online softmax keeps, per row, the running max m of the raw logits and z = sum exp((x - m) / T).
+Only centred differences are scaled by 1/T: x - m is exact for nearby values, so logits near 1e4
+lose nothing to the temperature. A cross term c = sum exp((a - m_a) / T) * d, where d is a
+difference of logits each centred on its own running max (and scaled), is rescaled when either
+max moves: centring keeps d small even when both logits are huge, so the final KL does not come
+from cancelling two large numbers.
 """
 from __future__ import annotations
 
 import triton
 import triton.language as tl
-from triton import knobs
 
-from kernels.backend import TileShape, tile_shape
+from kernels.backend import TileShape, interpreter_requested, tile_shape
 
 # Whether the @triton.jit functions in this package were built for the interpreter: Triton
 # decides when a kernel module is imported, so this is fixed for the life of the process.
-INTERPRETED: bool = bool(knobs.runtime.interpret)
+INTERPRETED: bool = interpreter_requested()
 
 
 def launch_tiles(n_cols: int) -> TileShape:
@@ -28,12 +29,12 @@ def n_programs(n_rows: int, tile: TileShape) -> tuple[int]:
 
 
 @triton.jit
-def online_lse_step(m, z, x):
-    """Fold a [rows, cols] tile x (padding = -inf) into the running (m, z) of each row.
-    Returns the new m and z, exp(x - m_new) and the factor alpha that rescales old sums."""
+def online_lse_step(m, z, x, inv_temp):
+    """Fold a [rows, cols] tile x of raw logits (padding = -inf) into the running (m, z) of each
+    row. Returns the new m and z, exp((x - m_new) / T) and the factor alpha that rescales old sums."""
     m_new = tl.maximum(m, tl.max(x, axis=1))
-    alpha = tl.exp(m - m_new)
-    e = tl.exp(x - m_new[:, None])
+    alpha = tl.exp((m - m_new) * inv_temp)
+    e = tl.exp((x - m_new[:, None]) * inv_temp)
     return m_new, z * alpha + tl.sum(e, axis=1), e, alpha
 
 
@@ -46,10 +47,10 @@ def centred_cross_step(c, z_old, alpha, shift, e, d):
 
 
 @triton.jit
-def load_rows(ptr, rows, stride, cols, mask, inv_temp):
-    """A [rows, cols] tile as fp32 logits / T; masked elements are -inf (weight 0)."""
+def load_rows(ptr, rows, stride, cols, mask):
+    """A [rows, cols] tile of logits as fp32; masked elements are -inf (weight 0)."""
     x = tl.load(ptr + rows[:, None] * stride + cols[None, :], mask=mask, other=float("-inf"))
-    return x.to(tl.float32) * inv_temp
+    return x.to(tl.float32)
 
 
 @triton.jit

@@ -151,6 +151,7 @@ def cpu_peak_child(case: Case, name: str, with_compile: bool) -> None:
     """Runs in a fresh process: one forward + backward of one variant, prints the peak JSON."""
     fn = variants(case, with_compile)[name]
     s, t = make_inputs(case)
+    _step(fn, s, t, True)  # warm-up: lazy imports and compilation are not the op's memory
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS
     base = _proc_status_kb("VmRSS")
@@ -164,15 +165,20 @@ def cpu_peak_extra_mb(case: Case, name: str, with_compile: bool) -> float:
            "--temperature", str(case.temperature), "--dtype", str(case.dtype).split(".")[-1]]
     if not with_compile:
         cmd.append("--no-compile")
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    # A fixed mmap threshold makes glibc map every buffer over 64 KiB afresh and unmap it on free,
+    # so the resident set follows live tensors instead of keeping freed heap memory around.
+    env = dict(os.environ, OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="65536")
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_extra_mb"]
 
 
-def bench_case(case: Case, repeats: int, with_compile: bool, bandwidth_gbs: float) -> list[dict]:
+def bench_case(case: Case, repeats: int, with_compile: bool, bandwidth_gbs: float, only: list[str] | None) -> list[dict]:
     s, t = make_inputs(case)
     elements = case.tokens * case.vocab
     rows = []
     for name, fn in variants(case, with_compile).items():
+        if only and name not in only:
+            continue
         row = {"tokens": case.tokens, "vocab": case.vocab, "variant": name}
         # The in-place variant turns its logits into their gradient: it gets its own copy.
         student = s.detach().clone().requires_grad_() if name == "fused_inplace" else s
@@ -219,6 +225,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (median)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    parser.add_argument("--variants", nargs="+", help="run only these (fused, fused_inplace, eager, compiled, liger)")
+    parser.add_argument("--tile", type=int, nargs=3, metavar=("ROWS", "COLS", "WARPS"),
+                        help="override the Triton launch tile (for tuning)")
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--child-peak", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -230,11 +239,16 @@ def main(argv: list[str] | None = None) -> None:
         cpu_peak_child(Case(tokens[0], vocab[0], args.mode, args.temperature, "cpu", dtype),
                        args.child_peak, not args.no_compile)
         return
+    if args.tile:
+        from kernels import backend, kl_triton
+
+        kl_triton.launch_tiles = lambda n_cols: backend.TileShape(*args.tile)
     repeats = args.repeats or (20 if on_gpu else 3)
     bandwidth = copy_bandwidth_gbs(args.device)
     backend = "Triton" if on_gpu or os.environ.get("TRITON_INTERPRET") == "1" else "chunked torch"
     print(f"device={args.device} ({torch.cuda.get_device_name() if on_gpu else 'CPU'}), fused path: {backend}, "
-          f"mode={args.mode}, dtype={args.dtype}, T={args.temperature}, median of {repeats}")
+          f"mode={args.mode}, dtype={args.dtype}, T={args.temperature}, median of {repeats}"
+          + (f", tile={args.tile}" if args.tile else ""))
     print(f"bandwidth floor reference: device copy {bandwidth:.0f} GB/s (read + write); floor bytes per "
           f"element: {BYTES_PER_ELEMENT}")
     print("peak memory: " + ("torch.cuda.max_memory_allocated above the pre-step allocation" if on_gpu else
@@ -243,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     for t_ in tokens:
         for v_ in vocab:
             rows += bench_case(Case(t_, v_, args.mode, args.temperature, args.device, dtype),
-                               repeats, not args.no_compile, bandwidth)
+                               repeats, not args.no_compile, bandwidth, args.variants)
     print_table(rows)
     if args.json:
         with open(args.json, "w") as f:

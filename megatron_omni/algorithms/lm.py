@@ -12,16 +12,17 @@ def collate(samples: list[dict]) -> dict[str, torch.Tensor]:
     return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}
 
 
-def masked_token_mean(per_token_loss: torch.Tensor, loss_mask: torch.Tensor):
-    """Mean over unmasked tokens; megatron's schedule divides by the number of micro-batches."""
+def masked_token_sum(per_token_loss: torch.Tensor, loss_mask: torch.Tensor):
+    """(token sum, token count, metrics): megatron divides by the global batch's token count."""
     loss_mask = loss_mask.float()
-    loss = (per_token_loss.float() * loss_mask).sum() / loss_mask.sum().clamp(min=1)
-    # clone: megatron's schedule divides the returned loss in place by the micro-batch count.
-    return loss, {"lm_loss": loss.detach().clone()}
+    total = (per_token_loss.float() * loss_mask).sum()
+    count = loss_mask.sum()
+    # megatron accumulates the token count in an int tensor.
+    return total, count.int(), {"lm_loss": torch.stack([total.detach(), count])}
 
 
 def lm_forward_step(batch: dict[str, torch.Tensor], model, mrope: bool):
     """Forward one micro-batch; megatron's GPTModel returns the per-token vocab-parallel CE."""
     tokens = batch["tokens"]
     output = model(tokens, text_position_ids(tokens, mrope), None, labels=batch["labels"])
-    return output, partial(masked_token_mean, loss_mask=batch["loss_mask"])
+    return output, partial(masked_token_sum, loss_mask=batch["loss_mask"])

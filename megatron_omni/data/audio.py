@@ -70,23 +70,41 @@ def load_audio_file(path: Path, cfg: AudioConfig) -> np.ndarray:
     return _finish(np.asarray(samples, dtype=np.float32).mean(axis=0), path, cfg)
 
 
+def declared_audio_seconds(path: Path) -> float | None:
+    """Duration of the first audio stream from the container header; None when there is none.
+
+    Read with PyAV because decord's ``AudioReader.duration()`` truncates to whole seconds.
+    """
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                return None
+            stream = container.streams.audio[0]
+            if stream.duration is not None and stream.time_base is not None:
+                return float(stream.duration * stream.time_base)
+            return container.duration / av.time_base if container.duration else 0.0
+    except av.error.FFmpegError as exc:
+        raise MediaError(path, f"cannot read the container ({first_line(exc)})") from exc
+
+
 def load_video_audio(path: Path, cfg: AudioConfig) -> np.ndarray | None:
     """The audio track of a video at ``cfg.sampling_rate`` mono; None when the video is silent."""
     import decord
 
     if not path.is_file():
         raise MediaError(path, "video file not found")
+    declared = declared_audio_seconds(path)
+    if declared is None:
+        return None
     try:
-        reader = decord.AudioReader(str(path), sample_rate=cfg.sampling_rate, mono=True)
-        declared = float(reader.duration())
-        samples = reader[:].asnumpy()
+        samples = decord.AudioReader(str(path), sample_rate=cfg.sampling_rate, mono=True)[:].asnumpy()
     except decord.DECORDError as exc:
-        if "find audio stream" in str(exc):
-            return None
         raise MediaError(path, f"cannot decode the audio track ({first_line(exc)})") from exc
     samples = np.asarray(samples, dtype=np.float32).reshape(-1)
     if declared <= 0:
-        raise MediaError(path, "the audio track reports no duration (truncated or corrupt file)")
+        raise MediaError(path, "the audio track declares no duration (truncated or corrupt file)")
     if samples.shape[0] < (declared - _TRUNCATION_SLACK_S) * cfg.sampling_rate:
         raise MediaError(path, f"truncated audio track: {samples.shape[0] / cfg.sampling_rate:.2f} s decoded, "
                                f"{declared:.2f} s declared")

@@ -52,12 +52,13 @@ class OmniSample:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_record(self, relative_to: Path | None = None) -> dict[str, Any]:
-        """The JSON object of this sample; media paths relative to ``relative_to`` when given."""
+        """The JSON object of this sample; media paths inside ``relative_to`` are written relative to it."""
 
         def rel(path: Path | None) -> str | None:
             if path is None:
                 return None
-            return str(path.relative_to(relative_to)) if relative_to is not None else str(path)
+            inside = relative_to is not None and path.is_relative_to(relative_to)
+            return str(path.relative_to(relative_to)) if inside else str(path)
 
         record: dict[str, Any] = {"id": self.id, "video": rel(self.video), "audio_path": rel(self.audio),
                                   "subtitle": self.subtitle, "openset": list(self.openset),
@@ -178,7 +179,7 @@ def load_manifest(path: str | Path) -> list[OmniSample]:
 
 
 def write_manifest(path: str | Path, samples: Iterable[OmniSample]) -> Path:
-    """Write samples as JSONL with media paths relative to the manifest's folder."""
+    """Write samples as JSONL; media inside the manifest's folder get paths relative to it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as fh:

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from megatron_omni.eval.lexicon import EmotionWheelLexicon
 from megatron_omni.eval.llm_endpoint import ChatEndpoint
+from megatron_omni.eval.wordlists import normalize_word
 
 # Valence of every level-1 class of the five MER wheels. "surprised" is neither.
 LEVEL1_VALENCE: dict[str, int] = {
@@ -42,6 +43,7 @@ class LexiconValence:
         self.class_valence = dict(class_valence)
 
     def word_valence(self, word: str) -> int:
+        word = normalize_word(word)
         for marker, valence in _POLARITY:
             if re.search(rf"\b{marker}\b", word):
                 return valence

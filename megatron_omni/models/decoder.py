@@ -75,6 +75,9 @@ def transformer_config(cfg: Config) -> TransformerConfig:
         # Interleaved pipelines give wrong numbers with batched p2p on gloo.
         batch_p2p_comm=on_gpu,
         deallocate_pipeline_outputs=True,
+        # Losses return (token sum, token count): megatron then normalises by the tokens of the
+        # whole global batch (all micro-batches and data-parallel ranks), the GRPO/SFT convention.
+        calculate_per_token_loss=True,
     )
 
 

@@ -39,7 +39,7 @@ from megatron_omni.models.encoders import (
 from megatron_omni.models.masking import ModalityMask, mask_features
 from megatron_omni.models.omni_config import OmniConfig, validate_omni
 from megatron_omni.models.placeholders import PlaceholderMismatch, placeholder_count, scatter_placeholders
-from megatron_omni.models.vocab_padding import mask_padded_vocab
+from megatron_omni.models.vocab_padding import padded_vocab_hook
 
 
 class OmniModel(MegatronModule):
@@ -70,12 +70,17 @@ class OmniModel(MegatronModule):
         self.model_type = ModelType.encoder_or_decoder
         self.visual = None
         self.audio_tower = None
+        if self.post_process and language_model.vocab_size != vocab_size:
+            language_model.output_layer.register_forward_hook(padded_vocab_hook(vocab_size))
         if self.pre_process:
             attn = omni.encoder_attn_implementation
             self.visual = build_vision_encoder(omni.vision, config.params_dtype, attn, initialize)
             self.audio_tower = build_audio_encoder(omni.audio, config.params_dtype, attn, initialize)
             self.visual.requires_grad_(not omni.freeze_vision)
             self.audio_tower.requires_grad_(not omni.freeze_audio)
+            # Part of the released weights but unused by the thinker's forward: kept frozen so
+            # weight decay cannot drift it.
+            self.audio_tower.audio_bos_eos_token.requires_grad_(False)
             self._tower_fp32_buffers = {"visual": fp32_buffers(self.visual), "audio_tower": fp32_buffers(self.audio_tower)}
 
     # ------------------------------------------------------------------ megatron plumbing
@@ -159,21 +164,14 @@ class OmniModel(MegatronModule):
             decoder_input = self.embed(
                 input_ids, pixel_values_videos, video_grid_thw, input_features, feature_attention_mask, modality_mask
             )
-        vocab_is_padded = self.post_process and self.language_model.vocab_size != self.vocab_size
-        output = self.language_model(
+        return self.language_model(
             input_ids,
             position_ids,
             attention_mask,
             decoder_input=decoder_input,
-            labels=None if vocab_is_padded else labels,
+            labels=labels,
             packed_seq_params=packed_seq_params,
         )
-        if not vocab_is_padded:
-            return output
-        logits = mask_padded_vocab(output, self.vocab_size)
-        if labels is None:
-            return logits
-        return self.language_model.compute_language_model_loss(labels, logits.transpose(0, 1))
 
 
 def build_omni_model(

@@ -3,7 +3,9 @@
 A padded row of the output layer produces a logit of 0, not -inf, so without masking every
 softmax, log-prob, cross-entropy and KL over the padded vocabulary would differ from the model's
 true distribution. Masked columns carry the dtype's lowest finite value: their probability is
-exactly 0 and ``p * log p`` stays 0 (``-inf`` would give NaN there).
+exactly 0 and ``p * log p`` stays 0 (``-inf`` would give NaN there). The mask is applied to the
+output layer's result in place, before GPTModel computes its loss or transposes the logits, so it
+costs no extra copy of the logits.
 """
 from __future__ import annotations
 
@@ -25,3 +27,13 @@ def mask_padded_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
     if start is not None:
         logits[..., start:] = torch.finfo(logits.dtype).min
     return logits
+
+
+def padded_vocab_hook(vocab_size: int):
+    """A forward hook for the output layer (which returns ``(logits [s, b, V/TP], bias)``)."""
+
+    def hook(module, inputs, output):
+        mask_padded_vocab(output[0], vocab_size)
+        return output
+
+    return hook

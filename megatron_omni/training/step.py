@@ -8,7 +8,8 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-# forward_step(batch, model_chunk) -> (output_tensor, loss_func); loss_func(output) -> (loss, {name: tensor})
+# forward_step(batch, model_chunk) -> (output_tensor, loss_func);
+# loss_func(output) -> (token-sum loss, token count, {name: scalar or [sum, count] tensor})
 ForwardStep = Callable
 
 
@@ -45,12 +46,17 @@ def run_microbatches(
 
 
 def _reduce_metrics(outputs: list[dict]) -> dict[str, float]:
+    """Global-batch values of the loss functions' metrics, identical on every rank.
+
+    A metric reported as a pair ``[sum, count]`` becomes sum / count over all micro-batches and
+    data-parallel ranks (a token mean); a scalar is averaged over micro-batches and ranks.
+    """
     local = None
     if outputs:
-        local = {
-            name: torch.stack([o[name].detach().double().reshape(()) for o in outputs]).mean().item()
-            for name in outputs[0]
-        }
+        local = {}
+        for name in outputs[0]:
+            values = torch.stack([o[name].detach().double().reshape(-1) for o in outputs])
+            local[name] = values.sum(0) if values.shape[1] == 2 else values.mean(0).reshape(1)
     holder = [local]
     dist.broadcast_object_list(
         holder,
@@ -58,11 +64,18 @@ def _reduce_metrics(outputs: list[dict]) -> dict[str, float]:
         group=parallel_state.get_pipeline_model_parallel_group(),
     )
     names = sorted(holder[0])
-    values = torch.tensor([holder[0][n] for n in names], dtype=torch.float64)
+    flat = torch.cat([holder[0][n] for n in names])
     dp_group = parallel_state.get_data_parallel_group()
-    dist.all_reduce(values, group=dp_group)
-    values /= dist.get_world_size(dp_group)
-    return dict(zip(names, values.tolist()))
+    dist.all_reduce(flat, group=dp_group)
+    metrics, i = {}, 0
+    for name in names:
+        if holder[0][name].numel() == 2:
+            metrics[name] = (flat[i] / flat[i + 1].clamp(min=1)).item()
+            i += 2
+        else:
+            metrics[name] = (flat[i] / dist.get_world_size(dp_group)).item()
+            i += 1
+    return metrics
 
 
 def optimizer_step(model_chunks, optimizer, scheduler, microbatches, forward_step, seq_length, micro_batch_size) -> dict:

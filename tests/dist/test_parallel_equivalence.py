@@ -100,12 +100,13 @@ def reference_grads(tied=True):
     cfg = make_cfg(tied=tied)
     (model,) = setup(cfg, ddp=False)
     microbatches = [collate([DATASET[i] for i in global_batch(0)[j : j + MICRO]]) for j in range(0, GLOBAL_BATCH, MICRO)]
+    tokens = sum(mb["loss_mask"].sum() for mb in microbatches)
     total = 0.0
     for mb in microbatches:
         output, loss_func = lm_forward_step(mb, model, mrope=True)
-        loss, _ = loss_func(output)
-        (loss / len(microbatches)).backward()
-        total += loss.item() / len(microbatches)
+        loss_sum, _, _ = loss_func(output)
+        (loss_sum / tokens).backward()
+        total += loss_sum.item() / tokens.item()
     grads = {name: p.grad.detach().float().clone() for name, p in model.named_parameters()}
     return total, grads
 
@@ -149,9 +150,10 @@ def test_distributed_optimizer_tp2_dp2_matches_single_rank_adam():
     for step in range(3):
         adam.zero_grad()
         mbs = [collate([DATASET[i] for i in global_batch(step)[j : j + MICRO]]) for j in range(0, GLOBAL_BATCH, MICRO)]
+        tokens = sum(mb["loss_mask"].sum() for mb in mbs)
         for mb in mbs:
             output, loss_func = lm_forward_step(mb, ref, mrope=True)
-            (loss_func(output)[0] / len(mbs)).backward()
+            (loss_func(output)[0] / tokens).backward()
         adam.step()
     expected = {n: p.detach().float().clone() for n, p in ref.named_parameters()}
 

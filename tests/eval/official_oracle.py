@@ -160,3 +160,24 @@ def wheel_metric(root, name2gt, name2pred, level, wheels=("wheel1", "wheel2", "w
         per_wheel[wheel] = (precision, recall)
         scores.append([2 * precision * recall / (precision + recall), precision, recall])
     return np.mean(scores, axis=0).tolist(), per_wheel
+
+
+def hit_rate(root, name2gt, name2pred, wheels=("wheel1", "wheel2", "wheel3", "wheel4", "wheel5"),
+             runs=tuple(f"run{i}" for i in range(1, 9))):
+    """The official basic-emotion hit rate, level 1, averaged over wheels."""
+    format_mapping = read_format_mapping(root)
+    raw_mapping = read_raw_mapping(root, list(runs))
+    rates = []
+    for wheel in wheels:
+        wheel_map = wheel_cluster(root, wheel, "level1")
+        hits = []
+        for name in name2gt:
+            gt = set(map_list([i.lower().strip() for i in official_string_to_list(name2gt[name])],
+                              format_mapping, raw_mapping, wheel_map))
+            if len(gt) == 0:
+                continue
+            pred = set(map_list([i.lower().strip() for i in official_string_to_list(name2pred[name])],
+                                format_mapping, raw_mapping, wheel_map))
+            hits.append(len(pred & gt))
+        rates.append(np.mean(hits))
+    return float(np.mean(rates))

@@ -1,0 +1,151 @@
+"""Reading and writing Hugging Face safetensors folders, one shard (one tensor) at a time.
+
+Reading takes every tensor's shape and dtype from the file headers first, so key and shape
+problems are reported before any weight is read. Writing fills shards up to a size limit and
+names them as transformers does (``model-00001-of-00003.safetensors`` + index).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from megatron_omni.convert.errors import ConversionError
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+THINKER_PREFIX = "thinker."
+# Parts of a full Qwen2.5-Omni checkpoint that are not the thinker (speech generation).
+NON_THINKER_PREFIXES = ("talker.", "token2wav.")
+
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    file: str
+    key: str  # the key as stored in the file
+    shape: tuple[int, ...]
+    dtype: torch.dtype | None
+
+
+def _shard_files(folder: Path) -> list[str]:
+    index = folder / INDEX_FILE
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise ConversionError(f"{index}: not a safetensors index (needs a 'weight_map'): {exc}") from None
+        files = sorted(set(weight_map.values()))
+        missing = [name for name in files if not (folder / name).is_file()]
+        if missing:
+            raise ConversionError(f"{index} names shard files that do not exist: {missing}")
+        return files
+    if (folder / SINGLE_FILE).is_file():
+        return [SINGLE_FILE]
+    found = sorted(p.name for p in folder.glob("*.safetensors"))
+    if found:
+        return found
+    other = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
+    raise ConversionError(
+        f"{folder}: no safetensors weights ({SINGLE_FILE} or {INDEX_FILE})"
+        + (f"; found {other}: convert them to safetensors first" if other else "")
+    )
+
+
+class HFCheckpoint:
+    """The thinker tensors of a HF folder, keyed without the ``thinker.`` prefix."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.files = _shard_files(self.folder)
+        stored: dict[str, TensorInfo] = {}
+        for name in self.files:
+            with safe_open(self.folder / name, framework="pt") as handle:
+                for key in handle.keys():
+                    piece = handle.get_slice(key)
+                    stored[key] = TensorInfo(name, key, tuple(piece.get_shape()), _SAFETENSORS_DTYPES.get(piece.get_dtype()))
+        self.ignored = sorted(k for k in stored if k.startswith(NON_THINKER_PREFIXES))
+        kept = [k for k in stored if not k.startswith(NON_THINKER_PREFIXES)]
+        prefixed = any(k.startswith(THINKER_PREFIX) for k in kept)
+        # A full checkpoint prefixes every thinker key; a thinker folder prefixes none. Keys that
+        # break the pattern stay as they are and surface as unexpected keys.
+        self.tensors = {
+            (k[len(THINKER_PREFIX):] if prefixed and k.startswith(THINKER_PREFIX) else k): stored[k] for k in kept
+        }
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {key: info.shape for key, info in self.tensors.items()}
+
+    def dtypes(self) -> set[torch.dtype | None]:
+        return {info.dtype for info in self.tensors.values()}
+
+    def iter_shards(self) -> Iterator[tuple[str, list[str]]]:
+        """(file name, thinker keys stored in it), file by file."""
+        for name in self.files:
+            yield name, [key for key, info in self.tensors.items() if info.file == name]
+
+    def read(self, handle, key: str) -> torch.Tensor:
+        return handle.get_tensor(self.tensors[key].key)
+
+    def open(self, file: str):
+        return safe_open(self.folder / file, framework="pt")
+
+
+def parse_size(text: str | int) -> int:
+    """'5GB', '500MB', '2000KB' or a byte count (decimal units, as transformers uses)."""
+    if isinstance(text, int):
+        return text
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?B)?\s*", str(text).upper())
+    if not match:
+        raise ValueError(f"size {text!r} must look like 5GB, 500MB or a number of bytes")
+    scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, None: 1}[match.group(2)]
+    return int(float(match.group(1)) * scale)
+
+
+class ShardWriter:
+    """Add tensors in order; a shard is written whenever the next tensor would overflow it."""
+
+    def __init__(self, folder: Path, max_shard_bytes: int, log: Callable[[str], None] = print):
+        self.folder = folder
+        self.max_shard_bytes = max_shard_bytes
+        self.log = log
+        self._pending: dict[str, torch.Tensor] = {}
+        self._pending_bytes = 0
+        self._written: list[tuple[str, list[str], int]] = []  # (temporary file, keys, bytes)
+
+    def add(self, key: str, tensor: torch.Tensor) -> None:
+        size = tensor.numel() * tensor.element_size()
+        if self._pending and self._pending_bytes + size > self.max_shard_bytes:
+            self._flush()
+        self._pending[key] = tensor
+        self._pending_bytes += size
+
+    def _flush(self) -> None:
+        name = f"shard-{len(self._written):05d}.tmp"
+        save_file(self._pending, str(self.folder / name), metadata={"format": "pt"})
+        self._written.append((name, list(self._pending), self._pending_bytes))
+        self.log(f"[convert] wrote shard {len(self._written)}: {len(self._pending)} tensors, {self._pending_bytes / 1e9:.2f} GB")
+        self._pending, self._pending_bytes = {}, 0
+
+    def close(self) -> list[str]:
+        """Write the last shard, give the shards their final names, write the index if several."""
+        if self._pending:
+            self._flush()
+        total = len(self._written)
+        names = [SINGLE_FILE] if total == 1 else [f"model-{i + 1:05d}-of-{total:05d}.safetensors" for i in range(total)]
+        weight_map = {}
+        for (tmp_name, keys, _), final in zip(self._written, names):
+            os.replace(self.folder / tmp_name, self.folder / final)
+            weight_map.update({key: final for key in keys})
+        if total > 1:
+            index = {"metadata": {"total_size": sum(size for *_, size in self._written)}, "weight_map": weight_map}
+            (self.folder / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        return names

@@ -1,0 +1,106 @@
+"""Hugging Face Qwen2.5-Omni thinker folder -> model-only Megatron checkpoint."""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from megatron_omni.config import ConfigError
+from megatron_omni.convert.errors import ConversionError, check_keys_and_shapes
+from megatron_omni.convert.hf_checkpoint import HFCheckpoint
+from megatron_omni.convert.hf_config import DTYPE_NAMES, read_hf_config
+from megatron_omni.convert.mapping import OmniParamMap
+from megatron_omni.convert.megatron_checkpoint import check_output_dir, save_model_checkpoint
+from megatron_omni.convert.model_config_file import OmniModelConfig
+from megatron_omni.convert.world import single_process_world
+from megatron_omni.models.decoder import padded_vocab_size
+from megatron_omni.models.omni import OmniModel, build_omni_model
+from megatron_omni.models.omni_config import validate_omni
+
+Log = Callable[[str], None]
+
+
+def _weights_dtype(checkpoint: HFCheckpoint, named: str | None, requested: str | None) -> str:
+    """The requested dtype, else the one config.json names, else the tensors' own (if uniform)."""
+    if requested or named:
+        return requested or named
+    stored = {DTYPE_NAMES.get(dtype) for dtype in checkpoint.dtypes()}
+    return stored.pop() if len(stored) == 1 and None not in stored else "fp32"
+
+
+def _tie_hint(cfg: OmniModelConfig, checkpoint: HFCheckpoint) -> str:
+    has_head = "lm_head.weight" in checkpoint.tensors
+    if cfg.model.tie_word_embeddings and has_head:
+        return "\n  (config.json ties the embeddings -- tie_word_embeddings=true -- yet the checkpoint holds lm_head.weight)"
+    if not cfg.model.tie_word_embeddings and not has_head:
+        return "\n  (config.json does not tie the embeddings -- tie_word_embeddings=false -- so lm_head.weight is required)"
+    return ""
+
+
+def plan_conversion(hf_dir: str | Path, params_dtype: str | None = None, log: Log = print) -> tuple[OmniModelConfig, HFCheckpoint, OmniParamMap]:
+    """Read and check everything from config.json and the shard headers; loads no weights."""
+    hf_dir = Path(hf_dir)
+    cfg, named_dtype = read_hf_config(hf_dir)
+    checkpoint = HFCheckpoint(hf_dir)
+    if checkpoint.ignored:
+        log(f"[convert] ignoring {len(checkpoint.ignored)} speech-generation tensors (talker.*, token2wav.*): not part of the thinker")
+    cfg.params_dtype = _weights_dtype(checkpoint, named_dtype, params_dtype)
+    try:
+        validate_omni(cfg.model, cfg.omni)
+    except ConfigError as exc:
+        raise ConversionError(f"{hf_dir / 'config.json'}: {exc}") from None
+    param_map = OmniParamMap(cfg, padded_vocab_size(cfg.model, 1))
+    check_keys_and_shapes(str(hf_dir), checkpoint.shapes(), param_map.hf_shapes(), _tie_hint(cfg, checkpoint))
+    return cfg, checkpoint, param_map
+
+
+def load_hf_weights(model: OmniModel, checkpoint: HFCheckpoint, param_map: OmniParamMap, log: Log = print) -> None:
+    """Copy every HF tensor into the model, shard by shard; fused tensors wait for their parts."""
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+    if set(state) != param_map.megatron_names():
+        raise ConversionError(
+            "the mapping does not cover the built model: "
+            f"unmapped {sorted(set(state) - param_map.megatron_names())}, unknown {sorted(param_map.megatron_names() - set(state))}"
+        )
+    by_hf_key = {key: mapping for mapping in param_map.mappings for key in mapping.hf}
+    pending: dict[str, dict[str, torch.Tensor]] = {}
+    casts: Counter = Counter()
+    for number, (file, keys) in enumerate(checkpoint.iter_shards(), start=1):
+        log(f"[convert] reading {file} ({number}/{len(checkpoint.files)}): {len(keys)} tensors")
+        with checkpoint.open(file) as handle:
+            for key in keys:
+                mapping = by_hf_key[key]
+                parts = pending.setdefault(mapping.megatron, {})
+                parts[key] = checkpoint.read(handle, key)
+                if len(parts) < len(mapping.hf):
+                    continue
+                del pending[mapping.megatron]
+                value = param_map.to_megatron(mapping, [parts[k] for k in mapping.hf])
+                target = state[mapping.megatron]
+                if value.dtype != target.dtype:
+                    casts[f"{value.dtype} -> {target.dtype}"] += 1
+                target.copy_(value)
+    for cast, count in casts.items():
+        log(f"[convert] cast {count} tensors {cast}")
+
+
+def convert_hf_to_megatron(
+    hf_dir: str | Path, out_dir: str | Path, params_dtype: str | None = None, overwrite: bool = False, log: Log = print
+) -> Path:
+    """Convert a HF thinker folder (or a full Qwen2.5-Omni folder) into ``out_dir``.
+
+    ``params_dtype`` ("fp32", "bf16", "fp16") defaults to the dtype config.json names. Nothing is
+    written unless every check passes; ``out_dir`` appears only once complete.
+    """
+    hf_dir = Path(hf_dir)
+    out_dir = check_output_dir(out_dir, overwrite)
+    cfg, checkpoint, param_map = plan_conversion(hf_dir, params_dtype, log)
+    with single_process_world():
+        log(f"[convert] building the model ({cfg.model.num_layers} decoder layers, {cfg.params_dtype})")
+        model = build_omni_model(cfg.to_config(), omni=cfg.omni, initialize=False)
+        load_hf_weights(model, checkpoint, param_map, log)
+        log(f"[convert] saving the Megatron checkpoint to {out_dir}")
+        save_model_checkpoint(out_dir, [model], cfg, assets_from=hf_dir, overwrite=overwrite)
+    return out_dir
