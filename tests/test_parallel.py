@@ -7,3 +7,7 @@ def test_parallel_equivalence_suite(torchrun):
 
 def test_cpu_compat_suite(torchrun):
     torchrun("tests/dist/test_cpu_compat.py", nproc=2)
+
+
+def test_rollout_suite(torchrun):
+    torchrun("tests/dist/test_rollout.py", nproc=4)

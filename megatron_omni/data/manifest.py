@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from megatron_omni.data.errors import ManifestError
+from megatron_omni.eval.jsonl import read_jsonl
 
 CLUE_FIELDS = ("visual_clues", "audio_clues", "reasoning_emotions")
 _KNOWN_FIELDS = {"id", "video", "audio_path", "audio", "subtitle", "openset", "description",
@@ -48,7 +49,7 @@ class OmniSample:
     extracted_clues: ExtractedClues = field(default_factory=ExtractedClues)
     emo: str | None = None  # MER-UniBench basic-emotion label
     val: float | None = None  # MER-UniBench sentiment value
-    source: str = ""  # "manifest.jsonl:12", for error messages
+    source: str = ""  # "manifest.jsonl, line 12", for error messages
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_record(self, relative_to: Path | None = None) -> dict[str, Any]:
@@ -130,7 +131,7 @@ class _LineReader:
 
 
 def parse_record(record: Any, where: str, folder: Path) -> OmniSample:
-    """Validate one decoded JSON value; ``where`` ("file:line") prefixes every error."""
+    """Validate one decoded JSON value; ``where`` ("file, line N") prefixes every error."""
     if not isinstance(record, dict):
         raise ManifestError(f"{where}: expected a JSON object, got {type(record).__name__}")
     line = _LineReader(record, where)
@@ -155,24 +156,14 @@ def parse_record(record: Any, where: str, folder: Path) -> OmniSample:
 def load_manifest(path: str | Path) -> list[OmniSample]:
     """Read and validate a JSONL manifest (blank lines are allowed); ids must be unique."""
     path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"manifest not found: {path}")
     samples: list[OmniSample] = []
     first_seen: dict[str, str] = {}
-    with open(path, encoding="utf-8") as fh:
-        for number, text in enumerate(fh, start=1):
-            if not text.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ManifestError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
-            sample = parse_record(record, where, path.parent)
-            if sample.id in first_seen:
-                raise ManifestError(f"{where}: field 'id': duplicate id {sample.id!r} (first at {first_seen[sample.id]})")
-            first_seen[sample.id] = where
-            samples.append(sample)
+    for where, record in read_jsonl(path, ManifestError):
+        sample = parse_record(record, where, path.parent)
+        if sample.id in first_seen:
+            raise ManifestError(f"{where}: field 'id': duplicate id {sample.id!r} (first at {first_seen[sample.id]})")
+        first_seen[sample.id] = where
+        samples.append(sample)
     if not samples:
         raise ManifestError(f"{path}: the manifest holds no samples")
     return samples

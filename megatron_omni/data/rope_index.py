@@ -132,9 +132,8 @@ def _interleaved_block(ids: Sequence[int], i: int, start: int, spec: RopeIndexSp
     audio = text_positions(start + 1, num_audio_tokens(media.take("audio")))
     body_start = i + 2
     body_end = body_start + video.shape[1] + audio.shape[1]
-    body = ids[body_start:body_end]
-    is_video = torch.tensor([t == spec.video_token_id for t in body], dtype=torch.bool)
-    is_audio = torch.tensor([t == spec.audio_token_id for t in body], dtype=torch.bool)
+    body = torch.as_tensor(ids[body_start:body_end], dtype=torch.long)
+    is_video, is_audio = body == spec.video_token_id, body == spec.audio_token_id
     if len(body) != body_end - body_start or int(is_video.sum()) != video.shape[1] or int(is_audio.sum()) != audio.shape[1]:
         raise ValueError(f"video-with-audio block at position {i} expects {video.shape[1]} video and "
                          f"{audio.shape[1]} audio tokens, found {int(is_video.sum())} and {int(is_audio.sum())}")

@@ -20,6 +20,7 @@ import dataclasses
 
 import torch
 from megatron.core import tensor_parallel
+from megatron.core.inference.contexts import BaseInferenceContext
 from megatron.core.models.gpt import GPTModel
 from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.transformer import TransformerConfig
@@ -154,7 +155,12 @@ class OmniModel(MegatronModule):
         feature_attention_mask: torch.Tensor | None = None,
         modality_mask: ModalityMask | None = None,
         packed_seq_params: PackedSeqParams | None = None,
+        inference_context: BaseInferenceContext | None = None,
+        runtime_gather_output: bool | None = None,
     ) -> torch.Tensor:
+        """``inference_context`` (megatron's KV cache) and ``runtime_gather_output`` (full-vocab
+        logits on every TP rank) pass through to GPTModel for generation: the prefill step
+        carries the media, decode steps only their new text tokens."""
         if position_ids.dim() != 3 or position_ids.shape[0] != 3:
             raise ValueError(
                 f"position_ids must be [3, batch, seq] (TMRoPE temporal/height/width rows), got {tuple(position_ids.shape)}"
@@ -171,6 +177,8 @@ class OmniModel(MegatronModule):
             decoder_input=decoder_input,
             labels=labels,
             packed_seq_params=packed_seq_params,
+            inference_context=inference_context,
+            runtime_gather_output=runtime_gather_output,
         )
 
 

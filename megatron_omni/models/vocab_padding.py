@@ -21,19 +21,23 @@ def local_padding_start(vocab_size: int, local_columns: int, tp_rank: int) -> in
     return max(vocab_size - first, 0)
 
 
-def mask_padded_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Set this TP rank's padded vocabulary columns of ``logits`` [..., V_padded / TP] in place."""
-    start = local_padding_start(vocab_size, logits.shape[-1], parallel_state.get_tensor_model_parallel_rank())
+def mask_padded_vocab(logits: torch.Tensor, vocab_size: int, gathered: bool = False) -> torch.Tensor:
+    """Set the padded vocabulary columns of ``logits`` in place: [..., V_padded / TP] holds this
+    TP rank's shard, or [..., V_padded] when ``gathered`` over TP ranks."""
+    tp_rank = 0 if gathered else parallel_state.get_tensor_model_parallel_rank()
+    start = local_padding_start(vocab_size, logits.shape[-1], tp_rank)
     if start is not None:
         logits[..., start:] = torch.finfo(logits.dtype).min
     return logits
 
 
 def padded_vocab_hook(vocab_size: int):
-    """A forward hook for the output layer (which returns ``(logits [s, b, V/TP], bias)``)."""
+    """A forward hook for GPTModel's output layer, a ColumnParallelLinear returning
+    ``(logits [s, b, V/TP or V], bias)``; the full width means it gathered the shards."""
 
     def hook(module, inputs, output):
-        mask_padded_vocab(output[0], vocab_size)
+        logits = output[0]
+        mask_padded_vocab(logits, vocab_size, gathered=logits.shape[-1] != module.output_size_per_partition)
         return output
 
     return hook

@@ -17,6 +17,9 @@ the GPU path runs megatron-core untouched.
    expect ``'torch.cuda.FloatTensor'``: the same mode reports CPU tensors under their CUDA names.
 5. ``tensor_parallel.random.CudaRNGStatesTracker`` (uses ``torch.cuda.get_rng_state``): replaced
    by a tracker over the CPU generator, so ``get_cuda_rng_tracker().fork()`` swaps CPU RNG states.
+6. ``inference.communication_utils._is_cuda`` (asserts ``tensor.is_cuda`` before the pipeline
+   broadcasts of generation): accepts any non-None tensor. ``is_cuda`` is a property that a
+   ``TorchFunctionMode`` cannot intercept.
 """
 from __future__ import annotations
 
@@ -110,6 +113,10 @@ class CpuRNGStatesTracker:
             torch.set_rng_state(outer)
 
 
+def _require_tensor(tensor) -> None:
+    assert tensor is not None
+
+
 def install_cpu_rng_tracker() -> None:
     """Make megatron's global RNG tracker the CPU one (idempotent, survives ``force_reset``)."""
     from megatron.core.tensor_parallel import random as mrandom
@@ -132,6 +139,9 @@ def apply_cpu_compat() -> bool:
     _mode = _CudaToCpuMode()
     _mode.__enter__()  # patches 3 and 4, for the life of the process
     install_cpu_rng_tracker()  # patch 5
+    from megatron.core.inference import communication_utils
+
+    communication_utils._is_cuda = _require_tensor  # patch 6
     _applied = True
     return True
 

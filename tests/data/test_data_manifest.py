@@ -31,9 +31,9 @@ def test_fields_and_relative_paths(tmp_path):
     assert first.openset == ("happy", "joyful")
     assert first.extracted_clues == ExtractedClues(("smile",), ("rising pitch",), ("happy",))
     assert first.extra == {"original_index": 7}
-    assert first.source == f"{tmp_path / 'manifest.jsonl'}:1"
+    assert first.source == f"{tmp_path / 'manifest.jsonl'}, line 1"
     assert second.video is None and second.audio == tmp_path / "x.wav" and second.val == -1.0
-    assert second.source.endswith(":3")  # blank lines keep the numbering
+    assert second.source.endswith(", line 3")  # blank lines keep the numbering
 
 
 def test_round_trip(tmp_path):
@@ -54,17 +54,17 @@ def test_the_oppo_reference_sample_parses(shared_data):
 
 
 @pytest.mark.parametrize("record, message", [
-    ({**GOOD, "openset": "happy"}, r":1: field 'openset': expected a list of strings"),
-    ({**GOOD, "openset": ["happy", 3]}, r":1: field 'openset': expected a list of strings"),
-    ({**GOOD, "subtitle": 5}, r":1: field 'subtitle': expected a string, got int"),
-    ({**GOOD, "val": "positive"}, r":1: field 'val': expected a number"),
-    ({**GOOD, "val": True}, r":1: field 'val': expected a number"),
-    ({k: v for k, v in GOOD.items() if k not in ("video", "audio_path")}, r":1: field 'video': a sample needs"),
-    ({**GOOD, "video": ""}, r":1: field 'video': is an empty path"),
-    ({**GOOD, "audio": "other.wav"}, r":1: field 'audio_path': conflicting values"),
-    ({**GOOD, "extracted_clues": ["smile"]}, r":1: field 'extracted_clues': expected an object"),
-    ({**GOOD, "extracted_clues": {"visual_clue": ["smile"]}}, r":1: field 'extracted_clues.visual_clue': unknown key"),
-    ({**GOOD, "extracted_clues": {"audio_clues": "loud"}}, r":1: field 'extracted_clues.audio_clues': expected a list"),
+    ({**GOOD, "openset": "happy"}, r", line 1: field 'openset': expected a list of strings"),
+    ({**GOOD, "openset": ["happy", 3]}, r", line 1: field 'openset': expected a list of strings"),
+    ({**GOOD, "subtitle": 5}, r", line 1: field 'subtitle': expected a string, got int"),
+    ({**GOOD, "val": "positive"}, r", line 1: field 'val': expected a number"),
+    ({**GOOD, "val": True}, r", line 1: field 'val': expected a number"),
+    ({k: v for k, v in GOOD.items() if k not in ("video", "audio_path")}, r", line 1: field 'video': a sample needs"),
+    ({**GOOD, "video": ""}, r", line 1: field 'video': is an empty path"),
+    ({**GOOD, "audio": "other.wav"}, r", line 1: field 'audio_path': conflicting values"),
+    ({**GOOD, "extracted_clues": ["smile"]}, r", line 1: field 'extracted_clues': expected an object"),
+    ({**GOOD, "extracted_clues": {"visual_clue": ["smile"]}}, r", line 1: field 'extracted_clues.visual_clue': unknown key"),
+    ({**GOOD, "extracted_clues": {"audio_clues": "loud"}}, r", line 1: field 'extracted_clues.audio_clues': expected a list"),
 ])
 def test_wrong_fields_name_file_line_and_field(tmp_path, record, message):
     with pytest.raises(ManifestError, match=message) as info:
@@ -73,15 +73,16 @@ def test_wrong_fields_name_file_line_and_field(tmp_path, record, message):
 
 
 def test_structural_errors(tmp_path):
-    with pytest.raises(ManifestError, match=r"manifest.jsonl:2: invalid JSON"):
+    with pytest.raises(ManifestError, match=r"manifest.jsonl, line 2: not valid JSON"):
         load_manifest(_write(tmp_path, GOOD, '{"id": "s2", '))
-    with pytest.raises(ManifestError, match=r"manifest.jsonl:1: expected a JSON object, got list"):
+    with pytest.raises(ManifestError, match=r"manifest.jsonl, line 1: expected a JSON object"):
         load_manifest(_write(tmp_path, "[1, 2]"))
-    with pytest.raises(ManifestError, match=r"manifest.jsonl:2: field 'id': duplicate id 's1' \(first at .*:1\)"):
+    with pytest.raises(ManifestError, match=r"manifest.jsonl, line 2: field 'id': duplicate id 's1' "
+                                            r"\(first at .*, line 1\)"):
         load_manifest(_write(tmp_path, GOOD, GOOD))
     with pytest.raises(ManifestError, match="holds no samples"):
         load_manifest(_write(tmp_path, ""))
-    with pytest.raises(ManifestError, match="manifest not found"):
+    with pytest.raises(ManifestError, match="file not found: .*absent.jsonl"):
         load_manifest(tmp_path / "absent.jsonl")
 
 

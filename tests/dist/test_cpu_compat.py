@@ -89,3 +89,13 @@ def test_rng_tracker_forks_cpu_streams_per_tp_rank():
         again = torch.rand(4)
     assert torch.equal(drawn, again)
     assert parallel_state.get_tensor_model_parallel_world_size() == 2
+
+
+def test_pipeline_broadcast_of_cpu_tensors():
+    """Patch 6: inference.communication_utils asserts tensors are CUDA before broadcasting."""
+    from megatron.core.inference.communication_utils import broadcast_from_last_pipeline_stage
+
+    last = dist.get_rank() == 1
+    value = torch.arange(3.0) if last else None
+    out = broadcast_from_last_pipeline_stage([3], torch.float32, value, pp_group=dist.group.WORLD)
+    assert torch.equal(out, torch.arange(3.0))

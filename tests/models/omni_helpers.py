@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
 
 VOCAB = 128
@@ -136,7 +137,21 @@ def assert_close_on_valid(actual: torch.Tensor, expected: torch.Tensor, batch: O
         torch.testing.assert_close(actual[i, :n, :VOCAB], expected[i, :n, :VOCAB], atol=atol, rtol=0)
 
 
-def save_hf_folder(hf_model, folder: Path, max_shard_size: str | None = None) -> Path:
-    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
-    hf_model.save_pretrained(folder, **kwargs)
+def save_hf_folder(hf_model, folder: Path) -> Path:
+    hf_model.save_pretrained(folder)
     return folder
+
+
+def read_folder(folder) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(path, framework="pt") as handle:
+            tensors.update({key: handle.get_tensor(key) for key in handle.keys()})
+    return tensors
+
+
+def assert_bit_identical(actual: dict, expected: dict) -> None:
+    assert sorted(actual) == sorted(expected)
+    for key, tensor in expected.items():
+        assert actual[key].dtype == tensor.dtype, key
+        assert torch.equal(actual[key], tensor), key

@@ -5,27 +5,11 @@ import json
 
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
 from megatron_omni.convert import convert_hf_to_megatron, convert_megatron_to_hf, read_model_config
-from omni_helpers import assert_close_on_valid, hf_logits, make_batch, make_hf_thinker, save_hf_folder
-
-
-def read_folder(folder) -> dict[str, torch.Tensor]:
-    tensors = {}
-    for path in sorted(folder.glob("*.safetensors")):
-        with safe_open(path, framework="pt") as handle:
-            tensors.update({key: handle.get_tensor(key) for key in handle.keys()})
-    return tensors
-
-
-def assert_bit_identical(actual: dict, expected: dict) -> None:
-    assert sorted(actual) == sorted(expected)
-    for key, tensor in expected.items():
-        assert actual[key].dtype == tensor.dtype, key
-        assert torch.equal(actual[key], tensor), key
+from omni_helpers import assert_bit_identical, assert_close_on_valid, hf_logits, make_batch, make_hf_thinker, read_folder, save_hf_folder
 
 
 @pytest.mark.parametrize("use_audio_in_video", [False, True], ids=["separate-audio", "audio-in-video"])

@@ -3,6 +3,7 @@ dtype handling, checkpoint sharding and vocabulary padding."""
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 
 import pytest
 import torch
@@ -62,6 +63,32 @@ def test_mask_is_seeded_and_leaves_the_global_rng_alone():
 def test_mask_options_are_checked(kwargs):
     with pytest.raises(ValueError, match="ModalityMask"):
         ModalityMask(**kwargs)
+
+
+def test_kv_cache_decoding_matches_the_full_forward(omni_model, batch):
+    """Prefill with the media through megatron's static KV cache, then one text token."""
+    from megatron.core.inference.contexts import StaticInferenceContext
+
+    n = batch.lengths()[0]
+    prompt = dict(
+        input_ids=batch.input_ids[:1, :n], position_ids=batch.position_ids[:, :1, :n],
+        pixel_values_videos=batch.pixel_values_videos[: int(batch.video_grid_thw[0].prod())],
+        video_grid_thw=batch.video_grid_thw[:1], input_features=batch.input_features[:1],
+        feature_attention_mask=batch.feature_attention_mask[:1],
+    )
+    ctx = StaticInferenceContext(max_batch_size=1, max_sequence_length=n + 1)
+    with torch.no_grad():
+        prefill = omni_model(**prompt, inference_context=ctx, runtime_gather_output=True)
+        ctx.increment_sequence_len_offset(n)
+        token = prefill[:, -1:].argmax(-1)
+        position = torch.full((3, 1, 1), int(prompt["position_ids"].max()) + 1)
+        step = omni_model(input_ids=token, position_ids=position, inference_context=ctx, runtime_gather_output=True)
+        full = omni_model(
+            **{**prompt, "input_ids": torch.cat([prompt["input_ids"], token], 1),
+               "position_ids": torch.cat([prompt["position_ids"], position], 2)}
+        )
+    torch.testing.assert_close(prefill, full[:, :n], atol=1e-5, rtol=0)
+    torch.testing.assert_close(step[:, -1], full[:, -1], atol=1e-5, rtol=0)
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -133,3 +160,31 @@ def test_padded_vocabulary_is_kept_out_of_the_softmax(spec, batch, megatron_worl
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
     loss.mean().backward()
     assert model.language_model.output_layer.weight.grad[120:].abs().max() == 0
+
+
+def test_one_training_step_through_megatron_ddp_and_optimizer(spec, batch, megatron_world):
+    """build_model_chunks (DDP), the pipeline schedule and megatron's Adam update the decoder and
+    the trainable tower, and leave the frozen tower alone."""
+    from megatron_omni.algorithms.lm import masked_token_sum
+    from megatron_omni.training.model_setup import build_model_chunks, unwrap
+    from megatron_omni.training.optimizer import build_optimizer
+    from megatron_omni.training.step import optimizer_step
+
+    cfg = spec.to_config()
+    cfg.optimizer.lr = 1e-2
+    chunks = build_model_chunks(cfg, partial(build_omni_model, omni=dataclasses.replace(spec.omni, freeze_vision=True)))
+    optimizer, scheduler = build_optimizer(cfg, chunks)
+    model = unwrap(chunks[0])
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    labels = batch.input_ids.roll(-1, dims=1)
+
+    def forward_step(microbatch, chunk):
+        loss = chunk(**microbatch.model_inputs(), labels=labels)
+        return loss, partial(masked_token_sum, loss_mask=microbatch.attention_mask)
+
+    metrics = optimizer_step(chunks, optimizer, scheduler, [batch], forward_step, batch.input_ids.shape[1], batch.input_ids.shape[0])
+    assert torch.isfinite(torch.tensor(metrics["lm_loss"])) and metrics["skipped"] == 0
+    moved = {name for name, p in model.named_parameters() if not torch.equal(p.detach(), before[name])}
+    assert "audio_tower.layers.0.fc1.weight" in moved
+    assert "language_model.decoder.layers.0.self_attention.linear_qkv.weight" in moved
+    assert not [name for name in moved if name.startswith("visual.")]

@@ -1,0 +1,39 @@
+"""Convert a Hugging Face Qwen2.5-Omni thinker into a model-only Megatron checkpoint.
+
+    python tools/convert_hf_to_megatron.py --hf-dir Qwen2.5-Omni-7B --out-dir checkpoints/omni-7b [--dtype bf16]
+
+--hf-dir is a thinker folder or a full released Qwen2.5-Omni folder (its talker / token2wav
+weights are skipped). The conversion runs in one CPU process and holds the whole model in host
+memory (about 2 bytes per parameter in bf16) plus one tensor of the checkpoint at a time. The
+result loads at any tensor/pipeline-parallel layout (megatron_omni.convert.load_model_checkpoint)
+and carries omni_model.yaml and the tokenizer/processor files.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hf-dir", required=True, help="Hugging Face folder: config.json + safetensors")
+    parser.add_argument("--out-dir", required=True, help="Megatron checkpoint folder to create")
+    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="weights dtype (default: the one config.json names)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out-dir if it exists")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    # A CPU job by design: hide accelerators before torch is imported.
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    from megatron_omni.convert import convert_hf_to_megatron
+    from megatron_omni.convert.cli import run_conversion
+
+    return run_conversion(convert_hf_to_megatron, args.hf_dir, args.out_dir, params_dtype=args.dtype, overwrite=args.overwrite)
+
+
+# dist_checkpointing.save starts a helper process that re-imports this module: keep the guard.
+if __name__ == "__main__":
+    sys.exit(main())
