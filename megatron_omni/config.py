@@ -279,6 +279,10 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
             "(pip install --no-build-isolation -r requirements-gpu.txt); set precision.fp8=null on CPU"
         )
     t = cfg.train
+    if cfg.optimizer.lr_warmup_steps >= t.steps:
+        raise ConfigError(
+            f"optimizer.lr_warmup_steps ({cfg.optimizer.lr_warmup_steps}) must be smaller than train.steps ({t.steps})"
+        )
     if t.global_batch_size % t.micro_batch_size:
         raise ConfigError(
             f"train.global_batch_size ({t.global_batch_size}) must be a multiple of train.micro_batch_size ({t.micro_batch_size})"

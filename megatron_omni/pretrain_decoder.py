@@ -6,12 +6,10 @@
 from __future__ import annotations
 
 import argparse
-from functools import partial
-
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from megatron_omni.algorithms.lm import collate, lm_forward_step
+from megatron_omni.algorithms.lm import LanguageModeling
 from megatron_omni.config import Config, ConfigError, load_config
 from megatron_omni.data.sampler import ResumableBatchSampler
 from megatron_omni.data.text_corpus import VOCAB_SIZE, TextWindows, generate_sentences
@@ -48,11 +46,8 @@ def run(cfg: Config) -> list[dict]:
         dp_rank=parallel_state.get_data_parallel_rank(), dp_size=parallel_state.get_data_parallel_world_size(),
         seed=cfg.train.seed,
     )
-    history = train(
-        cfg, model_chunks, optimizer, scheduler, sampler,
-        make_microbatch=lambda idx: collate([dataset[i] for i in idx]),
-        forward_step=partial(lm_forward_step, mrope=cfg.model.mrope_section is not None),
-    )
+    algorithm = LanguageModeling(dataset, cfg.train.micro_batch_size, mrope=cfg.model.mrope_section is not None)
+    history = train(cfg, model_chunks, optimizer, scheduler, sampler, algorithm)
     if dist.get_rank() == 0 and history:
         first, last = history[0]["lm_loss"], history[-1]["lm_loss"]
         print(f"[train] lm_loss {first:.4f} (step {history[0]['step']}) -> {last:.4f} (step {history[-1]['step']})", flush=True)

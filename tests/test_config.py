@@ -64,6 +64,7 @@ def test_error_names_the_file(tmp_path):
         (["parallel.sequence_parallel=true"], "sequence_parallel needs tensor_model_parallel_size >= 2"),
         (["model.num_query_groups=3"], "model.num_attention_heads (4) must be divisible by model.num_query_groups (3)"),
         (["model.mrope_section=[2, 2, 2]"], "model.mrope_section [2, 2, 2] must sum to head_dim / 2 = 8"),
+        (["optimizer.lr_warmup_steps=5", "train.steps=5"], "optimizer.lr_warmup_steps (5) must be smaller than train.steps (5)"),
         (["train.global_batch_size=6", "train.micro_batch_size=4"], "train.global_batch_size (6) must be a multiple of train.micro_batch_size (4)"),
     ],
 )

@@ -20,11 +20,9 @@ import numpy as np
 
 
 def _config():
-    from megatron_omni.data.config import DataConfig
-    from megatron_omni.data.video import VideoConfig
+    from megatron_omni.data.toy import toy_data_config
 
-    # The toy demo's settings: 112x112 frames kept as they are, 2 frames per second, packing.
-    return DataConfig(video=VideoConfig(min_pixels=28 * 28, max_pixels=112 * 112), packing=True)
+    return toy_data_config(packing=True)
 
 
 def stage_costs(paths) -> dict[str, float]:

@@ -14,24 +14,24 @@ import argparse
 import os
 import sys
 
+# A CPU job by design: accelerators are hidden before torch is imported.
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+from megatron_omni.convert import convert_hf_to_megatron  # noqa: E402
+from megatron_omni.convert.cli import run_conversion  # noqa: E402
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hf-dir", required=True, help="Hugging Face folder: config.json + safetensors")
     parser.add_argument("--out-dir", required=True, help="Megatron checkpoint folder to create")
-    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="weights dtype (default: the one config.json names)")
+    parser.add_argument("--dtype", dest="params_dtype", choices=["fp32", "bf16", "fp16"], help="weights dtype (default: the one config.json names)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out-dir if it exists")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    # A CPU job by design: hide accelerators before torch is imported.
-    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-    from megatron_omni.convert import convert_hf_to_megatron
-    from megatron_omni.convert.cli import run_conversion
-
-    return run_conversion(convert_hf_to_megatron, args.hf_dir, args.out_dir, params_dtype=args.dtype, overwrite=args.overwrite)
+    return run_conversion(convert_hf_to_megatron, **vars(parse_args(argv)))
 
 
 # dist_checkpointing.save starts a helper process that re-imports this module: keep the guard.

@@ -13,6 +13,12 @@ import argparse
 import os
 import sys
 
+# A CPU job by design: accelerators are hidden before torch is imported.
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+from megatron_omni.convert import convert_megatron_to_hf  # noqa: E402
+from megatron_omni.convert.cli import run_conversion  # noqa: E402
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -24,13 +30,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    # A CPU job by design: hide accelerators before torch is imported.
-    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-    from megatron_omni.convert import convert_megatron_to_hf
-    from megatron_omni.convert.cli import run_conversion
-
-    return run_conversion(convert_megatron_to_hf, args.checkpoint, args.out_dir, max_shard_size=args.max_shard_size, overwrite=args.overwrite)
+    return run_conversion(convert_megatron_to_hf, **vars(parse_args(argv)))
 
 
 # The loader may start dist_checkpointing helper processes that re-import this module.

@@ -6,6 +6,21 @@ from functools import partial
 import torch
 
 from megatron_omni.models.decoder import text_position_ids
+from megatron_omni.training.loop import split_microbatches
+
+
+class LanguageModeling:
+    """Next-token prediction on fixed-length windows of a token data set (the loop's Algorithm)."""
+
+    def __init__(self, dataset, micro_batch_size: int, mrope: bool):
+        self.dataset, self.micro_batch_size, self.mrope = dataset, micro_batch_size, mrope
+
+    def prepare(self, indices: list[int], step: int):
+        chunks = split_microbatches(indices, self.micro_batch_size)
+        return [collate([self.dataset[i] for i in chunk]) for chunk in chunks], {}
+
+    def forward_step(self, batch, model):
+        return lm_forward_step(batch, model, self.mrope)
 
 
 def collate(samples: list[dict]) -> dict[str, torch.Tensor]:

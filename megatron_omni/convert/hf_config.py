@@ -7,6 +7,7 @@ read the way transformers reads them.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -21,9 +22,32 @@ from megatron_omni.models.omni_config import AudioEncoderConfig, OmniConfig, Omn
 
 THINKER_TYPE = "qwen2_5_omni_thinker"
 FULL_MODEL_TYPE = "qwen2_5_omni"
+# ModelConfig field -> transformers text-config attribute (rope, tying and activation aside).
+TEXT_FIELDS = {
+    "vocab_size": "vocab_size",
+    "hidden_size": "hidden_size",
+    "ffn_hidden_size": "intermediate_size",
+    "num_layers": "num_hidden_layers",
+    "num_attention_heads": "num_attention_heads",
+    "num_query_groups": "num_key_value_heads",
+    "norm_epsilon": "rms_norm_eps",
+    "max_position_embeddings": "max_position_embeddings",
+    "attention_dropout": "attention_dropout",
+}
+# OmniTokenIds field -> transformers thinker-config attribute.
+TOKEN_FIELDS = {
+    "audio": "audio_token_index",
+    "image": "image_token_index",
+    "video": "video_token_index",
+    "audio_start": "audio_start_token_id",
+    "audio_end": "audio_end_token_id",
+    "vision_start": "vision_start_token_id",
+    "vision_end": "vision_end_token_id",
+    "user": "user_token_id",
+}
 # transformers' thinker config does not declare these two, although its rope-index code reads
 # them; released checkpoints carry them. Qwen2.5-Omni's tokenizer values serve as the fallback.
-QWEN_VISION_START, QWEN_VISION_END = 151652, 151653
+TOKEN_FALLBACKS = {"vision_start_token_id": 151652, "vision_end_token_id": 151653}
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 TORCH_DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items()}
@@ -67,6 +91,13 @@ def _dtype_name(thinker: Qwen2_5OmniThinkerConfig) -> str | None:
     return DTYPE_NAMES.get(dtype)
 
 
+def tower_config_from_hf(cls, hf_config, **overrides):
+    """A tower dataclass from transformers' tower config: the field names are the same."""
+    values = {f.name: getattr(hf_config, f.name) for f in dataclasses.fields(cls) if f.name not in overrides}
+    values = {name: list(v) if isinstance(v, tuple) else v for name, v in values.items()}
+    return cls(**values, **overrides)
+
+
 def read_hf_config(hf_dir: str | Path) -> tuple[OmniModelConfig, str | None]:
     """The model description of a HF thinker folder, and the dtype its config names (or None)."""
     path = Path(hf_dir) / "config.json"
@@ -82,59 +113,21 @@ def read_hf_config(hf_dir: str | Path) -> tuple[OmniModelConfig, str | None]:
     if head_dim not in (None, text.hidden_size // text.num_attention_heads):
         raise ConversionError(f"{path}: text_config.head_dim={head_dim} differs from hidden_size / num_attention_heads")
     model = ModelConfig(
-        vocab_size=text.vocab_size,
-        hidden_size=text.hidden_size,
-        ffn_hidden_size=text.intermediate_size,
-        num_layers=text.num_hidden_layers,
-        num_attention_heads=text.num_attention_heads,
-        num_query_groups=text.num_key_value_heads,
+        **{ours: getattr(text, theirs) for ours, theirs in TEXT_FIELDS.items()},
         rotary_base=float(rope.get("rope_theta", 1_000_000.0)),
         mrope_section=list(rope["mrope_section"]),
         # The thinker's own flag decides (the text sub-config's flag is not the one transformers uses).
         tie_word_embeddings=bool(thinker.tie_word_embeddings),
         add_qkv_bias=True,
-        norm_epsilon=float(text.rms_norm_eps),
-        max_position_embeddings=text.max_position_embeddings,
-        attention_dropout=float(text.attention_dropout),
     )
     vision_rope = dict(getattr(vision, "rope_parameters", None) or {})
     omni = OmniConfig(
-        vision=VisionEncoderConfig(
-            depth=vision.depth,
-            hidden_size=vision.hidden_size,
-            intermediate_size=vision.intermediate_size,
-            num_heads=vision.num_heads,
-            in_channels=vision.in_channels,
-            patch_size=vision.patch_size,
-            temporal_patch_size=vision.temporal_patch_size,
-            spatial_merge_size=vision.spatial_merge_size,
-            window_size=vision.window_size,
-            fullatt_block_indexes=list(vision.fullatt_block_indexes),
-            out_hidden_size=vision.out_hidden_size,
-            hidden_act=vision.hidden_act,
-            rope_theta=float(vision_rope.get("rope_theta", 10000.0)),
+        vision=tower_config_from_hf(
+            VisionEncoderConfig, vision, rope_theta=float(vision_rope.get("rope_theta", 10000.0))
         ),
-        audio=AudioEncoderConfig(
-            num_mel_bins=audio.num_mel_bins,
-            encoder_layers=audio.encoder_layers,
-            encoder_attention_heads=audio.encoder_attention_heads,
-            encoder_ffn_dim=audio.encoder_ffn_dim,
-            d_model=audio.d_model,
-            n_window=audio.n_window,
-            max_source_positions=audio.max_source_positions,
-            output_dim=audio.output_dim,
-            activation_function=audio.activation_function,
-            scale_embedding=bool(audio.scale_embedding),
-        ),
+        audio=tower_config_from_hf(AudioEncoderConfig, audio),
         tokens=OmniTokenIds(
-            audio=thinker.audio_token_index,
-            image=thinker.image_token_index,
-            video=thinker.video_token_index,
-            audio_start=thinker.audio_start_token_id,
-            audio_end=thinker.audio_end_token_id,
-            vision_start=getattr(thinker, "vision_start_token_id", QWEN_VISION_START),
-            vision_end=getattr(thinker, "vision_end_token_id", QWEN_VISION_END),
-            user=thinker.user_token_id,
+            **{ours: getattr(thinker, theirs, TOKEN_FALLBACKS.get(theirs)) for ours, theirs in TOKEN_FIELDS.items()}
         ),
         position_id_per_seconds=thinker.position_id_per_seconds,
         seconds_per_chunk=thinker.seconds_per_chunk,
@@ -146,17 +139,9 @@ def read_hf_config(hf_dir: str | Path) -> tuple[OmniModelConfig, str | None]:
 def to_hf_thinker_config(cfg: OmniModelConfig) -> Qwen2_5OmniThinkerConfig:
     """The transformers thinker config of a model description (inverse of read_hf_config)."""
     m, o = cfg.model, cfg.omni
-    text = dict(
-        vocab_size=m.vocab_size,
-        hidden_size=m.hidden_size,
-        intermediate_size=m.ffn_hidden_size,
-        num_hidden_layers=m.num_layers,
-        num_attention_heads=m.num_attention_heads,
-        num_key_value_heads=m.num_query_groups,
+    text = {theirs: getattr(m, ours) for ours, theirs in TEXT_FIELDS.items()}
+    text.update(
         hidden_act="silu",
-        max_position_embeddings=m.max_position_embeddings,
-        rms_norm_eps=m.norm_epsilon,
-        attention_dropout=m.attention_dropout,
         rope_parameters={"rope_type": "default", "rope_theta": m.rotary_base, "mrope_section": list(m.mrope_section)},
         tie_word_embeddings=m.tie_word_embeddings,
     )
@@ -164,14 +149,7 @@ def to_hf_thinker_config(cfg: OmniModelConfig) -> Qwen2_5OmniThinkerConfig:
         text_config=text,
         vision_config=hf_vision_config(o.vision).to_dict(),
         audio_config=hf_audio_config(o.audio).to_dict(),
-        audio_token_index=o.tokens.audio,
-        image_token_index=o.tokens.image,
-        video_token_index=o.tokens.video,
-        audio_start_token_id=o.tokens.audio_start,
-        audio_end_token_id=o.tokens.audio_end,
-        vision_start_token_id=o.tokens.vision_start,
-        vision_end_token_id=o.tokens.vision_end,
-        user_token_id=o.tokens.user,
+        **{theirs: getattr(o.tokens, ours) for ours, theirs in TOKEN_FIELDS.items()},
         position_id_per_seconds=o.position_id_per_seconds,
         seconds_per_chunk=o.seconds_per_chunk,
         tie_word_embeddings=m.tie_word_embeddings,

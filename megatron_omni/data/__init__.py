@@ -1,10 +1,10 @@
 """The omni data pipeline: manifest -> decoded media -> chat-template tokens with TMRoPE ids -> batches.
 
     tokenizer = load_tokenizer(model_dir)                 # or a toy set's tokenizer folder
-    processor = OmniProcessor(tokenizer, DataConfig())
+    processor = OmniProcessor(tokenizer, DataConfig(packing=True))
     dataset = OmniDataset.from_manifest("train.jsonl", processor)
-    loader = OmniLoader(dataset, ResumableBatchSampler(len(dataset), 32, dp_rank, dp_size, seed),
-                        micro_batch_size=4, collator=Collator(processor.token_ids.pad_token_id, packing=True))
+    loader = OmniLoader.from_config(dataset, ResumableBatchSampler(len(dataset), 32, dp_rank, dp_size, seed),
+                                    micro_batch_size=4)
     for micro_batch in loader.next_step(): ...           # OmniBatch
 
 See docs/DATA.md.

@@ -51,6 +51,13 @@ class OmniLoader:
         self.num_skipped = 0
         self._batches: Iterator[OmniBatch] | None = None
 
+    @classmethod
+    def from_config(cls, dataset: OmniDataset, sampler: ResumableBatchSampler, micro_batch_size: int) -> "OmniLoader":
+        """Layout (packing, length multiple) and worker count from the data set's ``DataConfig``."""
+        cfg = dataset.processor.cfg
+        collator = Collator(dataset.processor.token_ids.pad_token_id, cfg.packing, cfg.pad_to_multiple_of)
+        return cls(dataset, sampler, micro_batch_size, collator, num_workers=cfg.num_workers)
+
     def _start(self) -> Iterator[OmniBatch]:
         loader = torch.utils.data.DataLoader(
             self.dataset,

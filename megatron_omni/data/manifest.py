@@ -52,6 +52,11 @@ class OmniSample:
     source: str = ""  # "manifest.jsonl, line 12", for error messages
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def location(self) -> str:
+        """Where the sample comes from, for messages: its manifest line, or its id if built in code."""
+        return self.source or f"sample {self.id}"
+
     def to_record(self, relative_to: Path | None = None) -> dict[str, Any]:
         """The JSON object of this sample; media paths inside ``relative_to`` are written relative to it."""
 

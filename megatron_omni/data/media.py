@@ -36,7 +36,7 @@ def load_media(sample: OmniSample, cfg: DataConfig) -> SampleMedia:
         else:
             waveform = None
     except MediaError as exc:
-        raise MediaError(exc.path, exc.reason, sample=f"{sample.id} at {sample.source}") from exc
+        raise MediaError(exc.path, exc.reason, sample=f"{sample.id} at {sample.location}") from exc
     features = log_mel_spectrogram(waveform, cfg.audio) if waveform is not None else None
     return SampleMedia(video=video, audio_features=features,
                        audio_in_video=cfg.use_audio_in_video and video is not None and features is not None)

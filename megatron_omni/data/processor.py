@@ -101,10 +101,10 @@ class OmniProcessor:
     def prompt_text(self, sample: OmniSample, media: SampleMedia, privileged: bool = False) -> str:
         """The chat-template prompt with every placeholder expanded."""
         if privileged and not sample.description:
-            raise DataError(f"{sample.source}: sample {sample.id} has no 'description' for the privileged prompt")
+            raise DataError(f"{sample.location}: sample {sample.id} has no 'description' for the privileged prompt")
         for name, value in (("subtitle", sample.subtitle), ("description", sample.description or "")):
             if any(token in value for token in CONTROL_TOKENS):
-                raise DataError(f"{sample.source}: field '{name}' of sample {sample.id} contains a control token")
+                raise DataError(f"{sample.location}: field '{name}' of sample {sample.id} contains a control token")
         text = render_prompt(
             has_video=media.video is not None,
             has_audio=media.audio_features is not None and not media.audio_in_video,
@@ -124,7 +124,7 @@ class OmniProcessor:
     def target_ids(self, sample: OmniSample) -> list[int]:
         if not sample.description or not sample.openset:
             missing = "description" if not sample.description else "openset"
-            raise DataError(f"{sample.source}: sample {sample.id} has no '{missing}' for the SFT target")
+            raise DataError(f"{sample.location}: sample {sample.id} has no '{missing}' for the SFT target")
         return self._encode(format_target(sample.description, sample.openset)) + [self.token_ids.im_end_token_id]
 
     def positions(self, ids: list[int], media: SampleMedia) -> torch.Tensor:
@@ -143,7 +143,7 @@ class OmniProcessor:
         ids = prompt + (self.target_ids(sample) if with_target else [])
         limit = self.cfg.max_seq_length
         if limit is not None and len(ids) > limit:
-            raise SampleTooLongError(f"{sample.source}: sample {sample.id} has {len(ids)} tokens, "
+            raise SampleTooLongError(f"{sample.location}: sample {sample.id} has {len(ids)} tokens, "
                                      f"more than data.max_seq_length={limit}")
         pad = self.token_ids.pad_token_id
         labels, loss_mask = _shifted(ids, len(prompt) if with_target else len(ids), pad)

@@ -22,11 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
+from megatron_omni.data.config import DataConfig
 from megatron_omni.data.manifest import ExtractedClues, OmniSample, write_manifest
 from megatron_omni.data.template import EMOTION_QUESTION, QWEN_OMNI_SYSTEM_PROMPT, format_target
 from megatron_omni.data.tokenizer import build_tokenizer
 from megatron_omni.data.toy_media import (FaceStyle, Look, VoiceStyle, render_frames, synthesize_voice, write_mp4,
                                           write_wav)
+from megatron_omni.data.video import VideoConfig
 
 TOY_VERSION = 1
 FRAME_SIZE = 112
@@ -112,6 +114,12 @@ class ToyDatasetPaths:
     train_manifest: Path
     test_manifest: Path
     tokenizer_dir: Path
+
+
+def toy_data_config(**overrides) -> DataConfig:
+    """Data settings for the toy clips: frames stay 112x112 (Qwen's default minimum of 128 * 28^2
+    pixels would upscale them to 336x336) and 2 frames per second, so a clip costs 32 video tokens."""
+    return DataConfig(video=VideoConfig(min_pixels=28 * 28, max_pixels=FRAME_SIZE * FRAME_SIZE), **overrides)
 
 
 def _look(rng: random.Random) -> Look:

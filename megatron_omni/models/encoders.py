@@ -9,6 +9,7 @@ same features from the same inputs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import torch
 from transformers.models.qwen2_5_omni.configuration_qwen2_5_omni import (
@@ -24,36 +25,14 @@ from megatron_omni.models.omni_config import AudioEncoderConfig, VisionEncoderCo
 
 
 def hf_vision_config(cfg: VisionEncoderConfig) -> Qwen2_5OmniVisionEncoderConfig:
-    return Qwen2_5OmniVisionEncoderConfig(
-        depth=cfg.depth,
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_heads=cfg.num_heads,
-        in_channels=cfg.in_channels,
-        patch_size=cfg.patch_size,
-        temporal_patch_size=cfg.temporal_patch_size,
-        spatial_merge_size=cfg.spatial_merge_size,
-        window_size=cfg.window_size,
-        fullatt_block_indexes=list(cfg.fullatt_block_indexes),
-        out_hidden_size=cfg.out_hidden_size,
-        hidden_act=cfg.hidden_act,
-        rope_parameters={"rope_type": "axial", "rope_theta": cfg.rope_theta},
-    )
+    """transformers' config of the same tower (our field names are transformers' names)."""
+    fields = dataclasses.asdict(cfg)
+    rope_theta = fields.pop("rope_theta")
+    return Qwen2_5OmniVisionEncoderConfig(**fields, rope_parameters={"rope_type": "axial", "rope_theta": rope_theta})
 
 
 def hf_audio_config(cfg: AudioEncoderConfig) -> Qwen2_5OmniAudioEncoderConfig:
-    return Qwen2_5OmniAudioEncoderConfig(
-        num_mel_bins=cfg.num_mel_bins,
-        encoder_layers=cfg.encoder_layers,
-        encoder_attention_heads=cfg.encoder_attention_heads,
-        encoder_ffn_dim=cfg.encoder_ffn_dim,
-        d_model=cfg.d_model,
-        n_window=cfg.n_window,
-        max_source_positions=cfg.max_source_positions,
-        output_dim=cfg.output_dim,
-        activation_function=cfg.activation_function,
-        scale_embedding=cfg.scale_embedding,
-    )
+    return Qwen2_5OmniAudioEncoderConfig(**dataclasses.asdict(cfg))
 
 
 def _skip_init():
@@ -63,20 +42,22 @@ def _skip_init():
     return no_init_weights()
 
 
+def _build_tower(tower_cls, hf_config, dtype: torch.dtype, attn_implementation: str, initialize: bool):
+    with contextlib.nullcontext() if initialize else _skip_init():
+        tower = tower_cls._from_config(hf_config, attn_implementation=attn_implementation)
+    return cast_parameters(tower, dtype)
+
+
 def build_vision_encoder(
     cfg: VisionEncoderConfig, dtype: torch.dtype, attn_implementation: str, initialize: bool = True
 ) -> Qwen2_5OmniVisionEncoder:
-    with contextlib.nullcontext() if initialize else _skip_init():
-        tower = Qwen2_5OmniVisionEncoder._from_config(hf_vision_config(cfg), attn_implementation=attn_implementation)
-    return cast_parameters(tower, dtype)
+    return _build_tower(Qwen2_5OmniVisionEncoder, hf_vision_config(cfg), dtype, attn_implementation, initialize)
 
 
 def build_audio_encoder(
     cfg: AudioEncoderConfig, dtype: torch.dtype, attn_implementation: str, initialize: bool = True
 ) -> Qwen2_5OmniAudioEncoder:
-    with contextlib.nullcontext() if initialize else _skip_init():
-        tower = Qwen2_5OmniAudioEncoder._from_config(hf_audio_config(cfg), attn_implementation=attn_implementation)
-    return cast_parameters(tower, dtype)
+    return _build_tower(Qwen2_5OmniAudioEncoder, hf_audio_config(cfg), dtype, attn_implementation, initialize)
 
 
 def cast_parameters(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:

@@ -1,10 +1,15 @@
-"""The training loop: resume, step, log, checkpoint. Algorithms supply batches and the forward."""
+"""The training loop: resume, step, log, checkpoint. Algorithms supply batches and the forward.
+
+An algorithm object has two methods:
+  prepare(indices, step) -> (micro-batches, metrics): everything before the loss forward
+      (collation; for RL: rollouts, rewards and the no-grad scoring forwards);
+  forward_step(micro_batch, model) -> (output, loss_func): the megatron forward step.
+"""
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
+from typing import Protocol
 
 import torch.distributed as dist
 
@@ -15,12 +20,18 @@ from megatron_omni.training.metrics import MetricsLogger
 from megatron_omni.training.step import optimizer_step
 
 
+class Algorithm(Protocol):
+    def prepare(self, indices: list[int], step: int) -> tuple[list, dict]: ...
+
+    def forward_step(self, micro_batch, model): ...
+
+
 @dataclass
 class TrainState:
     step: int = 0
 
 
-def _split(items: list, size: int) -> list[list]:
+def split_microbatches(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
@@ -38,16 +49,7 @@ def resume_if_possible(cfg: Config, model_chunks, optimizer, scheduler, sampler:
     return TrainState(step=run_state["step"])
 
 
-def train(
-    cfg: Config,
-    model_chunks,
-    optimizer,
-    scheduler,
-    sampler: ResumableBatchSampler,
-    make_microbatch: Callable[[list[int]], object],
-    forward_step: Callable,
-    log_extra: Callable[[dict], dict] | None = None,
-) -> list[dict]:
+def train(cfg: Config, model_chunks, optimizer, scheduler, sampler: ResumableBatchSampler, algorithm: Algorithm) -> list[dict]:
     """Run ``cfg.train.steps`` optimizer steps (continuing a resumed run); returns this run's metrics."""
     t = cfg.train
     state = resume_if_possible(cfg, model_chunks, optimizer, scheduler, sampler)
@@ -65,15 +67,12 @@ def train(
         last = min(t.steps, t.exit_at_step or t.steps)
         while state.step < last:
             started = time.perf_counter()
-            indices = sampler.next_indices()
-            microbatches = [make_microbatch(chunk) for chunk in _split(indices, t.micro_batch_size)]
-            metrics = optimizer_step(
-                model_chunks, optimizer, scheduler, microbatches, forward_step, t.seq_length, t.micro_batch_size
-            )
+            microbatches, metrics = algorithm.prepare(sampler.next_indices(), state.step)
+            metrics.update(optimizer_step(
+                model_chunks, optimizer, scheduler, microbatches, algorithm.forward_step, t.seq_length, t.micro_batch_size
+            ))
             state.step += 1
             metrics["step_time_s"] = time.perf_counter() - started
-            if log_extra:
-                metrics.update(log_extra(metrics))
             history.append({"step": state.step, **metrics})
             if state.step % t.log_interval == 0:
                 logger.log(state.step, metrics)

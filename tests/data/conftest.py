@@ -1,15 +1,12 @@
 """Fixtures of the data-pipeline tests: a small toy set, its tokenizer and the transformers oracles."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
-import torch
 
-from megatron_omni.data.config import DataConfig
 from megatron_omni.data.processor import OmniProcessor
 from megatron_omni.data.tokenizer import load_tokenizer, special_token_ids
-from megatron_omni.data.toy import make_toy_dataset
-from megatron_omni.data.video import VideoConfig
+from megatron_omni.data.toy import make_toy_dataset, toy_data_config
+from hf_reference import FrameWiseVideoProcessor
 
 
 @pytest.fixture(scope="session")
@@ -22,54 +19,16 @@ def toy_tokenizer(toy_set):
     return load_tokenizer(toy_set.tokenizer_dir)
 
 
-def small_config(**overrides) -> DataConfig:
-    """112x112 clips keep their size; 2 frames per second as the released model samples."""
-    return DataConfig(video=VideoConfig(min_pixels=28 * 28, max_pixels=112 * 112), **overrides)
-
-
 @pytest.fixture
 def make_processor(toy_tokenizer):
-    return lambda **overrides: OmniProcessor(toy_tokenizer, small_config(**overrides))
-
-
-class FrameWiseVideoProcessor:
-    """Stand-in for ``Qwen2VLVideoProcessor``, which imports torchvision (unusable beside this CPU
-    torch). Each frame goes through transformers' own ``Qwen2VLImageProcessorPil`` (smart_resize,
-    rescale, CLIP normalisation, spatial patch order) with a temporal patch of 1; consecutive frame
-    pairs are then stacked into the temporal-patch-2 layout ``(C, T, P, P)`` of the video processor.
-    PIL's bicubic differs from torch's, so parity clips are sized to need no resize."""
-
-    temporal_patch_size = 2
-    merge_size = 2
-    patch_size = 14
-    model_input_names = ["pixel_values_videos", "video_grid_thw"]
-
-    def __init__(self, min_pixels: int, max_pixels: int):
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-        self.frames = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels, temporal_patch_size=1)
-
-    def __call__(self, videos, **kwargs):
-        from transformers.feature_extraction_utils import BatchFeature
-
-        pixels, grids = [], []
-        for video in videos:
-            video = np.asarray(video)
-            if len(video) % 2:
-                video = np.concatenate([video, video[-1:]])
-            out = self.frames([f for f in video], return_tensors="pt")
-            per_frame = out["pixel_values"].view(len(video), -1, 3, 14, 14)  # [T, patches, C, P, P]
-            _, grid_h, grid_w = out["image_grid_thw"][0].tolist()
-            pairs = per_frame.view(len(video) // 2, 2, -1, 3, 14, 14).permute(0, 2, 3, 1, 4, 5)
-            pixels.append(pairs.reshape(-1, 3 * 2 * 14 * 14))
-            grids.append([len(video) // 2, grid_h, grid_w])
-        return BatchFeature({"pixel_values_videos": torch.cat(pixels), "video_grid_thw": torch.tensor(grids)})
+    return lambda **overrides: OmniProcessor(toy_tokenizer, toy_data_config(**overrides))
 
 
 @pytest.fixture(scope="session")
 def hf_processor(toy_tokenizer):
     """transformers' Qwen2_5OmniProcessor around the toy tokenizer and a Whisper feature extractor
-    configured like Qwen2.5-Omni's; only its class check is relaxed to admit the stand-in above."""
+    configured like Qwen2.5-Omni's; only its class check is relaxed to admit the video stand-in
+    (hf_reference.FrameWiseVideoProcessor)."""
     from transformers import Qwen2_5OmniProcessor, WhisperFeatureExtractor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 

@@ -14,8 +14,9 @@ from megatron_omni.data.errors import MediaError
 from megatron_omni.data.loader import OmniLoader
 from megatron_omni.data.manifest import load_manifest, write_manifest
 from megatron_omni.data.media import load_media
+from megatron_omni.data.processor import OmniProcessor
 from megatron_omni.data.sampler import ResumableBatchSampler
-from conftest import small_config
+from megatron_omni.data.toy import toy_data_config
 
 
 @pytest.fixture
@@ -50,7 +51,7 @@ def test_bad_media_names_file_and_sample(broken, field, name, reason):
     folder, clips = broken
     sample = dataclasses.replace(clips[0], **{field: folder / name})
     with pytest.raises(MediaError, match=reason) as info:
-        load_media(sample, small_config())
+        load_media(sample, toy_data_config())
     message = str(info.value)
     assert str(folder / name) in message and clips[0].id in message and clips[0].source in message
 
@@ -63,16 +64,14 @@ def test_truncated_video_audio_track_is_detected(broken):
 
 
 def test_skipped_samples_are_counted_and_logged(tmp_path, broken, toy_tokenizer, caplog):
-    from megatron_omni.data.processor import OmniProcessor
-
     folder, clips = broken
     bad = [dataclasses.replace(clips[1], video=folder / "junk.mp4"),
            dataclasses.replace(clips[2], audio=folder / "truncated.wav")]
     manifest = write_manifest(tmp_path / "mixed.jsonl", [*bad, clips[0], clips[3]])
-    strict = OmniDataset.from_manifest(manifest, OmniProcessor(toy_tokenizer, small_config()))
+    strict = OmniDataset.from_manifest(manifest, OmniProcessor(toy_tokenizer, toy_data_config()))
     with pytest.raises(MediaError, match="junk.mp4"):
         strict[0]
-    lenient = OmniDataset.from_manifest(manifest, OmniProcessor(toy_tokenizer, small_config(skip_bad_samples=True)))
+    lenient = OmniDataset.from_manifest(manifest, OmniProcessor(toy_tokenizer, toy_data_config(skip_bad_samples=True)))
     assert isinstance(lenient[0], SkippedSample) and "junk.mp4" in lenient[0].reason
     sampler = ResumableBatchSampler(len(lenient), global_batch_size=4, shuffle=False)
     loader = OmniLoader(lenient, sampler, micro_batch_size=2,

@@ -10,15 +10,14 @@ from megatron_omni.data.batch import PAD_POSITION, SkippedSample, pack, pad
 from megatron_omni.data.dataset import Collator
 from megatron_omni.data.manifest import load_manifest
 from megatron_omni.data.media import load_media
+from megatron_omni.data.processor import OmniProcessor
+from megatron_omni.data.toy import toy_data_config
 
 
 @pytest.fixture(scope="module")
 def samples(toy_set, toy_tokenizer):
     """Four samples of different lengths: video+audio (two), video-only, audio-only."""
-    from megatron_omni.data.processor import OmniProcessor
-    from conftest import small_config
-
-    processor = OmniProcessor(toy_tokenizer, small_config(audio_from_video=False))
+    processor = OmniProcessor(toy_tokenizer, toy_data_config(audio_from_video=False))
     clips = load_manifest(toy_set.train_manifest)
     chosen = [clips[0], clips[1], dataclasses.replace(clips[2], audio=None), dataclasses.replace(clips[3], video=None)]
     return [processor.process(s, load_media(s, processor.cfg)) for s in chosen]

@@ -6,7 +6,9 @@ import torch
 
 from megatron_omni.data.dataset import Collator, OmniDataset
 from megatron_omni.data.loader import OmniLoader
+from megatron_omni.data.processor import OmniProcessor
 from megatron_omni.data.sampler import ResumableBatchSampler
+from megatron_omni.data.toy import toy_data_config
 
 
 def test_data_parallel_shards_cover_each_global_batch_once():
@@ -50,15 +52,12 @@ def test_state_of_another_data_set_is_refused():
 
 @pytest.fixture(scope="module")
 def dataset(toy_set, toy_tokenizer):
-    from megatron_omni.data.processor import OmniProcessor
-    from conftest import small_config
-
-    return OmniDataset.from_manifest(toy_set.train_manifest, OmniProcessor(toy_tokenizer, small_config()))
+    return OmniDataset.from_manifest(toy_set.train_manifest, OmniProcessor(toy_tokenizer, toy_data_config()))
 
 
-def _loader(dataset, workers, packing=False):
+def _loader(dataset, workers):
     sampler = ResumableBatchSampler(len(dataset), global_batch_size=4, dp_rank=1, dp_size=2, seed=9)
-    collator = Collator(pad_token_id=dataset.processor.token_ids.pad_token_id, packing=packing)
+    collator = Collator(pad_token_id=dataset.processor.token_ids.pad_token_id)
     return OmniLoader(dataset, sampler, micro_batch_size=1, collator=collator, num_workers=workers)
 
 
@@ -83,8 +82,12 @@ def test_resume_mid_epoch_sees_the_same_batches(dataset, workers):
     assert all(len(step) == 2 for step in reference)  # 4 samples / 2 ranks / micro-batch 1
 
 
-def test_packed_loader_batches(dataset):
-    step = _loader(dataset, 0, packing=True).next_step()
+def test_loader_from_config(toy_set, toy_tokenizer):
+    processor = OmniProcessor(toy_tokenizer, toy_data_config(packing=True, pad_to_multiple_of=64))
+    dataset = OmniDataset.from_manifest(toy_set.train_manifest, processor)
+    loader = OmniLoader.from_config(dataset, ResumableBatchSampler(len(dataset), 4, seed=0), micro_batch_size=2)
+    step = loader.next_step()
+    assert len(step) == 2
     for batch in step:
-        assert batch.packed and batch.tokens.shape[0] == 1
+        assert batch.packed and batch.tokens.shape[0] == 1 and batch.tokens.shape[1] % 64 == 0
         assert torch.equal(batch.cu_seqlens[-1:], torch.tensor([batch.tokens.shape[1]], dtype=torch.int32))

@@ -9,7 +9,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_res
 from megatron_omni.data.manifest import load_manifest
 from megatron_omni.data.video import (DecodedVideo, VideoConfig, num_sampled_frames, read_video, resize_frames,
                                       sample_frame_indices, smart_resize, video_features)
-from conftest import FrameWiseVideoProcessor
+from hf_reference import FrameWiseVideoProcessor
 
 
 @pytest.mark.parametrize("height", [20, 57, 112, 240, 481, 1080])

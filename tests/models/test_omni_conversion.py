@@ -82,10 +82,15 @@ def test_sharded_full_checkpoint_with_thinker_prefix(converted_thinker, megatron
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     thinker_config = json.loads((converted_thinker.hf_dir / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({"model_type": "qwen2_5_omni", "thinker_config": thinker_config}))
+    assets = {"tokenizer_config.json": '{"model_max_length": 32768}', "preprocessor_config.json": '{"sampling_rate": 16000}'}
+    for name, text in assets.items():
+        (folder / name).write_text(text)
 
     logs = []
     convert_hf_to_megatron(folder, tmp_path / "megatron", log=logs.append)
     assert any("ignoring 2 speech-generation tensors" in line for line in logs)
     assert sum("reading model-0000" in line for line in logs) == 2
+    assert sorted(p.name for p in (tmp_path / "megatron" / "hf_assets").iterdir()) == sorted(assets)
     out = convert_megatron_to_hf(tmp_path / "megatron", tmp_path / "back", log=lambda _: None)
     assert_bit_identical(read_folder(out), source)
+    assert all((out / name).read_text() == text for name, text in assets.items())

@@ -21,7 +21,7 @@ def load_tool(name: str):
 
 @pytest.fixture(autouse=True)
 def restore_cuda_visible_devices(monkeypatch):
-    # The tools hide accelerators from their own process; monkeypatch undoes that after the test.
+    # Importing a tool hides accelerators from the process; monkeypatch undoes that afterwards.
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
 
 

@@ -1,0 +1,71 @@
+"""The configuration of omni-model training runs (SFT, OPPO): the decoder's sections plus the
+omni towers, the data pipeline, the algorithm, rollouts and rewards."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from megatron_omni.algorithms.grpo import GRPOConfig
+from megatron_omni.config import Config, ConfigError
+from megatron_omni.data.config import DataConfig
+from megatron_omni.models.omni_config import OmniConfig, validate_omni
+from megatron_omni.rollout.generator import SamplingConfig
+
+
+@dataclass
+class DatasetConfig:
+    train_manifest: str | None = None
+    test_manifest: str | None = None
+    tokenizer_dir: str | None = None
+    # With no manifests given, generate the toy emotion set here and train on it.
+    toy_dir: str = "data_toy"
+    toy_num_clips: int = 64
+    toy_seed: int = 0
+
+
+@dataclass
+class RewardConfig:
+    wheel_dir: str | None = None  # MER emotion-wheel lexicon folder (format.csv, synonym.xlsx, wheel1-5.xlsx)
+    weight_ew: float = 1.0
+    weight_format: float = 0.1
+    weight_perc: float = 0.3
+    weight_coh: float = 0.3
+    tau: float = 0.5
+    embedding_model: str | None = None  # local sentence-transformers folder; null: all-MiniLM-L6-v2
+
+
+@dataclass
+class OPPOConfig:
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    # Omni-Perception loss: L_op = sign * gamma * (KL on visual + KL on audio evidence) + eta * entropy.
+    perception_gamma: float = 5e-4
+    perception_eta: float = 1e-4
+    perception_sign: Literal["reward_divergence", "penalize_divergence"] = "reward_divergence"
+    perception_loss: bool = True
+
+
+@dataclass
+class OmniTrainConfig(Config):
+    algorithm: Literal["sft", "oppo"] = "sft"
+    # Start from these weights (a converted Hugging Face model or an SFT run's save_dir); the
+    # optimizer starts fresh. Resuming a stopped run uses train.save_dir / train.load_dir instead.
+    init_from: str | None = None
+    omni: OmniConfig = field(default_factory=OmniConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    oppo: OPPOConfig = field(default_factory=OPPOConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+
+    def validate(self, world_size: int | None = None) -> "OmniTrainConfig":
+        super().validate(world_size)
+        validate_omni(self.model, self.omni)
+        try:
+            self.data.validate()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if self.algorithm == "oppo":
+            # For OPPO the batch sizes count prompts; each prompt brings group_size completions.
+            if self.reward.wheel_dir is None:
+                raise ConfigError("reward.wheel_dir must name the MER emotion-wheel lexicon folder for OPPO rewards")
+        return self

@@ -1,0 +1,136 @@
+"""Train an omni model: SFT cold start or OPPO (launch with torchrun; see examples/pretrain_oppo.sh).
+
+    torchrun --nproc-per-node 2 -m megatron_omni.train_omni --config examples/configs/toy_oppo.yaml
+
+With no manifests configured, the toy emotion data set is generated (once) and used.
+"""
+from __future__ import annotations
+
+import argparse
+from functools import partial
+
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+from megatron_omni.config import ConfigError, load_config
+from megatron_omni.data import (
+    Collator, OmniDataset, OmniProcessor, ResumableBatchSampler, load_manifest, load_tokenizer, special_token_ids,
+)
+from megatron_omni.data.toy import make_toy_dataset
+from megatron_omni.models.omni import build_omni_model
+from megatron_omni.parallel import destroy_parallel, init_distributed, initialize_parallel, set_seed
+from megatron_omni.train_config import OmniTrainConfig
+from megatron_omni.training.loop import train
+from megatron_omni.training.model_setup import build_model_chunks
+from megatron_omni.training.optimizer import build_optimizer
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML config")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=10")
+    return parser.parse_args(argv)
+
+
+def resolve_dataset(cfg: OmniTrainConfig) -> None:
+    """Fill in the toy data set's paths when no manifests are configured (rank 0 writes it)."""
+    d = cfg.dataset
+    if d.train_manifest is not None:
+        if d.tokenizer_dir is None:
+            raise ConfigError("dataset.tokenizer_dir must name the tokenizer folder (the model directory) for a custom manifest")
+        return
+    if dist.get_rank() == 0:
+        make_toy_dataset(d.toy_dir, d.toy_num_clips, d.toy_seed)
+    dist.barrier()
+    paths = make_toy_dataset(d.toy_dir, d.toy_num_clips, d.toy_seed)  # cached: only reads the paths
+    d.train_manifest, d.test_manifest, d.tokenizer_dir = str(paths.train_manifest), str(paths.test_manifest), str(paths.tokenizer_dir)
+
+
+def build_algorithm(cfg: OmniTrainConfig, tokenizer, processor, model_chunks):
+    if cfg.algorithm == "sft":
+        from megatron_omni.algorithms.sft import SFT
+
+        dataset = OmniDataset.from_manifest(cfg.dataset.train_manifest, processor)
+        collator = Collator(processor.token_ids.pad_token_id, packing=False, pad_to_multiple_of=cfg.train.seq_length)
+        return SFT(dataset, collator, cfg.train.micro_batch_size, cfg.train.seq_length), len(dataset)
+
+    from megatron_omni.algorithms.oppo import OPPO
+    from megatron_omni.rewards.omni_perception import OmniPerceptionReward, OmniPerceptionRewardConfig
+    from megatron_omni.convert.megatron_checkpoint import load_model_checkpoint
+
+    prompts = OmniDataset.from_manifest(cfg.dataset.train_manifest, processor, with_target=False)
+    samples = [s.to_record() for s in load_manifest(cfg.dataset.train_manifest)]
+    r = cfg.reward
+    reward = OmniPerceptionReward(OmniPerceptionRewardConfig(
+        wheel_dir=r.wheel_dir, weight_ew=r.weight_ew, weight_format=r.weight_format, weight_perc=r.weight_perc,
+        weight_coh=r.weight_coh, tau=r.tau, embedding_model=r.embedding_model,
+    ))
+    reference = None
+    if cfg.oppo.grpo.kl_beta:
+        reference = build_model_chunks(cfg, build_omni_model, wrap_ddp=False)
+        if cfg.init_from:
+            load_model_checkpoint(cfg.init_from, reference)
+        for chunk in reference:
+            chunk.requires_grad_(False)
+    ids = processor.token_ids
+    algorithm = OPPO(cfg, prompts, samples, tokenizer, reward, model_chunks, reference,
+                     stop_token_ids=[ids.eos_token_id], pad_token_id=ids.pad_token_id)
+    return algorithm, len(prompts)
+
+
+def sync_token_ids(cfg: OmniTrainConfig, tokenizer) -> None:
+    """The model's placeholder ids come from the tokenizer; its vocabulary must hold the tokenizer's."""
+    if cfg.model.vocab_size < len(tokenizer):
+        raise ConfigError(
+            f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the tokenizer's {len(tokenizer)} tokens "
+            f"({cfg.dataset.tokenizer_dir})"
+        )
+    ids = special_token_ids(tokenizer)
+    t = cfg.omni.tokens
+    t.audio, t.image, t.video = ids.audio_token_id, ids.image_token_id, ids.video_token_id
+    t.audio_start, t.audio_end = ids.audio_start_token_id, ids.audio_end_token_id
+    t.vision_start, t.vision_end = ids.vision_start_token_id, ids.vision_end_token_id
+
+
+def run(cfg: OmniTrainConfig) -> list[dict]:
+    resolve_dataset(cfg)
+    tokenizer = load_tokenizer(cfg.dataset.tokenizer_dir)
+    sync_token_ids(cfg, tokenizer)
+    cfg.validate(dist.get_world_size())
+    p = cfg.parallel
+    initialize_parallel(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.virtual_pipeline_model_parallel_size)
+    set_seed(cfg.train.seed)
+    processor = OmniProcessor(tokenizer, cfg.data)
+
+    model_chunks = build_model_chunks(cfg, build_omni_model)
+    if cfg.init_from:
+        from megatron_omni.convert.megatron_checkpoint import load_model_checkpoint
+
+        load_model_checkpoint(cfg.init_from, model_chunks)
+    optimizer, scheduler = build_optimizer(cfg, model_chunks)
+    algorithm, num_samples = build_algorithm(cfg, tokenizer, processor, model_chunks)
+    sampler = ResumableBatchSampler(
+        num_samples, cfg.train.global_batch_size,
+        dp_rank=parallel_state.get_data_parallel_rank(), dp_size=parallel_state.get_data_parallel_world_size(),
+        seed=cfg.train.seed,
+    )
+    history = train(cfg, model_chunks, optimizer, scheduler, sampler, algorithm)
+    destroy_parallel()
+    return history
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides, cls=OmniTrainConfig)
+        init_distributed()
+        run(cfg)
+    except ConfigError as exc:
+        raise SystemExit(f"config error: {exc}") from None
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
