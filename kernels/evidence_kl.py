@@ -71,6 +71,9 @@ def evidence_masked_kl(
     kl_per_token, kl_mean, n_evidence = {}, {}, {}
     kl_sum = full_logits.new_zeros((), dtype=torch.float32)
     for modality, masked in masked_logits.items():
+        if not isinstance(masked, Tensor) or masked.shape != full_logits.shape:
+            fail(f"masked_logits[{modality!r}]", f"must be a tensor shaped like full_logits {tuple(full_logits.shape)}, "
+                 f"got {tuple(getattr(masked, 'shape', ())) or type(masked).__name__}")
         mask = evidence_masks[modality]
         kl = vocab_parallel_kl(
             full_logits, masked.detach(), mode="reverse", temperature=temperature, vocab_size=vocab_size,

@@ -66,7 +66,9 @@ def jsd_shard_sums(
 
 def _gradients(log_q: Tensor, log_p: Tensor, st: Tensor, spec: KLSpec, want_s: bool, want_t: bool):
     """fp32 d loss / d (logits / T) of a chunk; see `kl_triton._kl_backward_kernel`."""
-    q, p = torch.exp(log_q), torch.exp(log_p)
+    # The reverse KL's student gradient needs no P_T, the forward KL's teacher gradient no P_S.
+    q = torch.exp(log_q) if want_s or spec.mode != FORWARD else None
+    p = torch.exp(log_p) if want_t or spec.mode != REVERSE else None
     kl, kl_aux = st[RowStat.KL][:, None], st[RowStat.KL_AUX][:, None]
     gs = gt = None
     if spec.mode == FORWARD:

@@ -21,7 +21,7 @@ from kernels.triton_common import (
 @triton.jit
 def _kl_stats_kernel(
     s_ptr, t_ptr, index_ptr, out_ptr,
-    n_sel, n_valid, stride_s, stride_t, inv_temp,
+    n_sel, n_load, n_valid, stride_s, stride_t, inv_temp,
     HAS_INDEX: tl.constexpr, MODE: tl.constexpr, NEG: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
@@ -31,11 +31,10 @@ def _kl_stats_kernel(
     z_s = tl.zeros([BLOCK_R], tl.float32)
     z_t = tl.zeros([BLOCK_R], tl.float32)
     cross = tl.zeros([BLOCK_R], tl.float32)
-    for v0 in range(0, n_valid, BLOCK_V):
+    for v0 in range(0, n_load, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
-        mask = in_range[:, None] & (cols < n_valid)[None, :]
-        s = load_rows(s_ptr, rows, stride_s, cols, mask)
-        t = load_rows(t_ptr, rows, stride_t, cols, mask)
+        s = load_rows(s_ptr, rows, stride_s, cols, in_range, n_load, n_valid)
+        t = load_rows(t_ptr, rows, stride_t, cols, in_range, n_load, n_valid)
         z_s_old = z_s
         z_t_old = z_t
         m_s_new, z_s, e_s, alpha_s = online_lse_step(m_s, z_s, s, inv_temp)
@@ -75,7 +74,7 @@ def _log_mixture(log_q, log_p, beta):
 @triton.jit
 def _jsd_sums_kernel(
     s_ptr, t_ptr, index_ptr, stats_ptr, out_ptr,
-    n_sel, n_valid, stride_s, stride_t, inv_temp, beta,
+    n_sel, n_load, n_valid, stride_s, stride_t, inv_temp, beta,
     HAS_INDEX: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
     slots, rows, in_range = row_tile(tl.program_id(0), index_ptr, n_sel, HAS_INDEX, BLOCK_R)
@@ -85,11 +84,10 @@ def _jsd_sums_kernel(
     logz_t = _row_stat(stats_ptr, 3, slots, n_sel, in_range)
     kl_sm = tl.zeros([BLOCK_R], tl.float32)
     kl_tm = tl.zeros([BLOCK_R], tl.float32)
-    for v0 in range(0, n_valid, BLOCK_V):
+    for v0 in range(0, n_load, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
-        mask = in_range[:, None] & (cols < n_valid)[None, :]
-        s = load_rows(s_ptr, rows, stride_s, cols, mask)
-        t = load_rows(t_ptr, rows, stride_t, cols, mask)
+        s = load_rows(s_ptr, rows, stride_s, cols, in_range, n_load, n_valid)
+        t = load_rows(t_ptr, rows, stride_t, cols, in_range, n_load, n_valid)
         log_q, log_p = _log_probs(s, t, m_s, logz_s, m_t, logz_t, inv_temp)
         log_m = _log_mixture(log_q, log_p, beta)
         q = tl.exp(log_q)
@@ -103,7 +101,7 @@ def _jsd_sums_kernel(
 @triton.jit
 def _kl_backward_kernel(
     s_ptr, t_ptr, gs_ptr, gt_ptr, slot_ptr, gout_ptr, stats_ptr,
-    n_rows, n_sel, n_cols, n_valid, stride_s, stride_t, stride_gs, stride_gt, inv_temp, beta,
+    n_rows, n_sel, n_cols, n_load, n_valid, stride_s, stride_t, stride_gs, stride_gt, inv_temp, beta,
     HAS_SLOTS: tl.constexpr, MODE: tl.constexpr, WRITE_S: tl.constexpr, WRITE_T: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
@@ -120,8 +118,8 @@ def _kl_backward_kernel(
         cols = v0 + tl.arange(0, BLOCK_V)
         valid = live[:, None] & (cols < n_valid)[None, :]
         out_mask = in_range[:, None] & (cols < n_cols)[None, :]
-        s = load_rows(s_ptr, rows, stride_s, cols, valid)
-        t = load_rows(t_ptr, rows, stride_t, cols, valid)
+        s = load_rows(s_ptr, rows, stride_s, cols, live, n_load, n_valid)
+        t = load_rows(t_ptr, rows, stride_t, cols, live, n_load, n_valid)
         log_q, log_p = _log_probs(s, t, m_s, logz_s, m_t, logz_t, inv_temp)
         q = tl.exp(log_q)
         p = tl.exp(log_p)
@@ -156,7 +154,7 @@ def shard_stats(student: Tensor, teacher: Tensor, rows: RowSelection, shard: Voc
     tile = launch_tiles(shard.n_valid)
     _kl_stats_kernel[n_programs(rows.count, tile)](
         student, teacher, _index_arg(rows, out), out,
-        rows.count, shard.n_valid, student.stride(0), teacher.stride(0), spec.inv_temp,
+        rows.count, shard.n_load, shard.n_valid, student.stride(0), teacher.stride(0), spec.inv_temp,
         HAS_INDEX=rows.index is not None, MODE=spec.mode, NEG=NEG_START,
         BLOCK_R=tile.rows, BLOCK_V=tile.cols, num_warps=tile.num_warps,
     )
@@ -173,7 +171,7 @@ def jsd_shard_sums(
     tile = launch_tiles(shard.n_valid)
     _jsd_sums_kernel[n_programs(rows.count, tile)](
         student, teacher, _index_arg(rows, out), row_stats.contiguous(), out,
-        rows.count, shard.n_valid, student.stride(0), teacher.stride(0), spec.inv_temp, spec.beta,
+        rows.count, shard.n_load, shard.n_valid, student.stride(0), teacher.stride(0), spec.inv_temp, spec.beta,
         HAS_INDEX=rows.index is not None, BLOCK_R=tile.rows, BLOCK_V=tile.cols, num_warps=tile.num_warps,
     )
     return out
@@ -195,7 +193,7 @@ def backward(
     _kl_backward_kernel[n_programs(rows.n_rows, tile)](
         student, teacher, gs, gt, slots if slots is not None else grad_rows, grad_rows.contiguous(),
         row_stats.contiguous(),
-        rows.n_rows, rows.count, shard.n_cols, shard.n_valid, student.stride(0), teacher.stride(0),
+        rows.n_rows, rows.count, shard.n_cols, shard.n_load, shard.n_valid, student.stride(0), teacher.stride(0),
         gs.stride(0), gt.stride(0), spec.inv_temp, spec.beta,
         HAS_SLOTS=slots is not None, MODE=spec.mode, WRITE_S=grad_student is not None,
         WRITE_T=grad_teacher is not None, BLOCK_R=tile.rows, BLOCK_V=tile.cols, num_warps=tile.num_warps,

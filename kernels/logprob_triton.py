@@ -18,16 +18,16 @@ from kernels.triton_common import (
 @triton.jit
 def _lp_stats_kernel(
     x_ptr, index_ptr, target_ptr, out_ptr,
-    n_sel, n_valid, stride_x, inv_temp,
+    n_sel, n_load, n_valid, stride_x, inv_temp,
     HAS_INDEX: tl.constexpr, NEG: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
     slots, rows, in_range = row_tile(tl.program_id(0), index_ptr, n_sel, HAS_INDEX, BLOCK_R)
     m = tl.full([BLOCK_R], NEG, tl.float32)
     z = tl.zeros([BLOCK_R], tl.float32)
     cross = tl.zeros([BLOCK_R], tl.float32)
-    for v0 in range(0, n_valid, BLOCK_V):
+    for v0 in range(0, n_load, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
-        x = load_rows(x_ptr, rows, stride_x, cols, in_range[:, None] & (cols < n_valid)[None, :])
+        x = load_rows(x_ptr, rows, stride_x, cols, in_range, n_load, n_valid)
         z_old = z
         m_new, z, e, alpha = online_lse_step(m, z, x, inv_temp)
         cross = centred_cross_step(cross, z_old, alpha, (m - m_new) * inv_temp, e, (x - m_new[:, None]) * inv_temp)
@@ -44,7 +44,7 @@ def _lp_stats_kernel(
 @triton.jit
 def _lp_backward_kernel(
     x_ptr, gx_ptr, slot_ptr, target_ptr, g_lp_ptr, g_ent_ptr, stats_ptr,
-    n_rows, n_sel, n_cols, n_valid, stride_x, stride_gx, inv_temp,
+    n_rows, n_sel, n_cols, n_load, n_valid, stride_x, stride_gx, inv_temp,
     HAS_SLOTS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
     rows, slots, in_range, live = all_rows_tile(tl.program_id(0), slot_ptr, n_rows, HAS_SLOTS, BLOCK_R)
@@ -57,7 +57,7 @@ def _lp_backward_kernel(
     for v0 in range(0, n_cols, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         valid = live[:, None] & (cols < n_valid)[None, :]
-        x = load_rows(x_ptr, rows, stride_x, cols, valid)
+        x = load_rows(x_ptr, rows, stride_x, cols, live, n_load, n_valid)
         log_p = (x - m[:, None]) * inv_temp - logz[:, None]
         p = tl.exp(log_p)
         # d log p(y) / dx = onehot(y) - p;  d H / dx = -p (log p + H)
@@ -76,7 +76,7 @@ def shard_stats(logits: Tensor, targets: Tensor, rows: RowSelection, shard: Voca
     tile = launch_tiles(shard.n_valid)
     _lp_stats_kernel[n_programs(rows.count, tile)](
         logits, rows.index if rows.index is not None else out, targets.contiguous(), out,
-        rows.count, shard.n_valid, logits.stride(0), inv_temp,
+        rows.count, shard.n_load, shard.n_valid, logits.stride(0), inv_temp,
         HAS_INDEX=rows.index is not None, NEG=NEG_START, BLOCK_R=tile.rows, BLOCK_V=tile.cols,
         num_warps=tile.num_warps,
     )
@@ -93,6 +93,7 @@ def backward(
     _lp_backward_kernel[n_programs(rows.n_rows, tile)](
         logits, grad_logits, slots if slots is not None else targets, targets.contiguous(),
         grad_logprob.contiguous(), grad_entropy.contiguous(), row_stats.contiguous(),
-        rows.n_rows, rows.count, shard.n_cols, shard.n_valid, logits.stride(0), grad_logits.stride(0), inv_temp,
+        rows.n_rows, rows.count, shard.n_cols, shard.n_load, shard.n_valid, logits.stride(0), grad_logits.stride(0),
+        inv_temp,
         HAS_SLOTS=slots is not None, BLOCK_R=tile.rows, BLOCK_V=tile.cols, num_warps=tile.num_warps,
     )

@@ -24,6 +24,13 @@ class VocabShard:
     n_cols: int
     n_valid: int
 
+    @property
+    def n_load(self) -> int:
+        """Columns the kernels load: n_valid rounded up to 16, within the row. A load mask that is
+        constant over 16-column groups lets Triton issue 128-bit loads; the few padding columns
+        read this way are masked out after loading."""
+        return min(self.n_cols, -(-self.n_valid // 16) * 16)
+
 
 @dataclass(frozen=True)
 class TPGroup:

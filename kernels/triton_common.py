@@ -47,10 +47,12 @@ def centred_cross_step(c, z_old, alpha, shift, e, d):
 
 
 @triton.jit
-def load_rows(ptr, rows, stride, cols, mask):
-    """A [rows, cols] tile of logits as fp32; masked elements are -inf (weight 0)."""
+def load_rows(ptr, rows, stride, cols, row_mask, n_load, n_valid):
+    """A [rows, cols] tile of logits as fp32; masked rows and columns at or beyond n_valid
+    (padding) are -inf (weight 0). Loads run to n_load (`VocabShard.n_load`) so they vectorise."""
+    mask = row_mask[:, None] & (cols < n_load)[None, :]
     x = tl.load(ptr + rows[:, None] * stride + cols[None, :], mask=mask, other=float("-inf"))
-    return x.to(tl.float32)
+    return tl.where((cols < n_valid)[None, :], x.to(tl.float32), float("-inf"))
 
 
 @triton.jit

@@ -46,6 +46,16 @@ class OPPOConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    """Greedy answers on the held-out manifest, scored with the MER-style metrics."""
+
+    at_start: bool = False  # before the first step (e.g. the SFT model an RL run starts from)
+    at_end: bool = False
+    max_new_tokens: int = 128
+    max_samples: int | None = None
+
+
+@dataclass
 class OmniTrainConfig(Config):
     algorithm: Literal["sft", "oppo"] = "sft"
     # Start from these weights (a converted Hugging Face model or an SFT run's save_dir); the
@@ -56,6 +66,7 @@ class OmniTrainConfig(Config):
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     oppo: OPPOConfig = field(default_factory=OPPOConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def validate(self, world_size: int | None = None) -> "OmniTrainConfig":
         super().validate(world_size)
@@ -64,8 +75,9 @@ class OmniTrainConfig(Config):
             self.data.validate()
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        if self.algorithm == "oppo":
-            # For OPPO the batch sizes count prompts; each prompt brings group_size completions.
-            if self.reward.wheel_dir is None:
-                raise ConfigError("reward.wheel_dir must name the MER emotion-wheel lexicon folder for OPPO rewards")
+        needs_lexicon = self.algorithm == "oppo" or self.evaluation.at_start or self.evaluation.at_end
+        if needs_lexicon and self.reward.wheel_dir is None:
+            raise ConfigError("reward.wheel_dir must name the MER emotion-wheel lexicon folder (OPPO rewards, evaluation)")
+        if self.algorithm == "oppo" and self.parallel.virtual_pipeline_model_parallel_size:
+            raise ConfigError("OPPO rollouts do not support interleaved pipelines: set parallel.virtual_pipeline_model_parallel_size=null")
         return self

@@ -7,7 +7,8 @@ With no manifests configured, the toy emotion data set is generated (once) and u
 from __future__ import annotations
 
 import argparse
-from functools import partial
+import json
+from pathlib import Path
 
 import torch.distributed as dist
 from megatron.core import parallel_state
@@ -92,6 +93,27 @@ def sync_token_ids(cfg: OmniTrainConfig, tokenizer) -> None:
     t.vision_start, t.vision_end = ids.vision_start_token_id, ids.vision_end_token_id
 
 
+def evaluate(cfg: OmniTrainConfig, model_chunks, tokenizer, processor, tag: str) -> dict[str, float]:
+    """Greedy answers on the held-out split, scored; rank 0 writes ``output_dir/eval_<tag>.json``."""
+    from megatron_omni.eval.lexicon import EmotionWheelLexicon
+    from megatron_omni.rollout.answers import OmniAnswerer, sample_records, score_answers
+
+    prompts = OmniDataset.from_manifest(cfg.dataset.test_manifest, processor, with_target=False)
+    records = sample_records(prompts)[: cfg.evaluation.max_samples]
+    ids = processor.token_ids
+    answerer = OmniAnswerer(model_chunks, prompts, tokenizer, cfg.model.vocab_size, cfg.model.hidden_size,
+                            [ids.eos_token_id], ids.pad_token_id, cfg.evaluation.max_new_tokens,
+                            cfg.omni.modality_mask_ratio)
+    answers = dict(zip([str(r["id"]) for r in records], answerer(records)))
+    scores = score_answers(answers, records, EmotionWheelLexicon.from_dir(cfg.reward.wheel_dir))
+    if dist.get_rank() == 0:
+        out = Path(cfg.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"eval_{tag}.json").write_text(json.dumps({"scores": scores, "answers": answers}, indent=1) + "\n")
+        print(f"[eval:{tag}] " + ", ".join(f"{k}={v:.4f}" for k, v in scores.items()), flush=True)
+    return scores
+
+
 def run(cfg: OmniTrainConfig) -> list[dict]:
     resolve_dataset(cfg)
     tokenizer = load_tokenizer(cfg.dataset.tokenizer_dir)
@@ -114,7 +136,11 @@ def run(cfg: OmniTrainConfig) -> list[dict]:
         dp_rank=parallel_state.get_data_parallel_rank(), dp_size=parallel_state.get_data_parallel_world_size(),
         seed=cfg.train.seed,
     )
+    if cfg.evaluation.at_start:
+        evaluate(cfg, model_chunks, tokenizer, processor, "start")
     history = train(cfg, model_chunks, optimizer, scheduler, sampler, algorithm)
+    if cfg.evaluation.at_end:
+        evaluate(cfg, model_chunks, tokenizer, processor, "end")
     destroy_parallel()
     return history
 

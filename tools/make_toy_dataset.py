@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from megatron_omni.data.toy import make_toy_dataset
+from megatron_omni.data.toy import TOKENIZER_VOCAB, make_toy_dataset
 
 
 def main(argv=None) -> None:
@@ -17,9 +17,11 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--num", type=int, default=64, help="number of clips (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--vocab-size", type=int, default=TOKENIZER_VOCAB,
+                        help=f"tokenizer vocabulary (default {TOKENIZER_VOCAB})")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    paths = make_toy_dataset(args.out, num=args.num, seed=args.seed)
+    paths = make_toy_dataset(args.out, num=args.num, seed=args.seed, vocab_size=args.vocab_size)
     print(f"toy data set ({args.num} clips, seed {args.seed}) in {time.perf_counter() - started:.1f} s:\n"
           f"  train manifest  {paths.train_manifest}\n  test manifest   {paths.test_manifest}\n"
           f"  tokenizer       {paths.tokenizer_dir}")

@@ -53,7 +53,7 @@ class OmniAdapter:
         self.model.set_input_tensor(tensor)
 
 
-def _prompt_media(prompt) -> dict:
+def prompt_media(prompt) -> dict:
     one = pad([prompt])
     media = model_inputs(one)
     media.pop("packed_seq_params")
@@ -87,7 +87,7 @@ class OPPO:
         if not hasattr(prompt, "input_ids"):
             raise RuntimeError(f"prompt {index} could not be loaded: {prompt.reason}")
         model = unwrap(self.model_chunks[0])
-        generator = Generator(OmniAdapter(model, _prompt_media(prompt)), self.cfg.model.vocab_size,
+        generator = Generator(OmniAdapter(model, prompt_media(prompt)), self.cfg.model.vocab_size,
                               self.cfg.model.hidden_size, self.pad_token_id, model.config.params_dtype)
         positions = extend_positions(prompt.position_ids, self.sampling.max_new_tokens).unsqueeze(1)
         seed = self.cfg.train.seed * 1_000_003 + step * 7919 + zlib.crc32(prompt.sample_id.encode())

@@ -4,6 +4,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from megatron.core.dist_checkpointing.core import CheckpointingException
+from torch.distributed.checkpoint.api import CheckpointException
+
 from megatron_omni.config import ConfigError
 from megatron_omni.convert.errors import ConversionError
 from megatron_omni.convert.hf_checkpoint import ShardWriter, parse_size
@@ -48,7 +51,12 @@ def convert_megatron_to_hf(
     with single_process_world():
         model = build_omni_model(cfg.to_config(), omni=cfg.omni, initialize=False)
         log(f"[convert] loading {iteration}")
-        load_model_checkpoint(iteration, [model])
+        try:
+            load_model_checkpoint(iteration, [model])
+        except (CheckpointException, CheckpointingException, KeyError, RuntimeError) as exc:
+            # torch's CheckpointException carries every rank's traceback; its last line is the cause.
+            cause = str(exc).strip().splitlines()[-1]
+            raise ConversionError(f"{iteration} does not hold the model {config_file} describes: {cause}") from None
         param_map = OmniParamMap(cfg, padded_vocab_size(cfg.model, 1))
         state = model.state_dict()
         with atomic_output_dir(out_dir, overwrite) as tmp:

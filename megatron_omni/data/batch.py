@@ -13,7 +13,7 @@ the order of the placeholders in the token stream.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Sequence
 
 import torch
@@ -70,11 +70,9 @@ class OmniBatch:
                                max_seqlen_q=self.max_seqlen, max_seqlen_kv=self.max_seqlen)
 
     def to(self, device) -> "OmniBatch":
-        moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name, value in moved.items():
-            if isinstance(value, torch.Tensor):
-                moved[name] = value.to(device, non_blocking=True)
-        return OmniBatch(**moved)
+        tensors = {f.name: getattr(self, f.name) for f in fields(self)}
+        return replace(self, **{name: value.to(device) for name, value in tensors.items()
+                                if isinstance(value, torch.Tensor)})
 
 
 def _round_up(value: int, multiple: int) -> int:

@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 
 from megatron_omni.data.batch import OmniBatch, SkippedSample, pack, pad
-from megatron_omni.data.errors import DataError, ManifestError
+from megatron_omni.data.errors import DataError
 from megatron_omni.data.manifest import OmniSample, load_manifest
 from megatron_omni.data.media import SampleMedia, load_media
 from megatron_omni.data.processor import OmniProcessor, ProcessedSample
@@ -42,8 +42,6 @@ class OmniDataset(torch.utils.data.Dataset):
         try:
             media = load_media(sample, self.processor.cfg)
             return self.processor.process(sample, media, with_target=self.with_target, privileged=self.privileged)
-        except ManifestError:
-            raise
         except DataError as exc:
             if not self.processor.cfg.skip_bad_samples:
                 raise

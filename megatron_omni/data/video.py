@@ -124,12 +124,11 @@ def read_video(path: Path, cfg: VideoConfig) -> DecodedVideo:
     return DecodedVideo(frames=torch.from_numpy(np.ascontiguousarray(frames)), sample_fps=sample_fps)
 
 
-
 def resize_frames(frames: torch.Tensor, cfg: VideoConfig) -> torch.Tensor:
     """uint8 [T, H, W, 3] -> uint8 [T, 3, H', W'] at the smart_resize size.
 
-    Interpolating uint8 directly is what the Qwen video processor does on CPU (torchvision hands
-    uint8 to the same antialiased bicubic kernel), so values match it exactly.
+    The uint8 frames go straight into torch's antialiased bicubic kernel, as torchvision passes
+    them on CPU in the Qwen video processor (rounding inside the kernel, not after a float copy).
     """
     frames = frames.permute(0, 3, 1, 2).contiguous()
     height, width = frames.shape[-2:]

@@ -64,6 +64,8 @@ def _reduce_metrics(outputs: list[dict]) -> dict[str, float]:
         group=parallel_state.get_pipeline_model_parallel_group(),
     )
     names = sorted(holder[0])
+    if not names:
+        return {}
     flat = torch.cat([holder[0][n] for n in names])
     dp_group = parallel_state.get_data_parallel_group()
     dist.all_reduce(flat, group=dp_group)

@@ -78,6 +78,8 @@ def test_padding_and_media_layout(samples):
         assert torch.equal(batch.input_features[row, :, : audio.shape[1]], audio)
         assert batch.input_features[row, :, audio.shape[1]:].eq(0).all()
     assert batch.packed_seq_params() is None
+    moved = batch.to("cpu")
+    assert torch.equal(moved.position_ids, batch.position_ids) and moved.sample_ids == batch.sample_ids
 
 
 @pytest.mark.parametrize("packing", [False, True])

@@ -11,6 +11,7 @@ import pytest
 
 from megatron_omni.data.audio import AudioConfig, load_audio_file, load_video_audio
 from megatron_omni.data.manifest import load_manifest
+from megatron_omni.data.tokenizer import load_tokenizer
 from megatron_omni.data.toy import EMOTIONS, _look, make_toy_dataset
 from megatron_omni.data.toy_media import render_frames, synthesize_voice
 from megatron_omni.data.video import VideoConfig, read_video
@@ -38,6 +39,8 @@ def test_another_size_or_seed_regenerates(tmp_path):
     make_toy_dataset(tmp_path, num=3, seed=2)
     assert paths.train_manifest.read_text() != before
     assert len(list((tmp_path / "clips").glob("*.mp4"))) == 3  # the old set's clips are gone
+    small = make_toy_dataset(tmp_path, num=3, seed=2, vocab_size=400)
+    assert len(load_tokenizer(small.tokenizer_dir)) == 400
 
 
 def test_the_session_set(toy_set):

@@ -73,3 +73,5 @@ def test_rejects_mismatched_modalities_and_sign():
         evidence_masked_kl(full, masked, masks, sign="maximise")
     with pytest.raises(ValueError, match="entropy"):
         evidence_masked_kl(full, masked, masks, eta=0.1)
+    with pytest.raises(ValueError, match=r"masked_logits\['audio'\]: must be a tensor shaped like"):
+        evidence_masked_kl(full, {**masked, "audio": masked["audio"][:, :-1]}, masks)

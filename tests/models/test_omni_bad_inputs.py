@@ -128,10 +128,18 @@ def test_megatron_folder_without_model_config(converted_thinker, tmp_path):
     assert_nothing_written(tmp_path / "hf")
 
 
-def test_megatron_model_config_with_a_bad_key(converted_thinker, tmp_path):
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (("num_layers:", "num_layerz:"), r"omni_model.yaml: unknown key model.num_layerz"),
+        (("ffn_hidden_size: 128", "ffn_hidden_size: 96"), r"does not hold the model .*omni_model.yaml describes: .*linear_fc1.weight"),
+    ],
+    ids=["unknown-key", "weights-of-another-shape"],
+)
+def test_megatron_model_config_problems(converted_thinker, tmp_path, megatron_session, edit, message):
     shutil.copytree(converted_thinker.megatron_dir, tmp_path / "megatron")
     config = tmp_path / "megatron" / "omni_model.yaml"
-    config.write_text(config.read_text().replace("num_layers:", "num_layerz:"))
-    with pytest.raises(ConversionError, match=r"omni_model.yaml: unknown key model.num_layerz"):
+    config.write_text(config.read_text().replace(*edit))
+    with pytest.raises(ConversionError, match=message):
         convert_megatron_to_hf(tmp_path / "megatron", tmp_path / "hf", log=lambda _: None)
     assert_nothing_written(tmp_path / "hf")
