@@ -76,8 +76,9 @@ def layout_independent_init(model: torch.nn.Module, seed: int, std: float, outpu
         if param.dim() < 2:
             continue
         key = global_param_name(model, name)
-        if tied and key == "output_layer.weight":
-            key = "embedding.word_embeddings.weight"  # the last stage's copy of the embedding
+        if tied and key.endswith("output_layer.weight"):
+            # The last stage's copy of the embedding (``language_model.`` prefix in the omni model).
+            key = key[: -len("output_layer.weight")] + "embedding.word_embeddings.weight"
         scale = output_std if key.endswith(("linear_proj.weight", "linear_fc2.weight")) else std
         gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
         full = torch.randn(full_shape(param, name), generator=gen, dtype=torch.float32) * scale
