@@ -4,14 +4,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# One think block, then one answer block holding comma-separated words, nothing around them but
-# whitespace. Neither block may be empty or contain another tag.
-_WORD = r"[^,<>\n]*[^,<>\s][^,<>\n]*"
-FORMAT_PATTERN = re.compile(
-    rf"\s*<think>(?P<think>(?:(?!</?think>|</?answer>).)*\S(?:(?!</?think>|</?answer>).)*)</think>"
-    rf"\s*<answer>(?P<answer>\s*{_WORD}(?:\s*,\s*{_WORD})*\s*)</answer>\s*",
-    re.DOTALL,
-)
+# One think block, then one answer block, nothing around them but whitespace. The block contents
+# are checked in code rather than inside this pattern: nested quantifiers there backtrack
+# exponentially on long unterminated completions, which a sampling policy produces.
+_BLOCKS = re.compile(r"\s*<think>(?P<think>.*?)</think>\s*<answer>(?P<answer>.*?)</answer>\s*", re.DOTALL)
+_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 _ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.DOTALL)
 _THINK = re.compile(r"<think>(.*?)(?:</think>|<answer>|$)", re.DOTALL)
 
@@ -24,8 +21,21 @@ class ParsedCompletion:
 
 
 def format_reward(completion: str) -> float:
-    """1.0 when the whole completion has the expected format, else 0.0."""
-    return 1.0 if FORMAT_PATTERN.fullmatch(completion) else 0.0
+    """1.0 when the whole completion has the expected format, else 0.0.
+
+    The think block must hold some non-space text and no other tag; the answer block holds
+    comma-separated words, none empty and none with a newline or an angle bracket.
+    """
+    match = _BLOCKS.fullmatch(completion)
+    if match is None:
+        return 0.0
+    think, answer = match["think"], match["answer"]
+    if not think.strip() or any(tag in think for tag in _TAGS):
+        return 0.0
+    words = [word.strip(" \t") for word in answer.strip().split(",")]
+    if any(not word or "\n" in word or "<" in word or ">" in word for word in words):
+        return 0.0
+    return 1.0
 
 
 def extract_answer(completion: str) -> str | None:

@@ -50,3 +50,13 @@ def test_sentence_boundaries():
     assert [s.text for s in split_sentences("他皱着眉头，声音颤抖。很难过！")] == ["他皱着眉头", "声音颤抖", "很难过"]
     assert [s.text for s in split_sentences("He frowns, then sighs! Ok", at_commas=False)] == [
         "He frowns, then sighs", "Ok"]
+
+
+def test_format_reward_is_linear_on_long_unterminated_completions():
+    # A sampling policy emits long completions without a closing tag; the check must not backtrack.
+    import time
+
+    started = time.perf_counter()
+    assert format_reward("<think>" + "a b, " * 3000 + "</think><answer>" + "x y , " * 3000) == 0.0
+    assert format_reward("<think>ok</think><answer>" + "happy, " * 3000 + "sad</answer>") == 1.0
+    assert time.perf_counter() - started < 5.0
