@@ -45,11 +45,10 @@ class RowStat(IntEnum):
 
 
 N_SHARD_STATS = len(ShardStat)
-N_ROW_STATS = len(RowStat)
 N_JSD_SUMS = 2  # per-shard partial sums of KL(P_S || M) and KL(P_T || M)
 
-MODES = {"forward": 0, "reverse": 1, "jsd": 2}
-FORWARD, REVERSE, JSD = 0, 1, 2
+FORWARD, REVERSE, JSD = 0, 1, 2  # the kernels' MODE constexpr
+MODES = {"forward": FORWARD, "reverse": REVERSE, "jsd": JSD}
 
 
 @dataclass(frozen=True)

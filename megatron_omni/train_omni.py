@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch.distributed as dist
@@ -47,7 +48,17 @@ def resolve_dataset(cfg: OmniTrainConfig) -> None:
     d.train_manifest, d.test_manifest, d.tokenizer_dir = str(paths.train_manifest), str(paths.test_manifest), str(paths.tokenizer_dir)
 
 
-def build_algorithm(cfg: OmniTrainConfig, tokenizer, processor, model_chunks):
+def build_reward(cfg: OmniTrainConfig):
+    from megatron_omni.rewards.omni_perception import OmniPerceptionReward, OmniPerceptionRewardConfig
+
+    r = cfg.reward
+    return OmniPerceptionReward(OmniPerceptionRewardConfig(
+        wheel_dir=r.wheel_dir, weight_ew=r.weight_ew, weight_format=r.weight_format, weight_perc=r.weight_perc,
+        weight_coh=r.weight_coh, tau=r.tau, embedding_model=r.embedding_model,
+    ))
+
+
+def build_algorithm(cfg: OmniTrainConfig, tokenizer, processor, model_chunks, reward=None):
     if cfg.algorithm == "sft":
         from megatron_omni.algorithms.sft import SFT
 
@@ -56,16 +67,11 @@ def build_algorithm(cfg: OmniTrainConfig, tokenizer, processor, model_chunks):
         return SFT(dataset, collator, cfg.train.micro_batch_size, cfg.train.seq_length), len(dataset)
 
     from megatron_omni.algorithms.oppo import OPPO
-    from megatron_omni.rewards.omni_perception import OmniPerceptionReward, OmniPerceptionRewardConfig
     from megatron_omni.convert.megatron_checkpoint import load_model_checkpoint
 
     prompts = OmniDataset.from_manifest(cfg.dataset.train_manifest, processor, with_target=False)
     samples = [s.to_record() for s in load_manifest(cfg.dataset.train_manifest)]
-    r = cfg.reward
-    reward = OmniPerceptionReward(OmniPerceptionRewardConfig(
-        wheel_dir=r.wheel_dir, weight_ew=r.weight_ew, weight_format=r.weight_format, weight_perc=r.weight_perc,
-        weight_coh=r.weight_coh, tau=r.tau, embedding_model=r.embedding_model,
-    ))
+    reward = reward or build_reward(cfg)
     reference = None
     if cfg.oppo.grpo.kl_beta:
         reference = build_model_chunks(cfg, build_omni_model, wrap_ddp=False)
@@ -114,7 +120,22 @@ def evaluate(cfg: OmniTrainConfig, model_chunks, tokenizer, processor, tag: str)
     return scores
 
 
-def run(cfg: OmniTrainConfig) -> list[dict]:
+@dataclass
+class OmniRun:
+    """Everything one training run wires together (tests drive single steps through it)."""
+
+    cfg: OmniTrainConfig
+    tokenizer: object
+    processor: OmniProcessor
+    model_chunks: list
+    optimizer: object
+    scheduler: object
+    algorithm: object
+    sampler: ResumableBatchSampler
+
+
+def build_run(cfg: OmniTrainConfig, reward=None) -> OmniRun:
+    """Data, model, optimizer and algorithm of a run, in an initialised process group."""
     resolve_dataset(cfg)
     tokenizer = load_tokenizer(cfg.dataset.tokenizer_dir)
     sync_token_ids(cfg, tokenizer)
@@ -130,17 +151,22 @@ def run(cfg: OmniTrainConfig) -> list[dict]:
 
         load_model_checkpoint(cfg.init_from, model_chunks)
     optimizer, scheduler = build_optimizer(cfg, model_chunks)
-    algorithm, num_samples = build_algorithm(cfg, tokenizer, processor, model_chunks)
+    algorithm, num_samples = build_algorithm(cfg, tokenizer, processor, model_chunks, reward)
     sampler = ResumableBatchSampler(
         num_samples, cfg.train.global_batch_size,
         dp_rank=parallel_state.get_data_parallel_rank(), dp_size=parallel_state.get_data_parallel_world_size(),
         seed=cfg.train.seed,
     )
+    return OmniRun(cfg, tokenizer, processor, model_chunks, optimizer, scheduler, algorithm, sampler)
+
+
+def run(cfg: OmniTrainConfig, reward=None) -> list[dict]:
+    r = build_run(cfg, reward)
     if cfg.evaluation.at_start:
-        evaluate(cfg, model_chunks, tokenizer, processor, "start")
-    history = train(cfg, model_chunks, optimizer, scheduler, sampler, algorithm)
+        evaluate(cfg, r.model_chunks, r.tokenizer, r.processor, "start")
+    history = train(cfg, r.model_chunks, r.optimizer, r.scheduler, r.sampler, r.algorithm)
     if cfg.evaluation.at_end:
-        evaluate(cfg, model_chunks, tokenizer, processor, "end")
+        evaluate(cfg, r.model_chunks, r.tokenizer, r.processor, "end")
     destroy_parallel()
     return history
 

@@ -14,9 +14,9 @@ from megatron_omni.config import Config
 from megatron_omni.data.text_corpus import TextWindows, generate_sentences
 from megatron_omni.models.decoder import build_decoder
 from megatron_omni.parallel import init_distributed, initialize_parallel, set_seed
-from megatron_omni.parallel.sharding import gather_full, global_param_name
 from megatron_omni.training.checkpoint import load_checkpoint, save_checkpoint
-from megatron_omni.training.model_setup import build_model_chunks, unwrap
+from megatron_omni.training.model_setup import build_model_chunks
+from parallel_helpers import assert_close_rel, full_tensors
 from megatron_omni.training.optimizer import build_optimizer
 from megatron_omni.training.step import optimizer_step, run_microbatches
 
@@ -70,31 +70,6 @@ def setup(cfg: Config, ddp=True):
     return build_model_chunks(cfg, build_decoder, wrap_ddp=ddp)
 
 
-# ------------------------------------------------------------------ full (unsharded) gradients
-
-
-def full_tensors(chunks, attr: str) -> dict[str, torch.Tensor]:
-    """name -> full tensor (``attr`` = "grad" or "data") gathered over TP and PP, on every rank."""
-    local = {}
-    for chunk in chunks:
-        for name, param in unwrap(chunk).named_parameters():
-            if attr == "grad":
-                value = param.main_grad if hasattr(param, "main_grad") else param.grad
-            else:
-                value = param.data
-            model = unwrap(chunk)
-            local[global_param_name(model, name)] = gather_full(value.detach().float(), param, name)
-    gathered = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, local)
-    merged = {}
-    for part in gathered:
-        merged.update(part)
-    # The last stage's output layer of a tied model is a copy of the embedding (same grad sum).
-    if unwrap(chunks[0]).share_embeddings_and_output_weights:
-        merged.pop("output_layer.weight", None)
-    return merged
-
-
 def reference_grads(tied=True):
     """Single-process loss and gradients: TP=1, PP=1, no DDP, the whole global batch."""
     cfg = make_cfg(tied=tied)
@@ -109,13 +84,6 @@ def reference_grads(tied=True):
         total += loss_sum.item() / tokens.item()
     grads = {name: p.grad.detach().float().clone() for name, p in model.named_parameters()}
     return total, grads
-
-
-def assert_close_rel(actual: dict, expected: dict, rtol: float):
-    assert set(actual) == set(expected), set(actual) ^ set(expected)
-    for name, ref in expected.items():
-        err = (actual[name] - ref).norm() / ref.norm().clamp(min=1e-30)
-        assert err <= rtol, f"{name}: relative error {err:.3e}"
 
 
 @pytest.mark.parametrize("tied", [True, False])

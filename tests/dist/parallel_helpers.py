@@ -1,0 +1,44 @@
+"""Shared by the torchrun suites: full (unsharded) tensors of a parallel model, and comparison."""
+import torch
+import torch.distributed as dist
+
+from megatron_omni.parallel.sharding import gather_full, global_param_name
+from megatron_omni.training.model_setup import unwrap
+
+
+def full_tensors(chunks, attr: str) -> dict[str, torch.Tensor]:
+    """name -> full tensor (``attr`` = "grad" or "data") gathered over TP and PP, on every rank."""
+    local = {}
+    for chunk in chunks:
+        model = unwrap(chunk)
+        for name, param in model.named_parameters():
+            if attr == "grad":
+                value = param.main_grad if hasattr(param, "main_grad") else param.grad
+                if value is None:
+                    continue
+            else:
+                value = param.data
+            local[global_param_name(model, name)] = gather_full(value.detach().float(), param, name)
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, local)
+    merged = {}
+    for part in gathered:
+        merged.update(part)
+    # The last stage's output layer of a tied model is a copy of the embedding (same grad sum).
+    if _tied(chunks):
+        for key in [k for k in merged if k.endswith("output_layer.weight")]:
+            merged.pop(key)
+    return merged
+
+
+def _tied(chunks) -> bool:
+    model = unwrap(chunks[0])
+    lm = getattr(model, "language_model", model)
+    return bool(getattr(lm, "share_embeddings_and_output_weights", False))
+
+
+def assert_close_rel(actual: dict, expected: dict, rtol: float):
+    assert set(actual) == set(expected), set(actual) ^ set(expected)
+    for name, ref in expected.items():
+        err = (actual[name] - ref).norm() / ref.norm().clamp(min=1e-30)
+        assert err <= rtol, f"{name}: relative error {err:.3e}"
