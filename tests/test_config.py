@@ -99,3 +99,17 @@ def test_transformer_engine_probe_is_false_without_cuda():
 
 def test_defaults_are_valid():
     Config().validate(world_size=1)
+
+
+@pytest.mark.parametrize("name", ["toy_decoder.yaml", "toy_omni_sft.yaml", "toy_oppo.yaml", "qwen2_5_omni_7b_oppo.yaml"])
+def test_example_configs_load_and_validate(name):
+    from pathlib import Path
+
+    from megatron_omni.train_config import OmniTrainConfig
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "configs" / name
+    cls = Config if name == "toy_decoder.yaml" else OmniTrainConfig
+    # FP8 needs Transformer Engine on CUDA; on CPU the 7B config is checked in bf16.
+    cfg = load_config(path, ["precision.fp8=null", "reward.wheel_dir=lexicon"], cls=cls) if cls is not Config else load_config(path)
+    world = cfg.parallel.tensor_model_parallel_size * cfg.parallel.pipeline_model_parallel_size
+    cfg.validate(world)
