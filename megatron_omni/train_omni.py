@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch.distributed as dist
+import yaml
 from megatron.core import parallel_state
 
 from megatron_omni.config import ConfigError, load_config
@@ -99,17 +100,34 @@ def sync_token_ids(cfg: OmniTrainConfig, tokenizer) -> None:
     t.vision_start, t.vision_end = ids.vision_start_token_id, ids.vision_end_token_id
 
 
+def answerer_for(cfg: OmniTrainConfig, model_chunks, tokenizer, processor, manifest: str):
+    """Greedy answers of the model for the samples of ``manifest`` (the evaluation's generate)."""
+    from megatron_omni.rollout.answers import OmniAnswerer
+
+    prompts = OmniDataset.from_manifest(manifest, processor, with_target=False)
+    ids = processor.token_ids
+    return OmniAnswerer(model_chunks, prompts, tokenizer, cfg.model.vocab_size, cfg.model.hidden_size,
+                        [ids.eos_token_id], ids.pad_token_id, cfg.evaluation.max_new_tokens,
+                        cfg.omni.modality_mask_ratio)
+
+
+def checkpoint_answerer(config: str, checkpoint: str, manifest: str):
+    """Greedy answers of a saved model in this process (TP=1, PP=1), for tools/evaluate.py."""
+    overrides = [f"init_from={checkpoint}", "parallel.tensor_model_parallel_size=1",
+                 "parallel.pipeline_model_parallel_size=1", "parallel.virtual_pipeline_model_parallel_size=null"]
+    cfg = load_config(config, overrides, cls=OmniTrainConfig)
+    init_distributed()
+    tokenizer, processor, model_chunks = prepare_model(cfg, wrap_ddp=False)
+    return answerer_for(cfg, model_chunks, tokenizer, processor, manifest)
+
+
 def evaluate(cfg: OmniTrainConfig, model_chunks, tokenizer, processor, tag: str) -> dict[str, float]:
     """Greedy answers on the held-out split, scored; rank 0 writes ``output_dir/eval_<tag>.json``."""
     from megatron_omni.eval.lexicon import EmotionWheelLexicon
-    from megatron_omni.rollout.answers import OmniAnswerer, sample_records, score_answers
+    from megatron_omni.rollout.answers import sample_records, score_answers
 
-    prompts = OmniDataset.from_manifest(cfg.dataset.test_manifest, processor, with_target=False)
-    records = sample_records(prompts)[: cfg.evaluation.max_samples]
-    ids = processor.token_ids
-    answerer = OmniAnswerer(model_chunks, prompts, tokenizer, cfg.model.vocab_size, cfg.model.hidden_size,
-                            [ids.eos_token_id], ids.pad_token_id, cfg.evaluation.max_new_tokens,
-                            cfg.omni.modality_mask_ratio)
+    answerer = answerer_for(cfg, model_chunks, tokenizer, processor, cfg.dataset.test_manifest)
+    records = sample_records(answerer.prompts)[: cfg.evaluation.max_samples]
     answers = dict(zip([str(r["id"]) for r in records], answerer(records)))
     scores = score_answers(answers, records, EmotionWheelLexicon.from_dir(cfg.reward.wheel_dir))
     if dist.get_rank() == 0:
@@ -118,6 +136,33 @@ def evaluate(cfg: OmniTrainConfig, model_chunks, tokenizer, processor, tag: str)
         (out / f"eval_{tag}.json").write_text(json.dumps({"scores": scores, "answers": answers}, indent=1) + "\n")
         print(f"[eval:{tag}] " + ", ".join(f"{k}={v:.4f}" for k, v in scores.items()), flush=True)
     return scores
+
+
+def prepare_model(cfg: OmniTrainConfig, wrap_ddp: bool = True):
+    """Tokenizer, processor and this rank's model chunks (with ``init_from`` weights), after
+    checking the config and creating the parallel groups."""
+    tokenizer = load_tokenizer(cfg.dataset.tokenizer_dir)
+    sync_token_ids(cfg, tokenizer)
+    cfg.validate(dist.get_world_size())
+    p = cfg.parallel
+    initialize_parallel(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.virtual_pipeline_model_parallel_size)
+    set_seed(cfg.train.seed)
+    model_chunks = build_model_chunks(cfg, build_omni_model, wrap_ddp=wrap_ddp)
+    if cfg.init_from:
+        from megatron_omni.convert.megatron_checkpoint import load_model_checkpoint
+
+        load_model_checkpoint(cfg.init_from, model_chunks)
+    return tokenizer, OmniProcessor(tokenizer, cfg.data), model_chunks
+
+
+def save_run_config(cfg: OmniTrainConfig) -> None:
+    """The resolved config beside the run's outputs and checkpoints, so evaluation needs no guessing."""
+    if dist.get_rank() != 0:
+        return
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    for folder in {cfg.output_dir, cfg.train.save_dir} - {None}:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "run_config.yaml").write_text(text)
 
 
 @dataclass
@@ -137,19 +182,8 @@ class OmniRun:
 def build_run(cfg: OmniTrainConfig, reward=None) -> OmniRun:
     """Data, model, optimizer and algorithm of a run, in an initialised process group."""
     resolve_dataset(cfg)
-    tokenizer = load_tokenizer(cfg.dataset.tokenizer_dir)
-    sync_token_ids(cfg, tokenizer)
-    cfg.validate(dist.get_world_size())
-    p = cfg.parallel
-    initialize_parallel(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.virtual_pipeline_model_parallel_size)
-    set_seed(cfg.train.seed)
-    processor = OmniProcessor(tokenizer, cfg.data)
-
-    model_chunks = build_model_chunks(cfg, build_omni_model)
-    if cfg.init_from:
-        from megatron_omni.convert.megatron_checkpoint import load_model_checkpoint
-
-        load_model_checkpoint(cfg.init_from, model_chunks)
+    tokenizer, processor, model_chunks = prepare_model(cfg)
+    save_run_config(cfg)
     optimizer, scheduler = build_optimizer(cfg, model_chunks)
     algorithm, num_samples = build_algorithm(cfg, tokenizer, processor, model_chunks, reward)
     sampler = ResumableBatchSampler(

@@ -13,7 +13,7 @@ simsv2 ovmerdplus) or NAME@KIND with KIND in discrete/sentiment/openset. LABELS 
 label file (label-6way.npz, label.npz, label_4way.npz, ovlabel.csv) or a JSONL manifest
 (fields id + emo / val / openset). PREDICTIONS is .npz (filenames/fileitems), .csv or .jsonl.
 
-Generation from a model plugs in through `main(argv, generate=...)`: with --manifest, samples
+Generation from a model: with --manifest and --checkpoint (or `main(argv, generate=...)`), samples
 not yet in --generate-into are generated in batches and appended there, then scored.
 """
 from __future__ import annotations
@@ -51,6 +51,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--manifest", help="JSONL samples to generate predictions for (needs a generate callable)")
     parser.add_argument("--generate-into", help="predictions JSONL that generation appends to (resumable)")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--checkpoint", help="generate with this model checkpoint (a train.save_dir or converted "
+                        "folder; one process, TP=1 / PP=1)")
+    parser.add_argument("--config", help="the run's YAML config (default: <checkpoint>/run_config.yaml)")
     return parser.parse_args(argv)
 
 
@@ -83,6 +86,11 @@ def main(argv: list[str] | None = None, generate: GenerateFn | None = None) -> d
     extractor = AnswerWordExtractor(endpoint if args.answer_parser == "llm" else None)
 
     if args.manifest:
+        if generate is None and args.checkpoint:
+            from megatron_omni.train_omni import checkpoint_answerer
+
+            config = args.config or str(Path(args.checkpoint) / "run_config.yaml")
+            generate = checkpoint_answerer(config, args.checkpoint, args.manifest)
         if generate is None:
             raise SystemExit("error: --manifest needs a model-backed generate callable; "
                              "call tools/evaluate.main(argv, generate=...) or score existing predictions")
