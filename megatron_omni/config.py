@@ -269,6 +269,9 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
         raise ConfigError("parallel.virtual_pipeline_model_parallel_size needs pipeline_model_parallel_size >= 2")
     if p.sequence_parallel and tp < 2:
         raise ConfigError("parallel.sequence_parallel needs tensor_model_parallel_size >= 2")
+    if p.sequence_parallel and not (cfg.precision.transformer_engine and transformer_engine_available()):
+        # megatron-core's plain-torch layer spec refuses sequence parallelism.
+        raise ConfigError("parallel.sequence_parallel needs the Transformer Engine layer spec (CUDA with Transformer Engine)")
     if m.mrope_section is not None and sum(m.mrope_section) * 2 != m.head_dim:
         raise ConfigError(
             f"model.mrope_section {m.mrope_section} must sum to head_dim / 2 = {m.head_dim // 2}"

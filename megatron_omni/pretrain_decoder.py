@@ -5,28 +5,21 @@
 """
 from __future__ import annotations
 
-import argparse
 import torch.distributed as dist
 from megatron.core import parallel_state
 
 from megatron_omni.algorithms.lm import LanguageModeling
-from megatron_omni.config import Config, ConfigError, load_config
+from megatron_omni.config import Config, ConfigError
 from megatron_omni.data.sampler import ResumableBatchSampler
 from megatron_omni.data.text_corpus import VOCAB_SIZE, TextWindows, generate_sentences
 from megatron_omni.models.decoder import build_decoder
-from megatron_omni.parallel import destroy_parallel, init_distributed, initialize_parallel, set_seed
+from megatron_omni.parallel import destroy_parallel, initialize_parallel, set_seed
+from megatron_omni.training.entry import launch
 from megatron_omni.training.loop import train
 from megatron_omni.training.model_setup import build_model_chunks
 from megatron_omni.training.optimizer import build_optimizer
 
 CORPUS_SENTENCES = 2000
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML config (defaults: the tiny CPU decoder)")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=10")
-    return parser.parse_args(argv)
 
 
 def run(cfg: Config) -> list[dict]:
@@ -56,16 +49,7 @@ def run(cfg: Config) -> list[dict]:
 
 
 def main(argv=None) -> None:
-    args = parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        init_distributed()
-        run(cfg)
-    except ConfigError as exc:
-        raise SystemExit(f"config error: {exc}") from None
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    launch(__doc__, run, argv=argv)
 
 
 if __name__ == "__main__":

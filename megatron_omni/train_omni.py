@@ -6,7 +6,6 @@ With no manifests configured, the toy emotion data set is generated (once) and u
 """
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,16 +22,10 @@ from megatron_omni.data.toy import make_toy_dataset
 from megatron_omni.models.omni import build_omni_model
 from megatron_omni.parallel import destroy_parallel, init_distributed, initialize_parallel, set_seed
 from megatron_omni.train_config import OmniTrainConfig
+from megatron_omni.training.entry import launch
 from megatron_omni.training.loop import train
 from megatron_omni.training.model_setup import build_model_chunks
 from megatron_omni.training.optimizer import build_optimizer
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML config")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=10")
-    return parser.parse_args(argv)
 
 
 def resolve_dataset(cfg: OmniTrainConfig) -> None:
@@ -206,16 +199,7 @@ def run(cfg: OmniTrainConfig, reward=None) -> list[dict]:
 
 
 def main(argv=None) -> None:
-    args = parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides, cls=OmniTrainConfig)
-        init_distributed()
-        run(cfg)
-    except ConfigError as exc:
-        raise SystemExit(f"config error: {exc}") from None
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    launch(__doc__, run, config_cls=OmniTrainConfig, argv=argv)
 
 
 if __name__ == "__main__":

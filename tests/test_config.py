@@ -62,6 +62,8 @@ def test_error_names_the_file(tmp_path):
          "pipeline_model_parallel_size (2) x virtual_pipeline_model_parallel_size (4) must divide model.num_layers (4)"),
         (["parallel.virtual_pipeline_model_parallel_size=2"], "needs pipeline_model_parallel_size >= 2"),
         (["parallel.sequence_parallel=true"], "sequence_parallel needs tensor_model_parallel_size >= 2"),
+        (["parallel.sequence_parallel=true", "parallel.tensor_model_parallel_size=2", "precision.transformer_engine=false"],
+         "parallel.sequence_parallel needs the Transformer Engine layer spec"),
         (["model.num_query_groups=3"], "model.num_attention_heads (4) must be divisible by model.num_query_groups (3)"),
         (["model.mrope_section=[2, 2, 2]"], "model.mrope_section [2, 2, 2] must sum to head_dim / 2 = 8"),
         (["optimizer.lr_warmup_steps=5", "train.steps=5"], "optimizer.lr_warmup_steps (5) must be smaller than train.steps (5)"),

@@ -244,8 +244,8 @@ def main(argv: list[str] | None = None) -> None:
         kl_triton.launch_tiles = lambda n_cols: backend.TileShape(*args.tile)
     repeats = args.repeats or (20 if on_gpu else 3)
     bandwidth = copy_bandwidth_gbs(args.device)
-    backend = "Triton" if on_gpu or os.environ.get("TRITON_INTERPRET") == "1" else "chunked torch"
-    print(f"device={args.device} ({torch.cuda.get_device_name() if on_gpu else 'CPU'}), fused path: {backend}, "
+    fused_path = "Triton" if on_gpu or os.environ.get("TRITON_INTERPRET") == "1" else "chunked torch"
+    print(f"device={args.device} ({torch.cuda.get_device_name() if on_gpu else 'CPU'}), fused path: {fused_path}, "
           f"mode={args.mode}, dtype={args.dtype}, T={args.temperature}, best of {repeats} timed runs"
           + (f", tile={args.tile}" if args.tile else ""))
     print(f"bandwidth floor reference: device copy {bandwidth:.0f} GB/s (read + write); floor bytes per "

@@ -1,0 +1,27 @@
+"""The command line of a training entry point: ``--config YAML`` plus dotted overrides."""
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+import torch.distributed as dist
+
+from megatron_omni.config import Config, ConfigError, load_config
+from megatron_omni.parallel import init_distributed
+
+
+def launch(description: str, run: Callable, config_cls=Config, argv: list[str] | None = None) -> None:
+    """Parse, start torch.distributed, ``run(cfg)``; a config problem exits with its message."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML config (default: the dataclass defaults)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=10")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides, cls=config_cls)
+        init_distributed()
+        run(cfg)
+    except ConfigError as exc:
+        raise SystemExit(f"config error: {exc}") from None
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
