@@ -94,6 +94,10 @@ class TrainConfig:
     # Stop this run (after a checkpoint) once this step is reached; the LR schedule still spans
     # train.steps, so a later run continues exactly. For time-limited jobs.
     exit_at_step: int | None = None
+    keep_last_checkpoints: int | None = None  # older complete checkpoints are deleted; null keeps all
+    # Steps whose loss or gradients are not finite are skipped and counted; this many in a row
+    # stops the run (after a checkpoint of the last good state). 0: never stop.
+    max_nonfinite_in_a_row: int = 3
 
 
 @dataclass

@@ -122,7 +122,7 @@ def evaluate(cfg: OmniTrainConfig, model_chunks, tokenizer, processor, tag: str)
     answerer = answerer_for(cfg, model_chunks, tokenizer, processor, cfg.dataset.test_manifest)
     records = sample_records(answerer.prompts)[: cfg.evaluation.max_samples]
     answers = dict(zip([str(r["id"]) for r in records], answerer(records)))
-    scores = score_answers(answers, records, EmotionWheelLexicon.from_dir(cfg.reward.wheel_dir))
+    scores = score_answers(answers, records, EmotionWheelLexicon.from_dir(cfg.reward.wheel_dir), build_reward(cfg))
     if dist.get_rank() == 0:
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)

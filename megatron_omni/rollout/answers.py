@@ -51,9 +51,10 @@ def sample_records(prompts: OmniDataset) -> list[dict]:
 
 
 @torch.no_grad()
-def score_answers(answers: dict[str, str], records: list[dict], lexicon) -> dict[str, float]:
+def score_answers(answers: dict[str, str], records: list[dict], lexicon, reward=None) -> dict[str, float]:
     """Held-out figures of a set of answers: emotion-wheel F1 (the reward's R_ew, averaged),
-    F_s / precision / recall at level 1 (the OV-MERD+ definition) and the format rate."""
+    F_s / precision / recall at level 1 (the OV-MERD+ definition), the format rate and, given the
+    reward object, the mean of each reward term on the same answers."""
     from megatron_omni.eval.metrics import openset_score
     from megatron_omni.rewards.completion_format import format_reward, parse_completion
     from megatron_omni.eval.wordlists import parse_emotion_words
@@ -63,7 +64,13 @@ def score_answers(answers: dict[str, str], records: list[dict], lexicon) -> dict
     predicted = {sid: parse_emotion_words(parse_completion(text).answer or "") for sid, text in answers.items()}
     f1 = [emotion_wheel_f1(predicted[sid], truth[sid], lexicon) for sid in answers]
     fs = openset_score(truth, predicted, lexicon, "level1")
+    rewards = {}
+    if reward is not None:
+        ordered = [r for r in records if str(r["id"]) in answers]
+        terms = reward.compute([answers[str(r["id"])] for r in ordered], ordered)
+        rewards = {f"reward_{name}": float(values.mean()) for name, values in terms.items()}
     return {
+        **rewards,
         "emotion_wheel_f1": sum(f1) / len(f1),
         "fs_level1": fs.fscore,
         "precision_level1": fs.precision,

@@ -7,10 +7,12 @@ An algorithm object has two methods:
 """
 from __future__ import annotations
 
+import signal
 import time
 from dataclasses import dataclass
 from typing import Protocol
 
+import torch
 import torch.distributed as dist
 
 from megatron_omni.config import Config
@@ -29,6 +31,35 @@ class Algorithm(Protocol):
 @dataclass
 class TrainState:
     step: int = 0
+    nonfinite_total: int = 0
+    nonfinite_in_a_row: int = 0
+
+
+class StopRequest:
+    """SIGTERM (SLURM preemption, torchrun shutdown) asks the run to checkpoint and stop.
+
+    The handler only sets a flag; the loop agrees on it across ranks after each step (one tiny
+    all-reduce), so every rank saves the same step and leaves together.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def agreed(self) -> bool:
+        flag = torch.tensor([1.0 if self.requested else 0.0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGTERM, self._previous)
 
 
 def split_microbatches(items: list, size: int) -> list[list]:
@@ -46,7 +77,7 @@ def resume_if_possible(cfg: Config, model_chunks, optimizer, scheduler, sampler:
     sampler.load_state_dict(run_state["sampler"])
     if dist.get_rank() == 0:
         print(f"[train] resumed from {ckpt} at step {run_state['step']}", flush=True)
-    return TrainState(step=run_state["step"])
+    return TrainState(step=run_state["step"], nonfinite_total=run_state.get("nonfinite_total", 0))
 
 
 def train(cfg: Config, model_chunks, optimizer, scheduler, sampler: ResumableBatchSampler, algorithm: Algorithm) -> list[dict]:
@@ -57,29 +88,53 @@ def train(cfg: Config, model_chunks, optimizer, scheduler, sampler: ResumableBat
     logger = MetricsLogger(cfg.output_dir, cfg.logging, t.steps, state.step, enabled=rank0)
     history = []
 
-    def save():
-        save_checkpoint(
-            t.save_dir, state.step, model_chunks, optimizer,
-            {"scheduler": scheduler.state_dict(), "sampler": sampler.state_dict()},
-        )
+    saved_at = None
 
-    try:
-        last = min(t.steps, t.exit_at_step or t.steps)
-        while state.step < last:
-            started = time.perf_counter()
-            microbatches, metrics = algorithm.prepare(sampler.next_indices(), state.step)
-            metrics.update(optimizer_step(
-                model_chunks, optimizer, scheduler, microbatches, algorithm.forward_step, t.seq_length, t.micro_batch_size
-            ))
-            state.step += 1
-            metrics["step_time_s"] = time.perf_counter() - started
-            history.append({"step": state.step, **metrics})
-            if state.step % t.log_interval == 0:
-                logger.log(state.step, metrics)
-            if t.save_dir and t.save_interval and state.step % t.save_interval == 0:
-                save()
-        if t.save_dir and not (t.save_interval and state.step % t.save_interval == 0):
+    def save():
+        nonlocal saved_at
+        if t.save_dir and saved_at != state.step:
+            save_checkpoint(
+                t.save_dir, state.step, model_chunks, optimizer,
+                {"scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
+                 "nonfinite_total": state.nonfinite_total},
+                keep_last=t.keep_last_checkpoints,
+            )
+            saved_at = state.step
+
+    with StopRequest() as stop:
+        try:
+            last = min(t.steps, t.exit_at_step or t.steps)
+            while state.step < last:
+                started = time.perf_counter()
+                microbatches, metrics = algorithm.prepare(sampler.next_indices(), state.step)
+                metrics.update(optimizer_step(
+                    model_chunks, optimizer, scheduler, microbatches, algorithm.forward_step, t.seq_length, t.micro_batch_size
+                ))
+                state.step += 1
+                if metrics["nonfinite"]:
+                    state.nonfinite_total += 1
+                    state.nonfinite_in_a_row += 1
+                else:
+                    state.nonfinite_in_a_row = 0
+                metrics["nonfinite_total"] = float(state.nonfinite_total)
+                metrics["step_time_s"] = time.perf_counter() - started
+                history.append({"step": state.step, **metrics})
+                if state.step % t.log_interval == 0:
+                    logger.log(state.step, metrics)
+                if t.save_interval and state.step % t.save_interval == 0:
+                    save()
+                if t.max_nonfinite_in_a_row and state.nonfinite_in_a_row >= t.max_nonfinite_in_a_row:
+                    _say(f"[train] stopping: {state.nonfinite_in_a_row} steps in a row had a non-finite loss or gradient")
+                    break
+                if stop.agreed():
+                    _say(f"[train] SIGTERM: checkpointing step {state.step} and stopping")
+                    break
             save()
-    finally:
-        logger.close()
+        finally:
+            logger.close()
     return history
+
+
+def _say(message: str) -> None:
+    if dist.get_rank() == 0:
+        print(message, flush=True)

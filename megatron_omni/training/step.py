@@ -1,6 +1,7 @@
 """One optimizer step over a list of micro-batches with megatron's pipeline schedules."""
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -80,16 +81,38 @@ def _reduce_metrics(outputs: list[dict]) -> dict[str, float]:
     return metrics
 
 
+def _grads_finite(model_chunks) -> bool:
+    """Whether every reduced gradient on every rank is finite (one flag all-reduced over the world)."""
+    bad = torch.zeros(1)
+    for chunk in model_chunks:
+        for param in chunk.parameters():
+            grad = getattr(param, "main_grad", None)
+            if grad is not None and not bool(torch.isfinite(grad).all()):
+                bad.fill_(1)
+                break
+    dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    return not bool(bad.item())
+
+
 def optimizer_step(model_chunks, optimizer, scheduler, microbatches, forward_step, seq_length, micro_batch_size) -> dict:
-    """Zero grads, run the schedule, step the optimizer and the LR scheduler."""
+    """Zero grads, run the schedule, step the optimizer and the LR scheduler.
+
+    A step whose loss or gradient norm is not finite changes nothing (no parameter update, no
+    scheduler step) and reports ``nonfinite = 1``: with fp32/bf16 parameters megatron's optimizer
+    would otherwise apply NaN updates (only fp16 loss scaling checks for them).
+    """
     for chunk in model_chunks:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
     metrics = run_microbatches(model_chunks, microbatches, forward_step, seq_length, micro_batch_size)
-    update_successful, grad_norm, _ = optimizer.step()
-    if update_successful:
-        scheduler.step(increment=1)
+    finite = all(math.isfinite(v) for v in metrics.values()) and _grads_finite(model_chunks)
+    update_successful, grad_norm = False, float("nan")
+    if finite:
+        update_successful, grad_norm, _ = optimizer.step()
+        if update_successful:
+            scheduler.step(increment=1)
     metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
     metrics["lr"] = optimizer.param_groups[0]["lr"]
     metrics["skipped"] = float(not update_successful)
+    metrics["nonfinite"] = float(not finite)
     return metrics
