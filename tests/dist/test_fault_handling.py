@@ -3,7 +3,6 @@ Runs inside `torchrun --nproc-per-node 2` (see tests/test_fault_handling.py)."""
 import os
 import signal
 import tempfile
-from functools import partial
 
 import pytest
 import torch
