@@ -1,4 +1,6 @@
 """Shared by the torchrun suites: full (unsharded) tensors of a parallel model, and comparison."""
+import tempfile
+
 import torch
 import torch.distributed as dist
 
@@ -42,3 +44,10 @@ def assert_close_rel(actual: dict, expected: dict, rtol: float):
     for name, ref in expected.items():
         err = (actual[name] - ref).norm() / ref.norm().clamp(min=1e-30)
         assert err <= rtol, f"{name}: relative error {err:.3e}"
+
+
+def shared_tmpdir() -> str:
+    """A temporary folder made by rank 0 and known to every rank."""
+    holder = [tempfile.mkdtemp() if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]

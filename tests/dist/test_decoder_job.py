@@ -1,7 +1,6 @@
 """The decoder training job end to end: the loss falls, and a stopped run resumes exactly.
 Runs inside `torchrun --nproc-per-node 2` (see tests/test_jobs.py)."""
 import os
-import tempfile
 
 import pytest
 import torch.distributed as dist
@@ -10,6 +9,7 @@ from megatron_omni.config import load_config
 from megatron_omni.parallel import init_distributed
 from megatron_omni.pretrain_decoder import run
 from megatron_omni.training.metrics import read_metrics
+from parallel_helpers import shared_tmpdir
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "configs", "toy_decoder.yaml")
 
@@ -17,9 +17,7 @@ CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "config
 @pytest.fixture(scope="module")
 def workdir():
     init_distributed()
-    holder = [tempfile.mkdtemp() if dist.get_rank() == 0 else None]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
+    return shared_tmpdir()
 
 
 def job(workdir, name, steps, save_interval, exit_at_step=None):

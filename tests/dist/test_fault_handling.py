@@ -2,11 +2,9 @@
 Runs inside `torchrun --nproc-per-node 2` (see tests/test_fault_handling.py)."""
 import os
 import signal
-import tempfile
 
 import pytest
 import torch
-import torch.distributed as dist
 from megatron.core import parallel_state
 
 from megatron_omni.algorithms.lm import LanguageModeling
@@ -18,6 +16,7 @@ from megatron_omni.parallel import init_distributed, initialize_parallel, set_se
 from megatron_omni.training.loop import train
 from megatron_omni.training.model_setup import build_model_chunks, unwrap
 from megatron_omni.training.optimizer import build_optimizer
+from parallel_helpers import shared_tmpdir
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "configs", "toy_decoder.yaml")
 DATA = TextWindows(generate_sentences(300, 0), 32)
@@ -26,9 +25,7 @@ DATA = TextWindows(generate_sentences(300, 0), 32)
 @pytest.fixture(scope="module")
 def workdir():
     init_distributed()
-    holder = [tempfile.mkdtemp() if dist.get_rank() == 0 else None]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
+    return shared_tmpdir()
 
 
 class Faulty(LanguageModeling):
