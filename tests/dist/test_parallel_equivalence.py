@@ -2,7 +2,7 @@
 single-process run. Runs inside `torchrun --nproc-per-node 4` (see tests/test_parallel.py)."""
 import os
 import tempfile
-from functools import partial
+from functools import cache, partial
 
 import pytest
 import torch
@@ -70,8 +70,10 @@ def setup(cfg: Config, ddp=True):
     return build_model_chunks(cfg, build_decoder, wrap_ddp=ddp)
 
 
+@cache
 def reference_grads(tied=True):
-    """Single-process loss and gradients: TP=1, PP=1, no DDP, the whole global batch."""
+    """Single-process loss and gradients: TP=1, PP=1, no DDP, the whole global batch (computed
+    once per embedding kind; every layout is compared with it)."""
     cfg = make_cfg(tied=tied)
     (model,) = setup(cfg, ddp=False)
     microbatches = [collate([DATASET[i] for i in global_batch(0)[j : j + MICRO]]) for j in range(0, GLOBAL_BATCH, MICRO)]
