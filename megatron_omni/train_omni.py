@@ -104,11 +104,12 @@ def answerer_for(cfg: OmniTrainConfig, model_chunks, tokenizer, processor, manif
                         cfg.omni.modality_mask_ratio)
 
 
-def checkpoint_answerer(config: str, checkpoint: str, manifest: str):
-    """Greedy answers of a saved model in this process (TP=1, PP=1), for tools/evaluate.py."""
-    overrides = [f"init_from={checkpoint}", "parallel.tensor_model_parallel_size=1",
-                 "parallel.pipeline_model_parallel_size=1", "parallel.virtual_pipeline_model_parallel_size=null"]
-    cfg = load_config(config, overrides, cls=OmniTrainConfig)
+def checkpoint_answerer(config: str, checkpoint: str, manifest: str, overrides: list[str] = ()):
+    """Greedy answers of a saved model for tools/evaluate.py: TP=1 / PP=1 in one process unless
+    ``overrides`` set another layout (then launched under torchrun)."""
+    layout = ["parallel.tensor_model_parallel_size=1", "parallel.pipeline_model_parallel_size=1",
+              "parallel.virtual_pipeline_model_parallel_size=null", "parallel.use_distributed_optimizer=false"]
+    cfg = load_config(config, [*layout, *overrides, f"init_from={checkpoint}"], cls=OmniTrainConfig)
     init_distributed()
     tokenizer, processor, model_chunks = prepare_model(cfg, wrap_ddp=False)
     return answerer_for(cfg, model_chunks, tokenizer, processor, manifest)

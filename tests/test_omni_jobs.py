@@ -46,3 +46,13 @@ def test_sft_job_then_evaluate_from_checkpoint(tmp_path):
     assert scored["dataset"] == "toy" and scored["samples"] == len(ids) and scored["missing_predictions"] == 0
     again = run(cmd, **{"MASTER_PORT": "29612"})
     assert f"generated 0, already present {len(ids)}" in again.stderr
+
+    # The same generation at TP=2 (two processes) gives the same answers; only rank 0 writes.
+    tp2_preds = tmp_path / "preds_tp2.jsonl"
+    tp2 = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", *cmd[1:]]
+    tp2[tp2.index(str(preds), tp2.index("--generate-into"))] = str(tp2_preds)
+    run([*tp2, "--override", "parallel.tensor_model_parallel_size=2"])
+    answers = {json.loads(line)["id"]: json.loads(line)["output"] for line in preds.read_text().splitlines()}
+    tp2_answers = [json.loads(line) for line in tp2_preds.read_text().splitlines()]
+    assert len(tp2_answers) == len(ids)
+    assert {r["id"]: r["output"] for r in tp2_answers} == answers

@@ -52,7 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--generate-into", help="predictions JSONL that generation appends to (resumable)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--checkpoint", help="generate with this model checkpoint (a train.save_dir or converted "
-                        "folder; one process, TP=1 / PP=1)")
+                        "folder); one process at TP=1 / PP=1 unless --override sets the layout under torchrun")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="run-config override for --checkpoint, e.g. parallel.tensor_model_parallel_size=2")
     parser.add_argument("--config", help="the run's YAML config (default: <checkpoint>/run_config.yaml)")
     return parser.parse_args(argv)
 
@@ -85,19 +87,30 @@ def main(argv: list[str] | None = None, generate: GenerateFn | None = None) -> d
     endpoint = _endpoint(args) if needs_llm else None
     extractor = AnswerWordExtractor(endpoint if args.answer_parser == "llm" else None)
 
+    writes = True
     if args.manifest:
         if generate is None and args.checkpoint:
+            import torch.distributed as dist
+
             from megatron_omni.train_omni import checkpoint_answerer
 
             config = args.config or str(Path(args.checkpoint) / "run_config.yaml")
-            generate = checkpoint_answerer(config, args.checkpoint, args.manifest)
+            generate = checkpoint_answerer(config, args.checkpoint, args.manifest, args.override)
+            # Every rank takes part in generation (TP/PP collectives); rank 0 writes and scores.
+            writes = dist.get_rank() == 0
+            if writes:
+                PredictionsJsonl(args.generate_into)  # repairs a line cut by a crash before others read
+            dist.barrier()
         if generate is None:
             raise SystemExit("error: --manifest needs a model-backed generate callable; "
                              "call tools/evaluate.main(argv, generate=...) or score existing predictions")
         if not args.generate_into:
             raise SystemExit("error: --manifest needs --generate-into PREDICTIONS.jsonl")
         report = generate_predictions(load_manifest_records(args.manifest), generate,
-                                      PredictionsJsonl(args.generate_into), args.batch_size, extractor, progress=True)
+                                      PredictionsJsonl(args.generate_into, read_only=not writes), args.batch_size,
+                                      extractor, progress=writes)
+        if not writes:
+            return {}
         print(f"generated {report.generated}, already present {report.skipped}", file=sys.stderr)
 
     if not args.sets:

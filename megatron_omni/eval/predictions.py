@@ -82,10 +82,13 @@ class PredictionsJsonl:
     A last line cut short by a crash is removed on open, so the file stays valid JSONL.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, read_only: bool = False):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._drop_partial_last_line()
+        # Under a multi-rank generation every rank reads which samples are done; one writes.
+        self.read_only = read_only
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._drop_partial_last_line()
 
     def _drop_partial_last_line(self) -> None:
         if not self.path.is_file():
@@ -105,6 +108,8 @@ class PredictionsJsonl:
         return {str(record["id"]) for record in self.records() if "id" in record}
 
     def append(self, records: Iterable[dict]) -> None:
+        if self.read_only:
+            return
         lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
         if not lines:
             return
