@@ -158,9 +158,11 @@ class OPPO:
 
     # ------------------------------------------------------------------ scoring forwards
 
-    def _forward_only(self, chunks, microbatches, store):
+    def _forward_only(self, chunks, microbatches, store, **model_kwargs):
+        """A no-grad pass through the pipeline; ``store(mb, logits)`` runs on the last stage."""
+
         def forward_step(mb: RLMicroBatch, model):
-            output = model(mb.batch.tokens, mb.batch.position_ids, None, **model_inputs(mb.batch), **mb.scores.get("_kwargs", {}))
+            output = model(mb.batch.tokens, mb.batch.position_ids, None, **model_inputs(mb.batch), **model_kwargs)
 
             def capture(logits):
                 store(mb, logits)
@@ -184,16 +186,12 @@ class OPPO:
         if cfg.oppo.perception_loss:
             for modality in MODALITIES:
                 mask = ModalityMask(modality, cfg.omni.modality_mask_ratio, seed=cfg.train.seed + step)
-                for mb in microbatches:
-                    mb.scores["_kwargs"] = {"modality_mask": mask}
 
                 def store_masked(mb, logits, modality=modality):
-                    # Only evidence rows are needed: keep those, in the model's dtype.
+                    # Kept as the model produced them (TP-sharded, model dtype): no fp32 copy.
                     mb.scores.setdefault("masked", {})[modality] = logits.detach()
 
-                self._forward_only(self.model_chunks, microbatches, store_masked)
-            for mb in microbatches:
-                mb.scores.pop("_kwargs", None)
+                self._forward_only(self.model_chunks, microbatches, store_masked, modality_mask=mask)
 
     # ------------------------------------------------------------------ loss
 
