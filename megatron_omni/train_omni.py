@@ -61,16 +61,13 @@ def build_algorithm(cfg: OmniTrainConfig, tokenizer, processor, model_chunks, re
         return SFT(dataset, collator, cfg.train.micro_batch_size, cfg.train.seq_length), len(dataset)
 
     from megatron_omni.algorithms.oppo import OPPO
-    from megatron_omni.convert.megatron_checkpoint import load_model_checkpoint
 
     prompts = OmniDataset.from_manifest(cfg.dataset.train_manifest, processor, with_target=False)
     samples = [s.to_record() for s in load_manifest(cfg.dataset.train_manifest)]
     reward = reward or build_reward(cfg)
     reference = None
     if cfg.oppo.grpo.kl_beta:
-        reference = build_model_chunks(cfg, build_omni_model, wrap_ddp=False)
-        if cfg.init_from:
-            load_model_checkpoint(cfg.init_from, reference)
+        reference = initial_model_chunks(cfg, wrap_ddp=False)
         for chunk in reference:
             chunk.requires_grad_(False)
     ids = processor.token_ids
@@ -99,7 +96,7 @@ def answerer_for(cfg: OmniTrainConfig, model_chunks, tokenizer, processor, manif
 
     prompts = OmniDataset.from_manifest(manifest, processor, with_target=False)
     ids = processor.token_ids
-    return OmniAnswerer(model_chunks, prompts, tokenizer, cfg.model.vocab_size, cfg.model.hidden_size,
+    return OmniAnswerer(model_chunks, prompts, tokenizer, cfg.model.vocab_size,
                         [ids.eos_token_id], ids.pad_token_id, cfg.evaluation.max_new_tokens,
                         cfg.omni.modality_mask_ratio)
 
@@ -141,12 +138,17 @@ def prepare_model(cfg: OmniTrainConfig, wrap_ddp: bool = True):
     p = cfg.parallel
     initialize_parallel(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.virtual_pipeline_model_parallel_size)
     set_seed(cfg.train.seed)
+    return tokenizer, OmniProcessor(tokenizer, cfg.data), initial_model_chunks(cfg, wrap_ddp)
+
+
+def initial_model_chunks(cfg: OmniTrainConfig, wrap_ddp: bool):
+    """This rank's model chunks with the run's starting weights (``init_from``, else the seeded init)."""
     model_chunks = build_model_chunks(cfg, build_omni_model, wrap_ddp=wrap_ddp)
     if cfg.init_from:
         from megatron_omni.convert.megatron_checkpoint import load_model_checkpoint
 
         load_model_checkpoint(cfg.init_from, model_chunks)
-    return tokenizer, OmniProcessor(tokenizer, cfg.data), model_chunks
+    return model_chunks
 
 
 def save_run_config(cfg: OmniTrainConfig) -> None:

@@ -19,12 +19,11 @@ from megatron.core import parallel_state
 from kernels import evidence_masked_kl, vocab_parallel_logprob_entropy
 from megatron_omni.algorithms.evidence import MODALITIES, evidence_token_masks, token_char_spans
 from megatron_omni.algorithms.grpo import GRPOLoss, group_advantages, kl_beta_at
-from megatron_omni.algorithms.sft import check_length, model_inputs
+from megatron_omni.algorithms.sft import check_length
 from megatron_omni.data.batch import OmniBatch, pad
 from megatron_omni.data.processor import attach_completion
-from megatron_omni.data.rope_index import extend_positions
 from megatron_omni.models.masking import ModalityMask
-from megatron_omni.rollout.generator import Generator
+from megatron_omni.rollout.omni import loaded, sample_completions
 from megatron_omni.train_config import OmniTrainConfig
 from megatron_omni.training.loop import split_microbatches
 from megatron_omni.training.model_setup import unwrap
@@ -37,27 +36,6 @@ class RLMicroBatch:
     advantages: torch.Tensor  # [b]
     evidence: dict[str, torch.Tensor]  # modality -> bool [b, s] over label positions
     scores: dict = field(default_factory=dict)  # filled by the scoring forwards (last stage only)
-
-
-class OmniAdapter:
-    """The rollout generator's view of an OmniModel stage: media go in with the prompt only."""
-
-    def __init__(self, model, media: dict):
-        self.model, self.media = model, media
-
-    def forward(self, tokens, position_ids, ctx, prefill):
-        media = self.media if prefill else {}
-        return self.model(tokens, position_ids, None, inference_context=ctx, runtime_gather_output=True, **media)
-
-    def set_input_tensor(self, tensor):
-        self.model.set_input_tensor(tensor)
-
-
-def prompt_media(prompt) -> dict:
-    one = pad([prompt])
-    media = model_inputs(one)
-    media.pop("packed_seq_params")
-    return media
 
 
 class OPPO:
@@ -83,39 +61,29 @@ class OPPO:
     # ------------------------------------------------------------------ prepare
 
     def _rollout(self, index: int, step: int):
-        prompt = self.prompts[index]
-        if not hasattr(prompt, "input_ids"):
-            raise RuntimeError(f"prompt {index} could not be loaded: {prompt.reason}")
-        model = unwrap(self.model_chunks[0])
-        generator = Generator(OmniAdapter(model, prompt_media(prompt)), self.cfg.model.vocab_size,
-                              self.cfg.model.hidden_size, self.pad_token_id, model.config.params_dtype)
-        positions = extend_positions(prompt.position_ids, self.sampling.max_new_tokens).unsqueeze(1)
+        prompt = loaded(self.prompts[index], f"prompt {index}")
         seed = self.cfg.train.seed * 1_000_003 + step * 7919 + zlib.crc32(prompt.sample_id.encode())
-        out = generator.generate(prompt.input_ids.unsqueeze(0), positions, self.group, self.sampling, seed)
-        completions = []
-        for row, mask in zip(out.tokens, out.completion_mask):
-            completions.append(row[out.prompt_length :][mask[out.prompt_length :].bool()].tolist())
-        return prompt, completions, out.tokens_per_second
+        completions, tokens_per_second = sample_completions(
+            unwrap(self.model_chunks[0]), prompt, self.sampling, self.group, seed, self.cfg.model.vocab_size,
+            self.pad_token_id,
+        )
+        return prompt, completions, tokens_per_second
 
     def _texts(self, completion_ids: list[int]) -> str:
         return self.tokenizer.decode(completion_ids, skip_special_tokens=True)
 
     def _evidence(self, completion_ids, text, sample, prompt_length: int, seq_length: int) -> dict[str, torch.Tensor]:
         """Evidence masks over label positions: completion token k is the label at prompt_length - 1 + k."""
-        sentences = self.reward.evidence_sentences(text, sample)
-        kept = [t for t in completion_ids if t not in self.tokenizer.all_special_ids]
-        spans = token_char_spans(self.tokenizer, kept)
-        token_masks = evidence_token_masks(spans, sentences)
+        # Special tokens (the stop token) are not in the decoded text the sentences index into.
+        special = set(self.tokenizer.all_special_ids)
+        kept = [j for j, token in enumerate(completion_ids) if token not in special]
+        spans = token_char_spans(self.tokenizer, [completion_ids[j] for j in kept])
+        token_masks = evidence_token_masks(spans, self.reward.evidence_sentences(text, sample))
+        rows = torch.tensor([prompt_length - 1 + j for j in kept], dtype=torch.long)
         out = {}
         for m in MODALITIES:
-            full = torch.zeros(seq_length, dtype=torch.bool)
-            k = 0
-            for j, token in enumerate(completion_ids):
-                if token in self.tokenizer.all_special_ids:
-                    continue
-                full[prompt_length - 1 + j] = token_masks[m][k]
-                k += 1
-            out[m] = full
+            out[m] = torch.zeros(seq_length, dtype=torch.bool)
+            out[m][rows] = token_masks[m]
         return out
 
     def prepare(self, indices: list[int], step: int):
@@ -162,7 +130,7 @@ class OPPO:
         """A no-grad pass through the pipeline; ``store(mb, logits)`` runs on the last stage."""
 
         def forward_step(mb: RLMicroBatch, model):
-            output = model(mb.batch.tokens, mb.batch.position_ids, None, **model_inputs(mb.batch), **model_kwargs)
+            output = model(mb.batch.tokens, mb.batch.position_ids, None, **mb.batch.model_kwargs(), **model_kwargs)
 
             def capture(logits):
                 store(mb, logits)
@@ -197,7 +165,7 @@ class OPPO:
 
     def forward_step(self, mb: RLMicroBatch, model):
         batch = mb.batch
-        logits = model(batch.tokens, batch.position_ids, None, **model_inputs(batch))
+        logits = model(batch.tokens, batch.position_ids, None, **batch.model_kwargs())
 
         def loss_func(logits):
             o, vocab = self.cfg.oppo, self.cfg.model.vocab_size

@@ -9,17 +9,6 @@ from megatron_omni.data.batch import OmniBatch
 from megatron_omni.training.loop import split_microbatches
 
 
-def model_inputs(batch: OmniBatch) -> dict:
-    """The OmniModel keyword arguments of a batch (media, packing)."""
-    return {
-        "pixel_values_videos": batch.pixel_values_videos,
-        "video_grid_thw": batch.video_grid_thw,
-        "input_features": batch.input_features,
-        "feature_attention_mask": batch.feature_attention_mask,
-        "packed_seq_params": batch.packed_seq_params(),
-    }
-
-
 def check_length(batch: OmniBatch, seq_length: int) -> OmniBatch:
     # Pipeline stages exchange activations of one fixed shape [seq_length, micro_batch, hidden].
     if batch.tokens.shape[1] != seq_length:
@@ -44,5 +33,5 @@ class SFT:
         return batches, {"skipped_samples": float(skipped)}
 
     def forward_step(self, batch: OmniBatch, model):
-        output = model(batch.tokens, batch.position_ids, None, labels=batch.labels, **model_inputs(batch))
+        output = model(batch.tokens, batch.position_ids, None, labels=batch.labels, **batch.model_kwargs())
         return output, partial(masked_token_sum, loss_mask=batch.loss_mask)

@@ -60,6 +60,16 @@ class OmniBatch:
     def num_samples(self) -> int:
         return len(self.sample_ids)
 
+    def model_kwargs(self) -> dict:
+        """The OmniModel keyword arguments of this batch: media tensors and packing."""
+        return {
+            "pixel_values_videos": self.pixel_values_videos,
+            "video_grid_thw": self.video_grid_thw,
+            "input_features": self.input_features,
+            "feature_attention_mask": self.feature_attention_mask,
+            "packed_seq_params": self.packed_seq_params(),
+        }
+
     def packed_seq_params(self):
         """megatron-core ``PackedSeqParams`` for a packed batch, None for a padded one."""
         if not self.packed:

@@ -6,41 +6,32 @@ from __future__ import annotations
 import torch
 
 from megatron_omni.data.dataset import OmniDataset
-from megatron_omni.data.rope_index import extend_positions
 from megatron_omni.models.masking import ModalityMask
-from megatron_omni.rollout.generator import Generator, SamplingConfig
+from megatron_omni.rollout.generator import SamplingConfig
+from megatron_omni.rollout.omni import loaded, sample_completions
 from megatron_omni.training.model_setup import unwrap
 
 
 class OmniAnswerer:
-    def __init__(self, model_chunks, prompts: OmniDataset, tokenizer, vocab_size: int, hidden_size: int,
+    def __init__(self, model_chunks, prompts: OmniDataset, tokenizer, vocab_size: int,
                  stop_token_ids: list[int], pad_token_id: int, max_new_tokens: int, mask_ratio: float = 0.9):
         self.model = unwrap(model_chunks[0])
         self.prompts = prompts
         self.index = {sample.id: i for i, sample in enumerate(prompts.samples)}
         self.tokenizer = tokenizer
-        self.vocab_size, self.hidden_size = vocab_size, hidden_size
+        self.vocab_size = vocab_size
         self.pad_token_id = pad_token_id
         self.sampling = SamplingConfig(max_new_tokens=max_new_tokens, greedy=True, stop_token_ids=list(stop_token_ids))
         self.mask_ratio = mask_ratio
 
     def answer(self, sample_id: str, mask_modality: str | None = None) -> str:
-        from megatron_omni.algorithms.oppo import OmniAdapter, prompt_media
-
         if sample_id not in self.index:
             raise KeyError(f"sample {sample_id!r} is not in the evaluation manifest")
-        prompt = self.prompts[self.index[sample_id]]
-        if not hasattr(prompt, "input_ids"):
-            raise RuntimeError(f"sample {sample_id!r} could not be loaded: {prompt.reason}")
-        media = prompt_media(prompt)
-        if mask_modality is not None:
-            media["modality_mask"] = ModalityMask(mask_modality, self.mask_ratio, seed=0)
-        generator = Generator(OmniAdapter(self.model, media), self.vocab_size, self.hidden_size,
-                              self.pad_token_id, self.model.config.params_dtype)
-        positions = extend_positions(prompt.position_ids, self.sampling.max_new_tokens).unsqueeze(1)
-        out = generator.generate(prompt.input_ids.unsqueeze(0), positions, 1, self.sampling, seed=0)
-        completion = out.tokens[0, out.prompt_length :][out.completion_mask[0, out.prompt_length :].bool()]
-        return self.tokenizer.decode(completion.tolist(), skip_special_tokens=True)
+        prompt = loaded(self.prompts[self.index[sample_id]], f"sample {sample_id!r}")
+        mask = ModalityMask(mask_modality, self.mask_ratio, seed=0) if mask_modality is not None else None
+        (completion,), _ = sample_completions(self.model, prompt, self.sampling, 1, 0, self.vocab_size,
+                                              self.pad_token_id, modality_mask=mask)
+        return self.tokenizer.decode(completion, skip_special_tokens=True)
 
     def __call__(self, samples: list[dict], mask_modality: str | None = None) -> list[str]:
         return [self.answer(str(sample["id"]), mask_modality) for sample in samples]

@@ -75,8 +75,7 @@ def resume_if_possible(cfg: Config, model_chunks, optimizer, scheduler, sampler:
     run_state = load_checkpoint(ckpt, model_chunks, optimizer)
     scheduler.load_state_dict(run_state["scheduler"])
     sampler.load_state_dict(run_state["sampler"])
-    if dist.get_rank() == 0:
-        print(f"[train] resumed from {ckpt} at step {run_state['step']}", flush=True)
+    _say(f"[train] resumed from {ckpt} at step {run_state['step']}")
     return TrainState(step=run_state["step"], nonfinite_total=run_state.get("nonfinite_total", 0))
 
 

@@ -82,14 +82,15 @@ def _reduce_metrics(outputs: list[dict]) -> dict[str, float]:
 
 
 def _grads_finite(model_chunks) -> bool:
-    """Whether every reduced gradient on every rank is finite (one flag all-reduced over the world)."""
-    bad = torch.zeros(1)
-    for chunk in model_chunks:
-        for param in chunk.parameters():
-            grad = getattr(param, "main_grad", None)
-            if grad is not None and not bool(torch.isfinite(grad).all()):
-                bad.fill_(1)
-                break
+    """Whether every reduced gradient on every rank is finite (one flag all-reduced over the world).
+
+    The per-parameter checks stay on the device; only the final flag is read back, once.
+    """
+    grads = [p.main_grad for chunk in model_chunks for p in chunk.parameters() if getattr(p, "main_grad", None) is not None]
+    if grads:
+        bad = torch.stack([~torch.isfinite(g).all() for g in grads]).any().float().reshape(1)
+    else:
+        bad = torch.zeros(1, device=torch.cuda.current_device() if torch.cuda.is_available() else "cpu")
     dist.all_reduce(bad, op=dist.ReduceOp.MAX)
     return not bool(bad.item())
 

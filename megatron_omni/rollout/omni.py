@@ -1,0 +1,49 @@
+"""Sampling completions of one omni prompt (media + text): shared by OPPO rollouts and the
+evaluation's greedy answers."""
+from __future__ import annotations
+
+from megatron_omni.data.batch import pad
+from megatron_omni.data.rope_index import extend_positions
+from megatron_omni.models.masking import ModalityMask
+from megatron_omni.rollout.generator import Generator, SamplingConfig
+
+
+class OmniAdapter:
+    """The rollout generator's view of an OmniModel stage: media go in with the prompt only."""
+
+    def __init__(self, model, media: dict):
+        self.model, self.media = model, media
+
+    def forward(self, tokens, position_ids, ctx, prefill):
+        media = self.media if prefill else {}
+        return self.model(tokens, position_ids, None, inference_context=ctx, runtime_gather_output=True, **media)
+
+    def set_input_tensor(self, tensor):
+        self.model.set_input_tensor(tensor)
+
+
+def loaded(item, what: str):
+    """A processed prompt, or an error naming it when its data could not be loaded (skipped)."""
+    if not hasattr(item, "input_ids"):
+        raise RuntimeError(f"{what} could not be loaded: {item.reason}")
+    return item
+
+
+def prompt_media(prompt) -> dict:
+    """The OmniModel media arguments of one processed prompt (a padded batch of one)."""
+    return pad([prompt]).model_kwargs()
+
+
+def sample_completions(model, prompt, sampling: SamplingConfig, group_size: int, seed: int, vocab_size: int,
+                       pad_token_id: int, modality_mask: ModalityMask | None = None) -> tuple[list[list[int]], float]:
+    """``group_size`` completions (token ids, stop token included) of one prompt, and tokens/s."""
+    media = prompt_media(prompt)
+    if modality_mask is not None:
+        media["modality_mask"] = modality_mask
+    generator = Generator(OmniAdapter(model, media), vocab_size, model.config.hidden_size, pad_token_id,
+                          model.config.params_dtype)
+    positions = extend_positions(prompt.position_ids, sampling.max_new_tokens).unsqueeze(1)
+    out = generator.generate(prompt.input_ids.unsqueeze(0), positions, group_size, sampling, seed)
+    start = out.prompt_length
+    completions = [row[start:][mask[start:].bool()].tolist() for row, mask in zip(out.tokens, out.completion_mask)]
+    return completions, out.tokens_per_second
