@@ -1,4 +1,4 @@
-"""The configuration of omni-model training runs (SFT, OPPO): the decoder's sections plus the
+"""The configuration of omni-model training runs (SFT, OPPO, OmniOPSD): the decoder's sections plus the
 omni towers, the data pipeline, the algorithm, rollouts and rewards."""
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from megatron_omni.algorithms.grpo import GRPOConfig
+from megatron_omni.algorithms.opsd.config import OPSDConfig
 from megatron_omni.config import Config, ConfigError
 from megatron_omni.data.config import DataConfig
 from megatron_omni.models.omni_config import OmniConfig, validate_omni
@@ -57,7 +58,7 @@ class EvaluationConfig:
 
 @dataclass
 class OmniTrainConfig(Config):
-    algorithm: Literal["sft", "oppo"] = "sft"
+    algorithm: Literal["sft", "oppo", "opsd"] = "sft"
     # Start from these weights (a converted Hugging Face model or an SFT run's save_dir); the
     # optimizer starts fresh. Resuming a stopped run uses train.save_dir / train.load_dir instead.
     init_from: str | None = None
@@ -65,6 +66,7 @@ class OmniTrainConfig(Config):
     data: DataConfig = field(default_factory=DataConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     oppo: OPPOConfig = field(default_factory=OPPOConfig)
+    opsd: OPSDConfig = field(default_factory=OPSDConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
@@ -75,9 +77,38 @@ class OmniTrainConfig(Config):
             self.data.validate()
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        needs_lexicon = self.algorithm == "oppo" or self.evaluation.at_start or self.evaluation.at_end
+        opsd_rewards = self.algorithm == "opsd" and self.opsd.grpo_weight > 0
+        needs_lexicon = self.algorithm == "oppo" or opsd_rewards or self.evaluation.at_start or self.evaluation.at_end
         if needs_lexicon and self.reward.wheel_dir is None:
-            raise ConfigError("reward.wheel_dir must name the MER emotion-wheel lexicon folder (OPPO rewards, evaluation)")
-        if self.algorithm == "oppo" and self.parallel.virtual_pipeline_model_parallel_size:
-            raise ConfigError("OPPO rollouts do not support interleaved pipelines: set parallel.virtual_pipeline_model_parallel_size=null")
+            raise ConfigError("reward.wheel_dir must name the MER emotion-wheel lexicon folder (OPPO rewards, "
+                              "opsd.grpo_weight > 0, evaluation)")
+        if self.algorithm in ("oppo", "opsd") and self.parallel.virtual_pipeline_model_parallel_size:
+            raise ConfigError(f"{self.algorithm.upper()} rollouts do not support interleaved pipelines: "
+                              "set parallel.virtual_pipeline_model_parallel_size=null")
+        if self.algorithm == "opsd":
+            validate_opsd(self.opsd)
         return self
+
+
+def validate_opsd(o: OPSDConfig) -> None:
+    problems = []
+    if o.teacher == "checkpoint" and not o.teacher_checkpoint:
+        problems.append("opsd.teacher=checkpoint needs opsd.teacher_checkpoint (a Megatron checkpoint folder)")
+    if o.teacher != "checkpoint" and (o.teacher_checkpoint or o.teacher_config):
+        problems.append(f"opsd.teacher_checkpoint / teacher_config are read only with opsd.teacher=checkpoint (it is {o.teacher})")
+    if not 0.0 <= o.ema_decay < 1.0:
+        problems.append(f"opsd.ema_decay must be in [0, 1), got {o.ema_decay}")
+    if not 0.0 <= o.loss.beta <= 1.0:
+        problems.append(f"opsd.loss.beta must be in [0, 1], got {o.loss.beta}")
+    if o.loss.temperature <= 0:
+        problems.append(f"opsd.loss.temperature must be positive, got {o.loss.temperature}")
+    if o.loss.top_k is not None and o.loss.top_k < 1:
+        problems.append(f"opsd.loss.top_k must be >= 1 or null, got {o.loss.top_k}")
+    if o.group_size < 1:
+        problems.append(f"opsd.group_size must be >= 1, got {o.group_size}")
+    if o.grpo_weight < 0:
+        problems.append(f"opsd.grpo_weight must be >= 0, got {o.grpo_weight}")
+    if o.grpo_weight > 0 and o.group_size < 2:
+        problems.append("opsd.grpo_weight > 0 needs opsd.group_size >= 2 (GRPO advantages compare completions of a prompt)")
+    if problems:
+        raise ConfigError("; ".join(problems))

@@ -1,4 +1,5 @@
-"""Train an omni model: SFT cold start or OPPO (launch with torchrun; see examples/pretrain_oppo.sh).
+"""Train an omni model: SFT cold start, OPPO or OmniOPSD (launch with torchrun; see
+examples/pretrain_oppo.sh and examples/train_omniopsd.sh).
 
     torchrun --nproc-per-node 2 -m megatron_omni.train_omni --config examples/configs/toy_oppo.yaml
 
@@ -6,6 +7,7 @@ With no manifests configured, the toy emotion data set is generated (once) and u
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,20 +62,56 @@ def build_algorithm(cfg: OmniTrainConfig, tokenizer, processor, model_chunks, re
         collator = Collator(processor.token_ids.pad_token_id, packing=False, pad_to_multiple_of=cfg.train.seq_length)
         return SFT(dataset, collator, cfg.train.micro_batch_size, cfg.train.seq_length), len(dataset)
 
-    from megatron_omni.algorithms.oppo import OPPO
-
     prompts = OmniDataset.from_manifest(cfg.dataset.train_manifest, processor, with_target=False)
     samples = [s.to_record() for s in load_manifest(cfg.dataset.train_manifest)]
-    reward = reward or build_reward(cfg)
-    reference = None
-    if cfg.oppo.grpo.kl_beta:
-        reference = initial_model_chunks(cfg, wrap_ddp=False)
-        for chunk in reference:
-            chunk.requires_grad_(False)
     ids = processor.token_ids
-    algorithm = OPPO(cfg, prompts, samples, tokenizer, reward, model_chunks, reference,
+    if cfg.algorithm == "opsd":
+        from megatron_omni.algorithms.opsd.trainer import OmniOPSD
+
+        if reward is None and cfg.reward.wheel_dir is not None:
+            reward = build_reward(cfg)
+        algorithm = OmniOPSD(cfg, prompts, samples, tokenizer, reward, model_chunks, build_teacher(cfg),
+                             stop_token_ids=[ids.eos_token_id], pad_token_id=ids.pad_token_id)
+        return algorithm, len(prompts)
+
+    from megatron_omni.algorithms.oppo import OPPO
+
+    reference = frozen_model_chunks(cfg) if cfg.oppo.grpo.kl_beta else None
+    algorithm = OPPO(cfg, prompts, samples, tokenizer, reward or build_reward(cfg), model_chunks, reference,
                      stop_token_ids=[ids.eos_token_id], pad_token_id=ids.pad_token_id)
     return algorithm, len(prompts)
+
+
+def build_teacher(cfg: OmniTrainConfig):
+    """The OmniOPSD teacher's model: a frozen copy of the starting weights (initial, and the start
+    of an EMA), none of its own (student), or another checkpoint."""
+    from megatron_omni.algorithms.opsd.teacher import Teacher
+
+    o = cfg.opsd
+    if o.teacher == "student":
+        return Teacher("student", None)
+    source = teacher_model_config(cfg) if o.teacher == "checkpoint" else cfg
+    return Teacher(o.teacher, frozen_model_chunks(source), o.ema_decay)
+
+
+def teacher_model_config(cfg: OmniTrainConfig) -> OmniTrainConfig:
+    """The student's run config with the teacher's weights (and, with opsd.teacher_config, its
+    architecture); the vocabulary must be the student's for a token-level KL."""
+    o = cfg.opsd
+    teacher = dataclasses.replace(cfg, init_from=o.teacher_checkpoint)
+    if o.teacher_config:
+        other = load_config(o.teacher_config, [], cls=OmniTrainConfig)
+        for field in ("vocab_size", "make_vocab_size_divisible_by"):
+            mine, theirs = getattr(cfg.model, field), getattr(other.model, field)
+            if mine != theirs:
+                raise ConfigError(
+                    f"opsd.teacher_config {o.teacher_config}: the teacher's model.{field} is {theirs}, the student's "
+                    f"is {mine}; distilling over the full vocabulary needs one tokenizer and vocabulary"
+                )
+        # The placeholder ids come from the (shared) tokenizer, as the student's do.
+        omni = dataclasses.replace(other.omni, tokens=cfg.omni.tokens)
+        teacher = dataclasses.replace(teacher, model=other.model, omni=omni)
+    return teacher
 
 
 def sync_token_ids(cfg: OmniTrainConfig, tokenizer) -> None:
@@ -149,6 +187,14 @@ def initial_model_chunks(cfg: OmniTrainConfig, wrap_ddp: bool):
 
         load_model_checkpoint(cfg.init_from, model_chunks)
     return model_chunks
+
+
+def frozen_model_chunks(cfg: OmniTrainConfig):
+    """Starting weights that never train (OPPO's reference, OmniOPSD's teacher)."""
+    chunks = initial_model_chunks(cfg, wrap_ddp=False)
+    for chunk in chunks:
+        chunk.requires_grad_(False)
+    return chunks
 
 
 def save_run_config(cfg: OmniTrainConfig) -> None:

@@ -10,7 +10,6 @@ log-probs are the current ones detached and need no extra forward.
 """
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass, field
 
 import torch
@@ -19,15 +18,11 @@ from megatron.core import parallel_state
 from kernels import evidence_masked_kl, vocab_parallel_logprob_entropy
 from megatron_omni.algorithms.evidence import MODALITIES, evidence_token_masks, token_char_spans
 from megatron_omni.algorithms.grpo import GRPOLoss, group_advantages, kl_beta_at
-from megatron_omni.algorithms.sft import check_length
-from megatron_omni.data.batch import OmniBatch, pad
-from megatron_omni.data.processor import attach_completion
+from megatron_omni.algorithms.rollouts import collect_rollouts, padded_microbatches
+from megatron_omni.data.batch import OmniBatch
 from megatron_omni.models.masking import ModalityMask
-from megatron_omni.rollout.omni import loaded, sample_completions
 from megatron_omni.train_config import OmniTrainConfig
-from megatron_omni.training.loop import split_microbatches
-from megatron_omni.training.model_setup import unwrap
-from megatron_omni.training.step import run_microbatches
+from megatron_omni.training.step import forward_only
 
 
 @dataclass
@@ -60,18 +55,6 @@ class OPPO:
 
     # ------------------------------------------------------------------ prepare
 
-    def _rollout(self, index: int, step: int):
-        prompt = loaded(self.prompts[index], f"prompt {index}")
-        seed = self.cfg.train.seed * 1_000_003 + step * 7919 + zlib.crc32(prompt.sample_id.encode())
-        completions, tokens_per_second = sample_completions(
-            unwrap(self.model_chunks[0]), prompt, self.sampling, self.group, seed, self.cfg.model.vocab_size,
-            self.pad_token_id,
-        )
-        return prompt, completions, tokens_per_second
-
-    def _texts(self, completion_ids: list[int]) -> str:
-        return self.tokenizer.decode(completion_ids, skip_special_tokens=True)
-
     def _evidence(self, completion_ids, text, sample, prompt_length: int, seq_length: int) -> dict[str, torch.Tensor]:
         """Evidence masks over label positions: completion token k is the label at prompt_length - 1 + k."""
         # Special tokens (the stop token) are not in the decoded text the sentences index into.
@@ -88,36 +71,24 @@ class OPPO:
 
     def prepare(self, indices: list[int], step: int):
         cfg = self.cfg
-        rollouts = [self._rollout(i, step) for i in indices]
-        flat_samples, flat_texts, flat_ids, flat_prompts = [], [], [], []
-        for index, (prompt, completions, _) in zip(indices, rollouts):
-            for ids in completions:
-                flat_samples.append(self.samples[index])
-                flat_ids.append(ids)
-                flat_texts.append(self._texts(ids))
-                flat_prompts.append(prompt)
-        rewards = self.reward.compute(flat_texts, flat_samples)
+        rollouts = collect_rollouts(self.model_chunks, self.prompts, indices, step, self.sampling, self.group,
+                                    cfg.train.seed, cfg.model.vocab_size, self.pad_token_id, self.tokenizer)
+        samples = [self.samples[i] for i in rollouts.indices]
+        rewards = self.reward.compute(rollouts.texts, samples)
         advantages = group_advantages(rewards["total"], self.group, cfg.oppo.grpo.scale_advantages_by_std)
 
         seq = cfg.train.seq_length
-        sequences = [attach_completion(p, ids) for p, ids in zip(flat_prompts, flat_ids)]
         evidence = [self._evidence(ids, text, sample, p.prompt_length, seq)
-                    for ids, text, sample, p in zip(flat_ids, flat_texts, flat_samples, flat_prompts)]
-        per_micro = cfg.train.micro_batch_size * self.group
-        microbatches = []
-        for chunk in split_microbatches(list(range(len(sequences))), per_micro):
-            batch = check_length(pad([sequences[i] for i in chunk], seq), seq)
-            microbatches.append(RLMicroBatch(
-                batch=batch, advantages=advantages[chunk],
-                evidence={m: torch.stack([evidence[i][m] for i in chunk]) for m in MODALITIES},
-            ))
+                    for ids, text, sample, p in zip(rollouts.completion_ids, rollouts.texts, samples, rollouts.prompts)]
+        microbatches = [
+            RLMicroBatch(batch=batch, advantages=advantages[chunk],
+                         evidence={m: torch.stack([evidence[i][m] for i in chunk]) for m in MODALITIES})
+            for chunk, batch in padded_microbatches(rollouts.sequences(), cfg.train.micro_batch_size * self.group, seq)
+        ]
         self._score(microbatches, step)
 
-        lengths = torch.tensor([len(ids) for ids in flat_ids], dtype=torch.float)
-        metrics = {f"reward_{k}": float(v.mean()) for k, v in rewards.items()}
+        metrics = rollouts.metrics(rewards)
         metrics.update({
-            "completion_length": float(lengths.mean()),
-            "rollout_tokens_per_s": sum(r[2] for r in rollouts) / len(rollouts),
             "evidence_visual_tokens": float(sum(int(m.evidence["visual"].sum()) for m in microbatches)),
             "evidence_audio_tokens": float(sum(int(m.evidence["audio"].sum()) for m in microbatches)),
             "kl_beta": self.beta,
@@ -127,19 +98,8 @@ class OPPO:
     # ------------------------------------------------------------------ scoring forwards
 
     def _forward_only(self, chunks, microbatches, store, **model_kwargs):
-        """A no-grad pass through the pipeline; ``store(mb, logits)`` runs on the last stage."""
-
-        def forward_step(mb: RLMicroBatch, model):
-            output = model(mb.batch.tokens, mb.batch.position_ids, None, **mb.batch.model_kwargs(), **model_kwargs)
-
-            def capture(logits):
-                store(mb, logits)
-                return logits.sum() * 0.0, torch.ones((), dtype=torch.int), {}
-
-            return output, capture
-
-        run_microbatches(chunks, microbatches, forward_step, self.cfg.train.seq_length,
-                         self.cfg.train.micro_batch_size * self.group, forward_only=True)
+        forward_only(chunks, microbatches, lambda mb: mb.batch, store, self.cfg.train.seq_length,
+                     self.cfg.train.micro_batch_size * self.group, **model_kwargs)
 
     def _score(self, microbatches: list[RLMicroBatch], step: int):
         cfg = self.cfg

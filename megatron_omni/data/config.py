@@ -43,6 +43,8 @@ class DataConfig:
             problems.append(f"data.num_workers must be >= 0, got {self.num_workers}")
         if self.max_seq_length is not None and self.max_seq_length < 1:
             problems.append(f"data.max_seq_length must be positive, got {self.max_seq_length}")
+        if "{description}" not in self.prompt.privileged_template:
+            problems.append(f"data.prompt.privileged_template must contain {{description}}, got {self.prompt.privileged_template!r}")
         if problems:
             raise ValueError("; ".join(problems))
         return self

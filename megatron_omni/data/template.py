@@ -32,8 +32,9 @@ class PromptConfig:
     system_prompt: str = QWEN_OMNI_SYSTEM_PROMPT
     question: str = EMOTION_QUESTION
     subtitle_prefix: str = "Subtitle: "
-    # OmniOPSD's teacher sees the evidence-aware rationale after the question; the student never does.
-    privileged_prefix: str = "Reference analysis: "
+    # OmniOPSD's teacher sees the evidence-aware rationale after the question; the student never
+    # does. "{description}" is replaced by the sample's rationale.
+    privileged_template: str = "Reference analysis: {description}"
 
 
 def user_text(subtitle: str, cfg: PromptConfig, privileged_context: str | None = None) -> str:
@@ -42,7 +43,7 @@ def user_text(subtitle: str, cfg: PromptConfig, privileged_context: str | None =
         parts.append(f'{cfg.subtitle_prefix}"{subtitle.strip()}"')
     parts.append(cfg.question)
     if privileged_context:
-        parts.append(f"{cfg.privileged_prefix}{privileged_context.strip()}")
+        parts.append(cfg.privileged_template.replace("{description}", privileged_context.strip()))
     return "\n".join(parts)
 
 

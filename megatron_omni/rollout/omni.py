@@ -2,6 +2,8 @@
 evaluation's greedy answers."""
 from __future__ import annotations
 
+import zlib
+
 from megatron_omni.data.batch import pad
 from megatron_omni.data.rope_index import extend_positions
 from megatron_omni.models.masking import ModalityMask
@@ -27,6 +29,11 @@ def loaded(item, what: str):
     if not hasattr(item, "input_ids"):
         raise RuntimeError(f"{what} could not be loaded: {item.reason}")
     return item
+
+
+def rollout_seed(train_seed: int, step: int, sample_id: str) -> int:
+    """The sampling seed of one prompt at one step: the same on every rank and after a resume."""
+    return train_seed * 1_000_003 + step * 7919 + zlib.crc32(sample_id.encode())
 
 
 def prompt_media(prompt) -> dict:

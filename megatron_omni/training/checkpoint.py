@@ -50,10 +50,14 @@ def _model_sharded_state_dict(model_chunks) -> dict:
     return {f"model{i}": unwrap(c).sharded_state_dict() for i, c in enumerate(model_chunks)}
 
 
-def _sharded_state_dict(model_chunks, optimizer, is_loading: bool) -> dict:
+def _sharded_state_dict(model_chunks, optimizer, is_loading: bool, extra_models: dict | None) -> dict:
     state = _model_sharded_state_dict(model_chunks)
     if optimizer is not None:
         state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=is_loading)
+    for name, chunks in (extra_models or {}).items():
+        # Other models a run trains besides the policy (an EMA teacher): their own key prefix.
+        for i, chunk in enumerate(chunks):
+            state[f"{name}{i}"] = unwrap(chunk).sharded_state_dict(prefix=f"{name}{i}.")
     return state
 
 
@@ -84,8 +88,10 @@ def iteration_dir(save_dir: str | Path, step: int) -> Path:
     return Path(save_dir) / f"iter_{step:07d}"
 
 
-def save_checkpoint(save_dir, step: int, model_chunks, optimizer, run_state: dict, keep_last: int | None = None) -> Path:
-    """Collective: every rank calls it. ``run_state`` is picklable rank-0 state (scheduler, sampler...)."""
+def save_checkpoint(save_dir, step: int, model_chunks, optimizer, run_state: dict, keep_last: int | None = None,
+                    extra_models: dict | None = None) -> Path:
+    """Collective: every rank calls it. ``run_state`` is picklable rank-0 state (scheduler, sampler...);
+    ``extra_models`` maps a name to further model chunks saved beside the policy."""
     save_dir = Path(save_dir)
     final = iteration_dir(save_dir, step)
     tmp = save_dir / f"tmp.{final.name}"
@@ -94,7 +100,7 @@ def save_checkpoint(save_dir, step: int, model_chunks, optimizer, run_state: dic
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist.barrier()
-    dist_checkpointing.save(_sharded_state_dict(model_chunks, optimizer, is_loading=False), str(tmp))
+    dist_checkpointing.save(_sharded_state_dict(model_chunks, optimizer, False, extra_models), str(tmp))
     (tmp / "rng").mkdir(exist_ok=True)
     torch.save({"layout": _layout(), **_rng_state()}, tmp / "rng" / f"rank{rank:05d}.pt")
     if rank == 0:
@@ -136,7 +142,7 @@ def latest_checkpoint(save_dir) -> Path | None:
     return complete[-1] if complete else None
 
 
-def load_checkpoint(ckpt_dir, model_chunks, optimizer) -> dict:
+def load_checkpoint(ckpt_dir, model_chunks, optimizer, extra_models: dict | None = None) -> dict:
     """Collective: load model (and optimizer) in place; returns the rank-0 run state.
 
     RNG states are restored only when the parallel layout equals the saved one (per-rank streams
@@ -145,12 +151,16 @@ def load_checkpoint(ckpt_dir, model_chunks, optimizer) -> dict:
     ckpt_dir = Path(ckpt_dir)
     if not (ckpt_dir / COMPLETE).is_file():
         raise CheckpointError(f"{ckpt_dir} is not a complete checkpoint (no {COMPLETE} marker)")
-    state = dist_checkpointing.load(_sharded_state_dict(model_chunks, optimizer, is_loading=True), str(ckpt_dir))
+    state = dist_checkpointing.load(_sharded_state_dict(model_chunks, optimizer, True, extra_models), str(ckpt_dir))
     if len(model_chunks) == 1:
         unwrap(model_chunks[0]).load_state_dict(state["model"])
     else:
         for i, chunk in enumerate(model_chunks):
             unwrap(chunk).load_state_dict(state[f"model{i}"])
+    for name, chunks in (extra_models or {}).items():
+        for i, chunk in enumerate(chunks):
+            prefix = f"{name}{i}."
+            unwrap(chunk).load_state_dict({k[len(prefix):]: v for k, v in state[f"{name}{i}"].items()})
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])
     run_state = torch.load(ckpt_dir / "run_state.pt", weights_only=False)

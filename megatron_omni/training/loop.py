@@ -4,6 +4,8 @@ An algorithm object has two methods:
   prepare(indices, step) -> (micro-batches, metrics): everything before the loss forward
       (collation; for RL: rollouts, rewards and the no-grad scoring forwards);
   forward_step(micro_batch, model) -> (output, loss_func): the megatron forward step.
+and optionally checkpointed_models() -> {name: model chunks}: further models the algorithm
+trains besides the policy (an EMA teacher), saved and resumed with the checkpoint.
 """
 from __future__ import annotations
 
@@ -66,13 +68,18 @@ def split_microbatches(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def resume_if_possible(cfg: Config, model_chunks, optimizer, scheduler, sampler: ResumableBatchSampler) -> TrainState:
+def checkpointed_models(algorithm) -> dict:
+    return algorithm.checkpointed_models() if hasattr(algorithm, "checkpointed_models") else {}
+
+
+def resume_if_possible(cfg: Config, model_chunks, optimizer, scheduler, sampler: ResumableBatchSampler,
+                       extra_models: dict) -> TrainState:
     """Load the newest complete checkpoint from ``train.load_dir`` (or ``train.save_dir``)."""
     folder = cfg.train.load_dir or cfg.train.save_dir
     ckpt = latest_checkpoint(folder) if folder else None
     if ckpt is None:
         return TrainState()
-    run_state = load_checkpoint(ckpt, model_chunks, optimizer)
+    run_state = load_checkpoint(ckpt, model_chunks, optimizer, extra_models)
     scheduler.load_state_dict(run_state["scheduler"])
     sampler.load_state_dict(run_state["sampler"])
     _say(f"[train] resumed from {ckpt} at step {run_state['step']}")
@@ -82,9 +89,10 @@ def resume_if_possible(cfg: Config, model_chunks, optimizer, scheduler, sampler:
 def train(cfg: Config, model_chunks, optimizer, scheduler, sampler: ResumableBatchSampler, algorithm: Algorithm) -> list[dict]:
     """Run ``cfg.train.steps`` optimizer steps (continuing a resumed run); returns this run's metrics."""
     t = cfg.train
-    state = resume_if_possible(cfg, model_chunks, optimizer, scheduler, sampler)
+    extra_models = checkpointed_models(algorithm)
+    state = resume_if_possible(cfg, model_chunks, optimizer, scheduler, sampler, extra_models)
     rank0 = dist.get_rank() == 0
-    logger = MetricsLogger(cfg.output_dir, cfg.logging, t.steps, state.step, enabled=rank0)
+    logger = MetricsLogger(cfg.output_dir, cfg.logging, t.steps, state.step, enabled=rank0, config=cfg.to_dict())
     history = []
 
     saved_at = None
@@ -96,7 +104,7 @@ def train(cfg: Config, model_chunks, optimizer, scheduler, sampler: ResumableBat
                 t.save_dir, state.step, model_chunks, optimizer,
                 {"scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
                  "nonfinite_total": state.nonfinite_total},
-                keep_last=t.keep_last_checkpoints,
+                keep_last=t.keep_last_checkpoints, extra_models=extra_models,
             )
             saved_at = state.step
 

@@ -46,6 +46,27 @@ def run_microbatches(
     return _reduce_metrics(outputs)
 
 
+def forward_only(model_chunks, microbatches: list, batch_of: Callable, store: Callable, seq_length: int,
+                 micro_batch_size: int, **model_kwargs) -> None:
+    """A no-grad pass of the micro-batches through the pipeline (scoring forwards).
+
+    ``batch_of(mb)`` is the OmniBatch to run; ``store(mb, logits)`` runs on the last stage with the
+    TP-sharded logits [b, s, V_local] as the model produced them.
+    """
+
+    def forward_step(mb, model):
+        batch = batch_of(mb)
+        output = model(batch.tokens, batch.position_ids, None, **batch.model_kwargs(), **model_kwargs)
+
+        def capture(logits):
+            store(mb, logits)
+            return logits.sum() * 0.0, torch.ones((), dtype=torch.int), {}
+
+        return output, capture
+
+    run_microbatches(model_chunks, microbatches, forward_step, seq_length, micro_batch_size, forward_only=True)
+
+
 def _reduce_metrics(outputs: list[dict]) -> dict[str, float]:
     """Global-batch values of the loss functions' metrics, identical on every rank.
 

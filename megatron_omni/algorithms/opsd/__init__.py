@@ -1,0 +1,1 @@
+"""OmniOPSD: rationale-privileged on-policy self-distillation (see trainer.py)."""

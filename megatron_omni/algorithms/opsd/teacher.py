@@ -1,0 +1,45 @@
+"""The OmniOPSD teacher: the student's architecture (or another model sharing its vocabulary)
+scoring completions with the privileged rationale in its prompt. It is never back-propagated.
+
+Weights by ``opsd.teacher``:
+  initial     a frozen copy of the starting policy (the default)
+  ema         an exponential moving average of the student, saved with the run's checkpoints
+  student     the student itself, under no_grad
+  checkpoint  a frozen other model (opsd.teacher_checkpoint)
+"""
+from __future__ import annotations
+
+import torch
+
+from megatron_omni.data.batch import OmniBatch
+from megatron_omni.training.model_setup import unwrap
+
+
+class Teacher:
+    def __init__(self, kind: str, chunks: list | None, ema_decay: float = 0.99):
+        if (chunks is None) != (kind == "student"):
+            raise ValueError(f"a '{kind}' teacher {'needs' if chunks is None else 'takes no'} model chunks of its own")
+        self.kind, self.chunks, self.ema_decay = kind, chunks, ema_decay
+
+    def model_chunks(self, student_chunks: list) -> list:
+        return student_chunks if self.kind == "student" else self.chunks
+
+    @torch.no_grad()
+    def update(self, student_chunks: list, step: int) -> None:
+        """EMA: teacher <- decay * teacher + (1 - decay) * student, for the student weights that
+        step ``step`` starts from (applied at the start of each step after the first, so a resumed
+        run repeats it exactly)."""
+        if self.kind != "ema" or step == 0:
+            return
+        for teacher_chunk, student_chunk in zip(self.chunks, student_chunks):
+            for t, s in zip(unwrap(teacher_chunk).parameters(), unwrap(student_chunk).parameters()):
+                t.lerp_(s.detach().to(t.dtype), 1.0 - self.ema_decay)
+
+    def checkpointed_models(self) -> dict:
+        """Only the EMA teacher changes during training; the others are rebuilt from their source."""
+        return {"teacher": self.chunks} if self.kind == "ema" else {}
+
+    @torch.no_grad()
+    def logits(self, model, batch: OmniBatch) -> torch.Tensor:
+        """[b, s, V_local] teacher logits of a privileged batch (one pipeline stage: PP = 1)."""
+        return model(batch.tokens, batch.position_ids, None, **batch.model_kwargs())

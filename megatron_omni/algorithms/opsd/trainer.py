@@ -1,0 +1,138 @@
+"""OmniOPSD: on-policy self-distillation with a rationale-privileged teacher.
+
+One step, as the loop sees it:
+  prepare:  (EMA teacher update) -> prompts -> student rollouts from the original input only
+            -> rewards (for monitoring, or the optional GRPO mix) -> student sequences (prompt +
+            completion) and teacher sequences (privileged prompt + the same completion) ->
+            completion rows aligned and verified -> micro-batches
+  forward_step: the teacher forward of this micro-batch (no grad), then the student forward and
+            the per-token full-vocabulary divergence on the completion rows.
+At PP = 1 the teacher runs inside each micro-batch's forward step, interleaved with the student,
+so only one micro-batch of teacher logits ([completion tokens x V/TP], model dtype) exists at a
+time. With pipeline stages the teacher needs a schedule of its own: it runs one forward-only pass
+over the step's micro-batches first and the last stage keeps just their completion rows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from megatron.core import parallel_state
+
+from kernels import vocab_parallel_logprob_entropy
+from megatron_omni.algorithms.grpo import GRPOLoss, group_advantages
+from megatron_omni.algorithms.opsd.alignment import CompletionRows, completion_rows
+from megatron_omni.algorithms.opsd.loss import DistillationLoss
+from megatron_omni.algorithms.opsd.teacher import Teacher
+from megatron_omni.algorithms.rollouts import collect_rollouts, padded_microbatches
+from megatron_omni.data.batch import OmniBatch, pad
+from megatron_omni.data.processor import attach_completion
+from megatron_omni.train_config import OmniTrainConfig
+from megatron_omni.training.step import forward_only
+
+# Teacher sequences are padded to a multiple of this (one shape for all micro-batches of a step).
+TEACHER_PAD_MULTIPLE = 16
+
+
+@dataclass
+class DistillMicroBatch:
+    batch: OmniBatch  # student view: prompt + completion, [b, train.seq_length]
+    teacher_batch: OmniBatch  # teacher view: privileged prompt + the same completion
+    rows: CompletionRows
+    advantages: torch.Tensor | None  # [b] for the GRPO mix
+    teacher_logits: torch.Tensor | None = None  # [N, V_local] completion rows, once scored
+
+
+class OmniOPSD:
+    def __init__(self, cfg: OmniTrainConfig, prompts, samples, tokenizer, reward, model_chunks, teacher: Teacher,
+                 stop_token_ids: list[int], pad_token_id: int):
+        self.cfg = cfg
+        self.prompts = prompts  # OmniDataset of prompts (no targets)
+        self.samples = samples  # manifest records (reward labels)
+        self.tokenizer = tokenizer
+        self.reward = reward  # None: no reward is computed
+        self.model_chunks = model_chunks
+        self.teacher = teacher
+        self.pad_token_id = pad_token_id
+        o = cfg.opsd
+        self.sampling = o.sampling
+        if not self.sampling.stop_token_ids:
+            self.sampling.stop_token_ids = list(stop_token_ids)
+        self.group = o.group_size
+        self.tp_group = parallel_state.get_tensor_model_parallel_group()
+        self.loss = DistillationLoss(o.loss, cfg.model.vocab_size, self.tp_group)
+        self.grpo = GRPOLoss(o.grpo) if o.grpo_weight else None
+        self.pipelined = parallel_state.get_pipeline_model_parallel_world_size() > 1
+
+    def checkpointed_models(self) -> dict:
+        return self.teacher.checkpointed_models()
+
+    # ------------------------------------------------------------------ prepare
+
+    def _teacher_prompt(self, index: int, student_prompt):
+        """The privileged prompt of a sample, from the media the student prompt already loaded."""
+        sample = self.prompts.samples[index]
+        return self.prompts.processor.process(sample, student_prompt.media, with_target=False,
+                                              privileged=self.cfg.opsd.privileged)
+
+    def prepare(self, indices: list[int], step: int):
+        cfg = self.cfg
+        self.teacher.update(self.model_chunks, step)
+        rollouts = collect_rollouts(self.model_chunks, self.prompts, indices, step, self.sampling, self.group,
+                                    cfg.train.seed, cfg.model.vocab_size, self.pad_token_id, self.tokenizer)
+        rewards, advantages = {}, None
+        if self.reward is not None:
+            rewards = self.reward.compute(rollouts.texts, [self.samples[i] for i in rollouts.indices])
+        if self.grpo is not None:
+            advantages = group_advantages(rewards["total"], self.group, cfg.opsd.grpo.scale_advantages_by_std)
+
+        teacher_prompts = {i: self._teacher_prompt(i, p) for i, p in zip(rollouts.indices, rollouts.prompts)}
+        teacher_sequences = [attach_completion(teacher_prompts[i], ids)
+                             for i, ids in zip(rollouts.indices, rollouts.completion_ids)]
+        teacher_length = max(s.length for s in teacher_sequences)
+        teacher_length = -(-teacher_length // TEACHER_PAD_MULTIPLE) * TEACHER_PAD_MULTIPLE
+        microbatches = []
+        for chunk, batch in padded_microbatches(rollouts.sequences(), cfg.train.micro_batch_size * self.group,
+                                                cfg.train.seq_length):
+            teacher_batch = pad([teacher_sequences[i] for i in chunk], teacher_length)
+            microbatches.append(DistillMicroBatch(
+                batch=batch, teacher_batch=teacher_batch, rows=completion_rows(batch, teacher_batch, self.tokenizer),
+                advantages=advantages[chunk] if advantages is not None else None,
+            ))
+        if self.pipelined:
+            self._score_teacher(microbatches, teacher_length)
+
+        metrics = rollouts.metrics(rewards)
+        metrics["teacher_prompt_extra_tokens"] = float(
+            sum(tp.prompt_length - p.prompt_length for tp, p in zip(teacher_sequences, rollouts.prompts)) / len(teacher_sequences))
+        return microbatches, metrics
+
+    def _score_teacher(self, microbatches: list[DistillMicroBatch], teacher_length: int) -> None:
+        def store(mb, logits):
+            mb.teacher_logits = mb.rows.select(logits.detach(), "teacher")
+
+        forward_only(self.teacher.model_chunks(self.model_chunks), microbatches, lambda mb: mb.teacher_batch, store,
+                     teacher_length, self.cfg.train.micro_batch_size * self.group)
+
+    # ------------------------------------------------------------------ loss
+
+    def forward_step(self, mb: DistillMicroBatch, model):
+        if not self.pipelined:
+            # Interleaved: this micro-batch's teacher forward, right before its student forward.
+            teacher_model = self.teacher.model_chunks([model])[0]
+            mb.teacher_logits = mb.rows.select(self.teacher.logits(teacher_model, mb.teacher_batch), "teacher")
+        batch = mb.batch
+        output = model(batch.tokens, batch.position_ids, None, **batch.model_kwargs())
+
+        def loss_func(logits):
+            teacher_logits, mb.teacher_logits = mb.teacher_logits, None  # the kernel holds what it needs
+            total, count, metrics = self.loss(mb.rows.select(logits, "student"), teacher_logits)
+            if self.grpo is not None:
+                logprobs, _ = vocab_parallel_logprob_entropy(logits, batch.labels, group=self.tp_group,
+                                                             vocab_size=self.cfg.model.vocab_size)
+                policy, _, policy_metrics = self.grpo(logprobs, logprobs.detach(), mb.advantages, batch.loss_mask)
+                total = total + self.cfg.opsd.grpo_weight * policy
+                metrics.update(policy_metrics)
+            return total, count, metrics
+
+        return output, loss_func

@@ -1,0 +1,63 @@
+"""The rollout phase shared by the on-policy algorithms (OPPO, OmniOPSD): G sampled completions
+per prompt from the current policy, flattened one entry per completion, and their padded
+micro-batches."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from megatron_omni.algorithms.sft import check_length
+from megatron_omni.data.batch import OmniBatch, pad
+from megatron_omni.data.processor import ProcessedSample, attach_completion
+from megatron_omni.rollout.generator import SamplingConfig
+from megatron_omni.rollout.omni import loaded, rollout_seed, sample_completions
+from megatron_omni.training.loop import split_microbatches
+from megatron_omni.training.model_setup import unwrap
+
+
+@dataclass
+class Rollouts:
+    """One entry per completion; a prompt's G completions are consecutive."""
+
+    indices: list[int]  # data set index of each completion's prompt
+    prompts: list[ProcessedSample]
+    completion_ids: list[list[int]]  # sampled tokens, the stop token included
+    texts: list[str]  # decoded without special tokens (what rewards read)
+    tokens_per_second: float  # mean over prompts
+
+    def sequences(self) -> list[ProcessedSample]:
+        """Prompt + completion of each entry, the loss mask on the completion."""
+        return [attach_completion(p, ids) for p, ids in zip(self.prompts, self.completion_ids)]
+
+    def metrics(self, rewards: dict[str, torch.Tensor]) -> dict[str, float]:
+        lengths = torch.tensor([len(ids) for ids in self.completion_ids], dtype=torch.float)
+        metrics = {f"reward_{k}": float(v.mean()) for k, v in rewards.items()}
+        metrics["completion_length"] = float(lengths.mean())
+        metrics["rollout_tokens_per_s"] = self.tokens_per_second
+        return metrics
+
+
+def collect_rollouts(model_chunks, prompts, indices: list[int], step: int, sampling: SamplingConfig, group_size: int,
+                     train_seed: int, vocab_size: int, pad_token_id: int, tokenizer) -> Rollouts:
+    """Sample ``group_size`` completions of each prompt (collective over the model's TP/PP ranks)."""
+    out = Rollouts([], [], [], [], 0.0)
+    for index in indices:
+        prompt = loaded(prompts[index], f"prompt {index}")
+        completions, tokens_per_second = sample_completions(
+            unwrap(model_chunks[0]), prompt, sampling, group_size, rollout_seed(train_seed, step, prompt.sample_id),
+            vocab_size, pad_token_id,
+        )
+        out.tokens_per_second += tokens_per_second / len(indices)
+        for ids in completions:
+            out.indices.append(index)
+            out.prompts.append(prompt)
+            out.completion_ids.append(ids)
+            out.texts.append(tokenizer.decode(ids, skip_special_tokens=True))
+    return out
+
+
+def padded_microbatches(sequences: list[ProcessedSample], per_micro: int, seq_length: int) -> list[tuple[list[int], OmniBatch]]:
+    """(entry indices, [per_micro, seq_length] batch) per micro-batch: the pipeline's fixed shape."""
+    return [(chunk, check_length(pad([sequences[i] for i in chunk], seq_length), seq_length))
+            for chunk in split_microbatches(list(range(len(sequences))), per_micro)]
