@@ -105,6 +105,15 @@ class LoggingConfig:
     metrics_jsonl: bool = True
     tensorboard: bool = True
     progress_bar: bool = True
+    # Weights & Biases (rank 0): null project = off. Needs the wandb package.
+    wandb_project: str | None = None
+    wandb_entity: str | None = None  # team or user; null: the account's default
+    wandb_run_name: str | None = None  # null: the name of output_dir's folder
+    # offline: everything is written locally (no login, no network); upload later with
+    # `wandb sync <wandb_dir>/wandb/offline-run-<time>-<id>` (a resumed run's later folders with
+    # --append). online: streams to the server (needs `wandb login`).
+    wandb_mode: Literal["online", "offline"] = "offline"
+    wandb_dir: str | None = None  # W&B writes its wandb/ folder here; null: output_dir
 
 
 @dataclass
@@ -245,6 +254,14 @@ def transformer_engine_available() -> bool:
     return True
 
 
+def wandb_available() -> bool:
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def validate(cfg: Config, world_size: int | None = None) -> None:
     """Cross-field rules, checked once at start. Messages are part of the documented interface."""
     m, p = cfg.model, cfg.parallel
@@ -284,6 +301,11 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
         raise ConfigError(
             f"precision.fp8={cfg.precision.fp8!r} needs Transformer Engine on a CUDA machine "
             "(pip install --no-build-isolation -r requirements-gpu.txt); set precision.fp8=null on CPU"
+        )
+    if cfg.logging.wandb_project is not None and not wandb_available():
+        raise ConfigError(
+            f"logging.wandb_project={cfg.logging.wandb_project!r} needs the wandb package, which is not importable "
+            "(pip install wandb, pinned in requirements.txt); set logging.wandb_project=null to log without W&B"
         )
     t = cfg.train
     if cfg.optimizer.lr_warmup_steps >= t.steps:

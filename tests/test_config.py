@@ -31,6 +31,7 @@ def test_int_is_accepted_for_float():
         ("train.steps=ten", "train.steps: expected int, got str 'ten'"),
         ("train.steps=true", "train.steps: expected an integer, got True"),
         ("logging.tensorboard=3", "logging.tensorboard: expected true/false, got 3"),
+        ("logging.wandb_mode=cloud", "logging.wandb_mode: 'cloud' is not one of ['online', 'offline']"),
         ("precision.params_dtype=fp64", "precision.params_dtype: 'fp64' is not one of ['fp32', 'bf16', 'fp16']"),
         ("model.mrope_section=3", "model.mrope_section: expected a list"),
         ("model=3", "model: expected a mapping"),

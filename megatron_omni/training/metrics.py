@@ -1,7 +1,9 @@
-"""Run metrics: one JSON line per step, TensorBoard scalars, and a progress bar (rank 0 only)."""
+"""Run metrics (rank 0 only): one JSON line per step, TensorBoard scalars, Weights & Biases, and a
+progress bar."""
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from pathlib import Path
 
@@ -11,10 +13,13 @@ from megatron_omni.config import LoggingConfig
 
 
 class MetricsLogger:
-    def __init__(self, output_dir: str | Path, cfg: LoggingConfig, total_steps: int, start_step: int = 0, enabled: bool = True):
+    def __init__(self, output_dir: str | Path, cfg: LoggingConfig, total_steps: int, start_step: int = 0,
+                 enabled: bool = True, config: dict | None = None):
+        """``config``: the run's configuration, recorded with the W&B run."""
         self.enabled = enabled
         self.jsonl = None
         self.tb = None
+        self.wandb = None
         self.bar = None
         if not enabled:
             return
@@ -27,6 +32,8 @@ class MetricsLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(out / "tensorboard"))
+        if cfg.wandb_project is not None:
+            self.wandb = start_wandb_run(out, cfg, config)
         if cfg.progress_bar:
             self.bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True)
 
@@ -37,10 +44,12 @@ class MetricsLogger:
         if self.jsonl:
             self.jsonl.write(json.dumps(record) + "\n")
             self.jsonl.flush()
+        scalars = {k: v for k, v in record.items() if k not in ("step", "time") and isinstance(v, (int, float))}
         if self.tb:
-            for key, value in record.items():
-                if key not in ("step", "time") and isinstance(value, (int, float)):
-                    self.tb.add_scalar(key, value, step)
+            for key, value in scalars.items():
+                self.tb.add_scalar(key, value, step)
+        if self.wandb:
+            self.wandb.log(scalars, step=step)
         if self.bar:
             self.bar.update(step - self.bar.n)
             shown = {k: f"{v:.4g}" for k, v in metrics.items() if isinstance(v, float)}
@@ -51,8 +60,40 @@ class MetricsLogger:
             self.jsonl.close()
         if self.tb:
             self.tb.close()
+        if self.wandb:
+            self.wandb.finish()
+            self.wandb = None
         if self.bar:
             self.bar.close()
+
+
+def start_wandb_run(output_dir: Path, cfg: LoggingConfig, config: dict | None = None):
+    """Start (or, for a resumed run, continue) the output folder's W&B run.
+
+    The run id is kept in ``output_dir/wandb_run_id``: every later start with the same output
+    folder continues that run. W&B ignores steps at or below the last one it has recorded, so a
+    run resumed from an earlier checkpoint adds only the steps past it (metrics.jsonl has them all).
+    """
+    import wandb
+
+    id_file = output_dir / "wandb_run_id"
+    if id_file.is_file():
+        run_id = id_file.read_text().strip()
+    else:
+        run_id = secrets.token_hex(4)
+        id_file.write_text(run_id + "\n")
+    root = Path(cfg.wandb_dir) if cfg.wandb_dir else output_dir
+    root.mkdir(parents=True, exist_ok=True)
+    return wandb.init(
+        project=cfg.wandb_project,
+        entity=cfg.wandb_entity,
+        name=cfg.wandb_run_name or output_dir.resolve().name,
+        id=run_id,
+        resume="allow",
+        mode=cfg.wandb_mode,
+        dir=str(root),
+        config=config,
+    )
 
 
 def _plain(value):
