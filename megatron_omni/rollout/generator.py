@@ -77,9 +77,11 @@ def filter_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
 
 class Generator:
     def __init__(self, adapter: ModelAdapter, vocab_size: int, hidden_size: int, pad_token_id: int,
-                 params_dtype: torch.dtype = torch.float32):
+                 params_dtype: torch.dtype = torch.float32, suppressed_token_ids: list[int] = ()):
         self.adapter = adapter
         self.vocab_size = vocab_size  # real vocabulary: padded logit columns are never sampled
+        # Never generated (e.g. media placeholders, which must match the media a prompt carries).
+        self.suppressed = torch.tensor(sorted(set(suppressed_token_ids)), dtype=torch.long)
         self.hidden_size = hidden_size
         self.pad_token_id = pad_token_id
         self.params_dtype = params_dtype
@@ -99,7 +101,9 @@ class Generator:
             send_to_next_pipeline_rank(output.to(self.params_dtype), self.pp_group)
         ctx.increment_sequence_len_offset(s)
         logits = output[:, -1, : self.vocab_size].float().contiguous() if self.last_stage else None
-        return broadcast_from_last_pipeline_stage([b, self.vocab_size], torch.float32, logits, self.pp_group)
+        logits = broadcast_from_last_pipeline_stage([b, self.vocab_size], torch.float32, logits, self.pp_group)
+        logits[:, self.suppressed] = float("-inf")
+        return logits
 
     @torch.no_grad()
     def generate(self, prompt_tokens: torch.Tensor, position_ids: torch.Tensor, group_size: int,

@@ -43,12 +43,15 @@ def prompt_media(prompt) -> dict:
 
 def sample_completions(model, prompt, sampling: SamplingConfig, group_size: int, seed: int, vocab_size: int,
                        pad_token_id: int, modality_mask: ModalityMask | None = None) -> tuple[list[list[int]], float]:
-    """``group_size`` completions (token ids, stop token included) of one prompt, and tokens/s."""
+    """``group_size`` completions (token ids, stop token included) of one prompt, and tokens/s.
+    Media placeholder tokens are never sampled: a completion holding one would not match the
+    prompt's media features when it is scored."""
     media = prompt_media(prompt)
     if modality_mask is not None:
         media["modality_mask"] = modality_mask
+    placeholders = [model.omni.tokens.audio, model.omni.tokens.image, model.omni.tokens.video]
     generator = Generator(OmniAdapter(model, media), vocab_size, model.config.hidden_size, pad_token_id,
-                          model.config.params_dtype)
+                          model.config.params_dtype, suppressed_token_ids=placeholders)
     positions = extend_positions(prompt.position_ids, sampling.max_new_tokens).unsqueeze(1)
     out = generator.generate(prompt.input_ids.unsqueeze(0), positions, group_size, sampling, seed)
     start = out.prompt_length

@@ -1,10 +1,13 @@
-"""Shared by the torchrun suites: full (unsharded) tensors of a parallel model, and comparison."""
+"""Shared by the torchrun suites: full (unsharded) tensors of a parallel model, comparison, and a
+stand-in reward for the RL steps."""
 import tempfile
 
 import torch
 import torch.distributed as dist
 
 from megatron_omni.parallel.sharding import gather_full, global_param_name
+from megatron_omni.rewards.cue_recovery import EvidenceSentence
+from megatron_omni.rewards.sentences import split_sentences
 from megatron_omni.training.model_setup import unwrap
 
 
@@ -51,3 +54,17 @@ def shared_tmpdir() -> str:
     holder = [tempfile.mkdtemp() if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+class LetterReward:
+    """A small deterministic stand-in with the reward module's interface (the RL equivalence tests
+    are about parallelism; the real reward is covered in tests/rewards): rewards completions for
+    the letter 'a'; sentences alternate visual / audio evidence."""
+
+    def compute(self, completions, samples):
+        total = torch.tensor([t.count("a") / max(1, len(t)) for t in completions])
+        return {"total": total, "ew": total, "format": torch.zeros_like(total)}
+
+    def evidence_sentences(self, completion, sample):
+        kinds = ("visual", "audio", "neutral")
+        return [EvidenceSentence(s.start, s.end, kinds[i % 3]) for i, s in enumerate(split_sentences(completion))]

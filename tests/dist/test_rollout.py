@@ -83,3 +83,20 @@ def test_stop_token_ends_a_completion():
         SamplingConfig(max_new_tokens=MAX_NEW, stop_token_ids=list(range(VOCAB_SIZE))), seed=1,
     )
     assert out.tokens.shape[1] == PROMPT.shape[1] + 1 and out.completion_mask.sum() == 3
+
+
+@torch.no_grad()
+def test_suppressed_tokens_are_never_generated():
+    cfg, model = build()
+    sampling = SamplingConfig(max_new_tokens=MAX_NEW, temperature=5.0, top_k=0)  # near-uniform sampling
+    free = generator(cfg, model).generate(PROMPT, positions(PROMPT.shape[1] + MAX_NEW), 8, sampling, seed=2)
+    common = free.tokens[:, PROMPT.shape[1]:].flatten().mode().values.item()  # a token it does pick
+    suppressed = list(range(0, VOCAB_SIZE, 2)) + [common]
+    out = Generator(GPTAdapter(model), vocab_size=VOCAB_SIZE, hidden_size=cfg.model.hidden_size, pad_token_id=EOS,
+                    suppressed_token_ids=suppressed).generate(PROMPT, positions(PROMPT.shape[1] + MAX_NEW), 8, sampling, seed=2)
+    generated = out.tokens[:, PROMPT.shape[1]:][out.completion_mask[:, PROMPT.shape[1]:].bool()]
+    assert generated.numel() > 0 and not torch.isin(generated, torch.tensor(suppressed)).any()
+    greedy = Generator(GPTAdapter(model), vocab_size=VOCAB_SIZE, hidden_size=cfg.model.hidden_size, pad_token_id=EOS,
+                       suppressed_token_ids=suppressed).generate(
+        PROMPT, positions(PROMPT.shape[1] + MAX_NEW), 1, SamplingConfig(max_new_tokens=MAX_NEW, greedy=True), seed=0)
+    assert not torch.isin(greedy.tokens[0, PROMPT.shape[1]:], torch.tensor(suppressed)).any()

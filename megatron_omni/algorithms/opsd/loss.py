@@ -10,7 +10,7 @@ of the whole global batch, and a [sum, count] metric of the mean divergence.
 from __future__ import annotations
 
 import torch
-import kernels
+from kernels import topk_tail_kl, vocab_parallel_kl
 
 from megatron_omni.algorithms.opsd.config import DistillationLossConfig
 
@@ -24,9 +24,9 @@ class DistillationLoss:
         # The teacher is a target: no gradient reaches it even when it is the student itself.
         teacher_logits = teacher_logits.detach()
         if c.top_k is None:
-            return kernels.vocab_parallel_kl(student_logits, teacher_logits, mode=c.divergence, beta=c.beta,
+            return vocab_parallel_kl(student_logits, teacher_logits, mode=c.divergence, beta=c.beta,
                                      temperature=c.temperature, vocab_size=self.vocab_size, group=self.group)
-        return kernels.topk_tail_kl(student_logits, teacher_logits, k=c.top_k, mode=c.divergence, beta=c.beta,
+        return topk_tail_kl(student_logits, teacher_logits, k=c.top_k, mode=c.divergence, beta=c.beta,
                             temperature=c.temperature, vocab_size=self.vocab_size, group=self.group)
 
     def __call__(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor):

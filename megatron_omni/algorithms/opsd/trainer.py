@@ -30,7 +30,8 @@ from megatron_omni.data.processor import attach_completion
 from megatron_omni.train_config import OmniTrainConfig
 from megatron_omni.training.step import forward_only
 
-# Teacher sequences are padded to a multiple of this (one shape for all micro-batches of a step).
+# Teacher sequences longer than train.seq_length are padded to a multiple of this (one shape for
+# all micro-batches of a step).
 TEACHER_PAD_MULTIPLE = 16
 
 
@@ -89,8 +90,9 @@ class OmniOPSD:
         teacher_prompts = {i: self._teacher_prompt(i, p) for i, p in zip(rollouts.indices, rollouts.prompts)}
         teacher_sequences = [attach_completion(teacher_prompts[i], ids)
                              for i, ids in zip(rollouts.indices, rollouts.completion_ids)]
-        teacher_length = max(s.length for s in teacher_sequences)
-        teacher_length = -(-teacher_length // TEACHER_PAD_MULTIPLE) * TEACHER_PAD_MULTIPLE
+        # The student's shape when the privileged prompt fits: the same computation for the same input.
+        longest = max(s.length for s in teacher_sequences)
+        teacher_length = max(cfg.train.seq_length, -(-longest // TEACHER_PAD_MULTIPLE) * TEACHER_PAD_MULTIPLE)
         microbatches = []
         for chunk, batch in padded_microbatches(rollouts.sequences(), cfg.train.micro_batch_size * self.group,
                                                 cfg.train.seq_length):

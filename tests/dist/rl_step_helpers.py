@@ -1,0 +1,69 @@
+"""Shared by the RL torchrun suites (OPPO, OmniOPSD): a tiny toy run's config, one step's metrics
+and gradients, the comparison with the single-process step, and the stop-and-resume check."""
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from megatron_omni.config import load_config
+from megatron_omni.train_config import OmniTrainConfig
+from megatron_omni.train_omni import build_run, run
+from megatron_omni.training.metrics import read_metrics
+from megatron_omni.training.step import run_microbatches
+from parallel_helpers import LetterReward, assert_close_rel, full_tensors
+
+CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "configs"
+
+
+def tiny_config(config: str, work: Path, tp: int = 1, pp: int = 1, overrides: list[str] = (), **extra) -> OmniTrainConfig:
+    """``examples/configs/<config>`` shrunk to a 64-wide model on 6 toy clips, 3 steps of 2 prompts."""
+    return load_config(CONFIGS / config, [
+        f"parallel.tensor_model_parallel_size={tp}", f"parallel.pipeline_model_parallel_size={pp}",
+        f"dataset.toy_dir={work / 'toy'}", "dataset.toy_num_clips=6", "init_from=null",
+        "model.hidden_size=64", "model.ffn_hidden_size=128", "model.mrope_section=[2, 3, 3]",
+        "omni.vision.out_hidden_size=64", "omni.audio.output_dim=64",
+        "train.global_batch_size=2", "train.micro_batch_size=1", "train.steps=3", "train.save_dir=null",
+        # Stand-in reward and a lexicon-free run: no wheel folder is read.
+        "reward.wheel_dir=unused", "logging.progress_bar=false", "logging.tensorboard=false",
+        *overrides, *[f"{k}={v}" for k, v in extra.items()],
+    ], cls=OmniTrainConfig)
+
+
+def one_step(cfg: OmniTrainConfig, group_size: int):
+    """Step 0's metrics (prepare + forward/backward, no optimizer update) and full gradients."""
+    r = build_run(cfg, reward=LetterReward())
+    for chunk in r.model_chunks:
+        chunk.zero_grad_buffer()
+    microbatches, metrics = r.algorithm.prepare(r.sampler.next_indices(), 0)
+    metrics.update(run_microbatches(r.model_chunks, microbatches, r.algorithm.forward_step,
+                                    r.cfg.train.seq_length, r.cfg.train.micro_batch_size * group_size))
+    return metrics, full_tensors(r.model_chunks, "grad")
+
+
+def check_step_matches(reference: Path, step, layouts, keys) -> dict | None:
+    """One process: ``step(1, 1)`` is saved to ``reference``. Two: each (tp, pp) layout's step
+    equals it (metrics ``keys`` and every gradient within 1e-5 relative). Returns the metrics."""
+    if dist.get_world_size() == 1:
+        metrics, grads = step(1, 1)
+        torch.save({"metrics": metrics, "grads": grads}, reference)
+        return metrics
+    expected = torch.load(reference, weights_only=False)
+    for tp, pp in layouts:
+        metrics, grads = step(tp, pp)
+        for key in keys:
+            assert abs(metrics[key] - expected["metrics"][key]) <= 1e-5 * max(1.0, abs(expected["metrics"][key])), (tp, pp, key)
+        assert_close_rel(grads, expected["grads"], rtol=1e-5)
+    return None
+
+
+def check_resumes_exactly(config, out: Path, keys) -> None:
+    """3 steps straight vs stopped after 2 and resumed: the third step and the logged curve agree."""
+    straight = run(config(**{"output_dir": out / "straight", "train.save_dir": out / "straight/ckpt"}), reward=LetterReward())
+    stopped = {"output_dir": out / "stopped", "train.save_dir": out / "stopped/ckpt", "train.save_interval": 2}
+    run(config(**stopped, **{"train.exit_at_step": 2}), reward=LetterReward())
+    resumed = run(config(**stopped), reward=LetterReward())
+    assert [r["step"] for r in resumed] == [3]
+    assert {k: resumed[0][k] for k in keys} == {k: straight[2][k] for k in keys}
+    if dist.get_rank() == 0:
+        logged = read_metrics(out / "stopped" / "metrics.jsonl")
+        assert [r[keys[0]] for r in logged] == [r[keys[0]] for r in straight]
