@@ -4,14 +4,18 @@
   teacher logits, TP-sharded vocabulary, temperature, row selection, padded-vocab exclusion.
 - `evidence_masked_kl`: OPPO's Omni-Perception loss term built on it.
 - `vocab_parallel_logprob_entropy`: per-token log-prob of the sampled token and entropy (GRPO).
-- `kl_reference`, `logprob_entropy_reference`: the materialising torch definitions.
+- `topk_tail_kl`: the same divergences over the teacher's top-k tokens plus one tail bucket
+  (pure torch, chunked, TP-sharded vocabulary).
+- `kl_reference`, `logprob_entropy_reference`, `topk_tail_kl_reference`: the materialising torch
+  definitions.
 
-Each op runs Triton kernels where Triton can run (CUDA, or TRITON_INTERPRET=1 on CPU) and a
+The other ops run Triton kernels where Triton can run (CUDA, or TRITON_INTERPRET=1 on CPU) and a
 chunked pure-torch path elsewhere; `backend=` forces one. See docs/KERNELS.md.
 """
 from kernels.evidence_kl import EvidenceKL, evidence_masked_kl
 from kernels.logprob_entropy import vocab_parallel_logprob_entropy
-from kernels.reference import kl_reference, logprob_entropy_reference
+from kernels.reference import kl_reference, logprob_entropy_reference, topk_tail_kl_reference
+from kernels.topk_kl import topk_tail_kl
 from kernels.vocab_parallel_kl import vocab_parallel_kl
 
 __all__ = [
@@ -19,6 +23,8 @@ __all__ = [
     "evidence_masked_kl",
     "kl_reference",
     "logprob_entropy_reference",
+    "topk_tail_kl",
+    "topk_tail_kl_reference",
     "vocab_parallel_kl",
     "vocab_parallel_logprob_entropy",
 ]
