@@ -104,7 +104,8 @@ def test_defaults_are_valid():
     Config().validate(world_size=1)
 
 
-@pytest.mark.parametrize("name", ["toy_decoder.yaml", "toy_omni_sft.yaml", "toy_oppo.yaml", "qwen2_5_omni_7b_oppo.yaml"])
+@pytest.mark.parametrize("name", ["toy_decoder.yaml", "toy_omni_sft.yaml", "toy_oppo.yaml", "qwen2_5_omni_7b_oppo.yaml",
+                                  "toy_omniopsd.yaml", "qwen2_5_omni_7b_omniopsd.yaml"])
 def test_example_configs_load_and_validate(name):
     from pathlib import Path
 
