@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Callable
 
 import torch
@@ -126,13 +127,17 @@ def optimizer_step(model_chunks, optimizer, scheduler, microbatches, forward_ste
     for chunk in model_chunks:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
+    started = time.perf_counter()
     metrics = run_microbatches(model_chunks, microbatches, forward_step, seq_length, micro_batch_size)
+    metrics["time_forward_backward_s"] = time.perf_counter() - started
+    started = time.perf_counter()
     finite = all(math.isfinite(v) for v in metrics.values()) and _grads_finite(model_chunks)
     update_successful, grad_norm = False, float("nan")
     if finite:
         update_successful, grad_norm, _ = optimizer.step()
         if update_successful:
             scheduler.step(increment=1)
+    metrics["time_optimizer_s"] = time.perf_counter() - started
     metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
     metrics["lr"] = optimizer.param_groups[0]["lr"]
     metrics["skipped"] = float(not update_successful)

@@ -14,6 +14,7 @@ over the step's micro-batches first and the last stage keeps just their completi
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -63,7 +64,9 @@ class OmniOPSD:
         self.tp_group = parallel_state.get_tensor_model_parallel_group()
         self.loss = DistillationLoss(o.loss, cfg.model.vocab_size, self.tp_group)
         self.grpo = GRPOLoss(o.grpo) if o.grpo_weight else None
-        self.pipelined = parallel_state.get_pipeline_model_parallel_world_size() > 1
+        # Pipeline stages need the teacher scored up front (its own forward-only schedule).
+        self.teacher_first = parallel_state.get_pipeline_model_parallel_world_size() > 1
+        self.teacher_seconds = 0.0  # this step's teacher forwards (read by tools/bench_opsd.py)
 
     def checkpointed_models(self) -> dict:
         return self.teacher.checkpointed_models()
@@ -79,8 +82,11 @@ class OmniOPSD:
     def prepare(self, indices: list[int], step: int):
         cfg = self.cfg
         self.teacher.update(self.model_chunks, step)
+        self.teacher_seconds = 0.0
+        started = time.perf_counter()
         rollouts = collect_rollouts(self.model_chunks, self.prompts, indices, step, self.sampling, self.group,
                                     cfg.train.seed, cfg.model.vocab_size, self.pad_token_id, self.tokenizer)
+        rollout_seconds = time.perf_counter() - started
         rewards, advantages = {}, None
         if self.reward is not None:
             rewards = self.reward.compute(rollouts.texts, [self.samples[i] for i in rollouts.indices])
@@ -101,10 +107,11 @@ class OmniOPSD:
                 batch=batch, teacher_batch=teacher_batch, rows=completion_rows(batch, teacher_batch, self.tokenizer),
                 advantages=advantages[chunk] if advantages is not None else None,
             ))
-        if self.pipelined:
+        if self.teacher_first:
             self._score_teacher(microbatches, teacher_length)
 
         metrics = rollouts.metrics(rewards)
+        metrics["time_rollout_s"] = rollout_seconds
         metrics["teacher_prompt_extra_tokens"] = float(
             sum(tp.prompt_length - p.prompt_length for tp, p in zip(teacher_sequences, rollouts.prompts)) / len(teacher_sequences))
         return microbatches, metrics
@@ -113,16 +120,20 @@ class OmniOPSD:
         def store(mb, logits):
             mb.teacher_logits = mb.rows.select(logits.detach(), "teacher")
 
+        started = time.perf_counter()
         forward_only(self.teacher.model_chunks(self.model_chunks), microbatches, lambda mb: mb.teacher_batch, store,
                      teacher_length, self.cfg.train.micro_batch_size * self.group)
+        self.teacher_seconds += time.perf_counter() - started
 
     # ------------------------------------------------------------------ loss
 
     def forward_step(self, mb: DistillMicroBatch, model):
-        if not self.pipelined:
+        if not self.teacher_first:
             # Interleaved: this micro-batch's teacher forward, right before its student forward.
+            started = time.perf_counter()
             teacher_model = self.teacher.model_chunks([model])[0]
             mb.teacher_logits = mb.rows.select(self.teacher.logits(teacher_model, mb.teacher_batch), "teacher")
+            self.teacher_seconds += time.perf_counter() - started
         batch = mb.batch
         output = model(batch.tokens, batch.position_ids, None, **batch.model_kwargs())
 
