@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 import torch
+from kernels import kl_reference, topk_tail_kl_reference
 
 from megatron_omni.algorithms.opsd.alignment import AlignmentError, completion_rows
 from megatron_omni.algorithms.opsd.config import DistillationLossConfig, OPSDConfig
@@ -13,20 +14,6 @@ from megatron_omni.config import ConfigError
 from megatron_omni.data.batch import OmniBatch
 from megatron_omni.train_config import OmniTrainConfig, validate_opsd
 from megatron_omni.train_omni import teacher_model_config
-
-
-def dense_divergence(student, teacher, divergence, beta=0.5, temperature=1.0, vocab_size=None):
-    """The definition: log_softmax over the whole (real) vocabulary, in float64."""
-    v = vocab_size or student.shape[-1]
-    log_s = torch.log_softmax(student[..., :v].double() / temperature, -1)
-    log_t = torch.log_softmax(teacher[..., :v].double() / temperature, -1)
-    if divergence == "forward":
-        return (log_t.exp() * (log_t - log_s)).sum(-1)
-    if divergence == "reverse":
-        return (log_s.exp() * (log_s - log_t)).sum(-1)
-    log_m = torch.logsumexp(torch.stack([log_t + torch.log(torch.tensor(beta, dtype=torch.double)),
-                                         log_s + torch.log(torch.tensor(1 - beta, dtype=torch.double))]), 0)
-    return beta * (log_t.exp() * (log_t - log_m)).sum(-1) + (1 - beta) * (log_s.exp() * (log_s - log_m)).sum(-1)
 
 
 @pytest.mark.parametrize("divergence,beta,temperature", [
@@ -42,7 +29,7 @@ def test_loss_and_gradient_equal_dense_reference(divergence, beta, temperature):
     assert count.item() == 37 and count.dtype == torch.int32
     assert metrics["distill_kl"][1].item() == 37
     reference_student = student.detach().double().requires_grad_()
-    expected = dense_divergence(reference_student, teacher, divergence, beta, temperature, vocab_size=97).sum()
+    expected = kl_reference(reference_student, teacher, divergence, beta, temperature, 97, torch.float64).sum()
     assert total.item() == pytest.approx(expected.item(), rel=1e-5)
     total.backward()
     expected.backward()
@@ -144,3 +131,15 @@ def test_teacher_with_another_vocabulary_is_refused(tmp_path):
     assert (teacher.model.hidden_size, teacher.model.num_layers, teacher.init_from) == (256, 8, str(tmp_path / "ckpt"))
     assert teacher.omni.tokens == cfg.omni.tokens and cfg.model.hidden_size != 256
     assert dataclasses.asdict(teacher.parallel) == dataclasses.asdict(cfg.parallel)
+
+
+def test_top_k_teacher_support_with_tail_bucket():
+    torch.manual_seed(1)
+    student = (2 * torch.randn(11, 64)).requires_grad_()
+    teacher = 2 * torch.randn(11, 64)
+    full, _, _ = DistillationLoss(DistillationLossConfig(), vocab_size=60)(student, teacher)
+    every, _, _ = DistillationLoss(DistillationLossConfig(top_k=60), vocab_size=60)(student, teacher)
+    assert every.item() == pytest.approx(full.item(), rel=1e-5)  # an empty tail: the full KL
+    top5, _, _ = DistillationLoss(DistillationLossConfig(top_k=5, divergence="forward"), vocab_size=60)(student, teacher)
+    expected = topk_tail_kl_reference(student.detach(), teacher, 5, "forward", 0.5, 1.0, 60, torch.float64).sum()
+    assert top5.item() == pytest.approx(expected.item(), rel=1e-5) and top5.item() < full.item()
