@@ -1,11 +1,14 @@
 """The main job on its embedded default: toy clips -> SFT cold start -> OPPO at TP=2 -> scoreboard.
 
     python -m megatron_omni.demo [--wheel-dir DIR] [--out runs/demo]
+    python -m megatron_omni.demo --algorithm opsd      # the same with OmniOPSD (runs/demo_opsd)
 
 1. generates the toy emotion data set (real mp4 clips with faces and voices, once);
-2. SFT-trains a tiny Qwen2.5-Omni-shaped model on it (two CPU processes, TP=2);
-3. runs OPPO from that checkpoint (TP=2), scoring the held-out split before and after;
-4. prints the before/after table and writes a PNG of the reward terms per step.
+2. SFT-trains a tiny Qwen2.5-Omni-shaped model on it (two CPU processes, TP=2); for OmniOPSD half
+   of the SFT prompts also carry their rationale, so that the model learns to read the reference
+   analysis its teacher view will get;
+3. runs OPPO (or OmniOPSD) from that checkpoint (TP=2), scoring the held-out split before and after;
+4. prints the before/after table and writes a PNG of the training curves.
 The MER emotion-wheel lexicon (format.csv, synonym.xlsx, wheel1-5.xlsx) comes from --wheel-dir,
 $MEGATRON_OMNI_WHEEL_DIR, or ../shared/data/emotion_wheel beside the repository.
 """
@@ -17,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from megatron_omni.training.metrics import read_metrics
@@ -25,6 +29,22 @@ from megatron_omni.training.plots import plot_metrics
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "examples" / "configs"
 REWARD_TERMS = ["reward_total", "reward_ew", "reward_format", "reward_perc", "reward_coh"]
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    name: str  # the table's column and the output folder
+    config: str
+    sft_overrides: tuple[str, ...]
+    curves: tuple[str, ...]  # per-step training metrics: first vs last steps, and the PNG
+
+
+RUNS = {
+    "oppo": DemoRun("OPPO", "toy_oppo.yaml", (), tuple(REWARD_TERMS)),
+    # The privileged SFT prompts are longer: a longer SFT window (the student's stays 320).
+    "opsd": DemoRun("OmniOPSD", "toy_omniopsd.yaml", ("sft.privileged_fraction=0.5", "train.seq_length=384"),
+                    ("distill_kl", *REWARD_TERMS)),
+}
 SCORES = ["reward_total", "reward_ew", "reward_format", "reward_perc", "reward_coh",
           "emotion_wheel_f1", "fs_level1", "precision_level1", "recall_level1", "format_rate"]
 
@@ -52,42 +72,54 @@ def mean(records: list[dict], key: str) -> float:
     return sum(r[key] for r in records) / len(records)
 
 
-def report(out: Path) -> bool:
-    before = json.loads((out / "oppo" / "eval_start.json").read_text())["scores"]
-    after = json.loads((out / "oppo" / "eval_end.json").read_text())["scores"]
-    records = read_metrics(out / "oppo" / "metrics.jsonl")
+def report(out: Path, demo: DemoRun) -> bool:
+    rl = out / demo.name.lower()
+    before = json.loads((rl / "eval_start.json").read_text())["scores"]
+    after = json.loads((rl / "eval_end.json").read_text())["scores"]
+    records = read_metrics(rl / "metrics.jsonl")
     k = max(1, len(records) // 4)
     first, last = records[:k], records[-k:]
-    png = plot_metrics(out / "oppo" / "metrics.jsonl", REWARD_TERMS, out / "oppo_rewards.png", "OPPO reward terms per step")
+    png = plot_metrics(rl / "metrics.jsonl", list(demo.curves), out / f"{demo.name.lower()}_curves.png",
+                       f"{demo.name} training curves per step")
 
-    print("\nHeld-out toy split (greedy answers), SFT model vs after OPPO:")
-    print(f" {'metric':<20} {'SFT':>8} {'OPPO':>8} {'change':>8}")
+    print(f"\nHeld-out toy split (greedy answers), SFT model vs after {demo.name}:")
+    print(f" {'metric':<20} {'SFT':>8} {demo.name:>8} {'change':>8}")
     for key in SCORES:
         print(f" {key:<20} {before[key]:8.4f} {after[key]:8.4f} {after[key] - before[key]:+8.4f}")
-    print(f"\nOPPO training reward (other prompts each step), mean of the first {k} vs the last {k} steps:")
-    for key in REWARD_TERMS:
+    print(f"\n{demo.name} training (other prompts each step), mean of the first {k} vs the last {k} steps:")
+    for key in demo.curves:
         print(f" {key:<20} {mean(first, key):8.4f} {mean(last, key):8.4f} {mean(last, key) - mean(first, key):+8.4f}")
-    improved = after["emotion_wheel_f1"] > before["emotion_wheel_f1"] and after["reward_total"] > before["reward_total"]
-    print(f"\n[demo] reward plot: {png}; metrics and checkpoints under {out}")
-    print(f"[demo] {'OPPO improved' if improved else 'OPPO did NOT improve'} the held-out mean reward and emotion-wheel F1")
+    improved = after["emotion_wheel_f1"] > before["emotion_wheel_f1"]
+    if "distill_kl" in demo.curves:
+        improved = improved and mean(last, "distill_kl") < mean(first, "distill_kl")
+        claim = "lower the distillation loss and raise the held-out emotion-wheel F1"
+    else:
+        improved = improved and after["reward_total"] > before["reward_total"]
+        claim = "improve the held-out mean reward and emotion-wheel F1"
+    print(f"\n[demo] curves: {png}; metrics and checkpoints under {out}")
+    print(f"[demo] {demo.name} {'did' if improved else 'did NOT'} {claim}")
     return improved
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--wheel-dir", help="MER emotion-wheel lexicon folder")
-    parser.add_argument("--out", default="runs/demo", help="output folder (replaced)")
+    parser.add_argument("--algorithm", choices=sorted(RUNS), default="oppo", help="the RL stage after SFT")
+    parser.add_argument("--out", help="output folder, replaced (default runs/demo, runs/demo_opsd for opsd)")
     args = parser.parse_args(argv)
     wheel = find_wheel_dir(args.wheel_dir)
-    out = Path(args.out)
+    demo = RUNS[args.algorithm]
+    out = Path(args.out or ("runs/demo" if args.algorithm == "oppo" else f"runs/demo_{args.algorithm}"))
     shutil.rmtree(out, ignore_errors=True)  # a demo starts from scratch
     common = [f"reward.wheel_dir={wheel}", "logging.progress_bar=false"]
-    torchrun(CONFIGS / "toy_omni_sft.yaml", [*common, f"output_dir={out}/sft", f"train.save_dir={out}/sft/checkpoints"])
-    torchrun(CONFIGS / "toy_oppo.yaml", [
-        *common, f"output_dir={out}/oppo", f"train.save_dir={out}/oppo/checkpoints",
+    torchrun(CONFIGS / "toy_omni_sft.yaml",
+             [*common, *demo.sft_overrides, f"output_dir={out}/sft", f"train.save_dir={out}/sft/checkpoints"])
+    rl = f"{out}/{demo.name.lower()}"
+    torchrun(CONFIGS / demo.config, [
+        *common, f"output_dir={rl}", f"train.save_dir={rl}/checkpoints",
         f"init_from={out}/sft/checkpoints", "evaluation.at_start=true", "evaluation.at_end=true",
     ])
-    return 0 if report(out) else 1
+    return 0 if report(out, demo) else 1
 
 
 if __name__ == "__main__":

@@ -47,6 +47,14 @@ class OPPOConfig:
 
 
 @dataclass
+class SFTConfig:
+    # Share of the SFT samples whose prompt also carries their rationale
+    # (data.prompt.privileged_template): the model learns to read a reference analysis, the view
+    # OmniOPSD's teacher gets. A model that already uses in-context evidence needs none (0).
+    privileged_fraction: float = 0.0
+
+
+@dataclass
 class EvaluationConfig:
     """Greedy answers on the held-out manifest, scored with the MER-style metrics."""
 
@@ -65,6 +73,7 @@ class OmniTrainConfig(Config):
     omni: OmniConfig = field(default_factory=OmniConfig)
     data: DataConfig = field(default_factory=DataConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
     oppo: OPPOConfig = field(default_factory=OPPOConfig)
     opsd: OPSDConfig = field(default_factory=OPSDConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -87,6 +96,8 @@ class OmniTrainConfig(Config):
                               "set parallel.virtual_pipeline_model_parallel_size=null")
         if self.algorithm == "opsd":
             validate_opsd(self.opsd)
+        if not 0.0 <= self.sft.privileged_fraction <= 1.0:
+            raise ConfigError(f"sft.privileged_fraction must be in [0, 1], got {self.sft.privileged_fraction}")
         return self
 
 

@@ -58,7 +58,7 @@ def build_algorithm(cfg: OmniTrainConfig, tokenizer, processor, model_chunks, re
     if cfg.algorithm == "sft":
         from megatron_omni.algorithms.sft import SFT
 
-        dataset = OmniDataset.from_manifest(cfg.dataset.train_manifest, processor)
+        dataset = OmniDataset.from_manifest(cfg.dataset.train_manifest, processor, privileged=cfg.sft.privileged_fraction)
         collator = Collator(processor.token_ids.pad_token_id, packing=False, pad_to_multiple_of=cfg.train.seq_length)
         return SFT(dataset, collator, cfg.train.micro_batch_size, cfg.train.seq_length), len(dataset)
 

@@ -1,6 +1,7 @@
 """Map-style data set of processed samples and the collator that turns them into micro-batches."""
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -20,15 +21,19 @@ class OmniDataset(torch.utils.data.Dataset):
     With ``skip_bad_samples`` a sample whose media or content is bad comes back as a
     ``SkippedSample`` (the collator drops and reports it); otherwise the error propagates.
     ``with_target`` adds the SFT answer; ``privileged`` adds the rationale to the prompt (the
-    OmniOPSD teacher's view).
+    OmniOPSD teacher's view) of that share of the samples: True / 1.0 all of them, a fraction in
+    between a fixed subset (by sample id, the same in every epoch and on every rank).
     """
 
     def __init__(self, samples: Sequence[OmniSample], processor: OmniProcessor, *, with_target: bool = True,
-                 privileged: bool = False):
+                 privileged: float = 0.0):
         self.samples = list(samples)
         self.processor = processor
         self.with_target = with_target
-        self.privileged = privileged
+        self.privileged = float(privileged)
+
+    def is_privileged(self, sample: OmniSample) -> bool:
+        return zlib.crc32(sample.id.encode()) / 2**32 < self.privileged
 
     @classmethod
     def from_manifest(cls, path: str | Path, processor: OmniProcessor, **kwargs) -> "OmniDataset":
@@ -41,7 +46,7 @@ class OmniDataset(torch.utils.data.Dataset):
         sample = self.samples[index]
         try:
             media = load_media(sample, self.processor.cfg)
-            return self.processor.process(sample, media, with_target=self.with_target, privileged=self.privileged)
+            return self.processor.process(sample, media, with_target=self.with_target, privileged=self.is_privileged(sample))
         except DataError as exc:
             if not self.processor.cfg.skip_bad_samples:
                 raise
