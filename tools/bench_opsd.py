@@ -15,56 +15,14 @@ returning freed buffers at once), and the ratios of the two.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench_common import PeakMemory, follow_live_tensors, qwen7b_overrides
+
 REPO = Path(__file__).resolve().parent.parent
-QWEN7B = ["model.vocab_size=152064", "model.hidden_size=3584", "model.ffn_hidden_size=18944",
-          "model.num_attention_heads=28", "model.num_query_groups=4", "model.mrope_section=[16, 24, 24]",
-          "model.tie_word_embeddings=false", "omni.vision.out_hidden_size=3584", "omni.audio.output_dim=3584",
-          "precision.params_dtype=bf16"]
-
-
-def _rss_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-class PeakMemory:
-    """Peak bytes above the level at ``reset()``."""
-
-    def __init__(self):
-        import torch
-
-        self.cuda = torch.cuda.is_available()
-
-    def reset(self) -> None:
-        import torch
-
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-        else:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # the kernel's peak resident set restarts from the current one
-            self.base = _rss_kb("VmRSS") * 1024
-
-    def peak_mb(self) -> float:
-        import torch
-
-        if self.cuda:
-            torch.cuda.synchronize()
-            return (torch.cuda.max_memory_allocated() - self.base) / 2**20
-        return (_rss_kb("VmHWM") * 1024 - self.base) / 2**20
-
-
 def build(args):
     from megatron_omni.config import load_config
     from megatron_omni.parallel import init_distributed
@@ -77,8 +35,7 @@ def build(args):
         "reward.wheel_dir=null", "train.save_dir=null", f"output_dir={work}", f"dataset.toy_dir={args.toy_dir}",
         "logging.progress_bar=false", "logging.tensorboard=false", "logging.metrics_jsonl=false",
     ]
-    if args.qwen7b_layers:
-        overrides += [*QWEN7B, f"model.num_layers={args.qwen7b_layers}"]
+    overrides += qwen7b_overrides(args.qwen7b_layers)
     init_distributed()
     return build_run(load_config(REPO / "examples" / "configs" / "toy_omniopsd.yaml", [*overrides, *args.override],
                                  cls=OmniTrainConfig))
@@ -124,11 +81,7 @@ def main(argv=None) -> int:
     parser.add_argument("--qwen7b-layers", type=int, help="a Qwen2.5-7B-shaped decoder with this many layers")
     parser.add_argument("--override", nargs="*", default=[], help="section.key=value config overrides")
     args = parser.parse_args(argv)
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
-        # Every buffer over 64 KiB mapped afresh and unmapped on free: the resident set follows
-        # live tensors instead of keeping freed heap memory (re-executed so glibc reads it).
-        os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
-        os.execv(sys.executable, [sys.executable, *sys.argv])
+    follow_live_tensors()
 
     r = build(args)
     memory = PeakMemory()
