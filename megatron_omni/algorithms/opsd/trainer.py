@@ -93,7 +93,8 @@ class OmniOPSD:
         if self.grpo is not None:
             advantages = group_advantages(rewards["total"], self.group, cfg.opsd.grpo.scale_advantages_by_std)
 
-        teacher_prompts = {i: self._teacher_prompt(i, p) for i, p in zip(rollouts.indices, rollouts.prompts)}
+        student_prompts = dict(zip(rollouts.indices, rollouts.prompts))  # one per prompt, not per completion
+        teacher_prompts = {i: self._teacher_prompt(i, p) for i, p in student_prompts.items()}
         teacher_sequences = [attach_completion(teacher_prompts[i], ids)
                              for i, ids in zip(rollouts.indices, rollouts.completion_ids)]
         # The student's shape when the privileged prompt fits: the same computation for the same input.
