@@ -1,4 +1,4 @@
-"""OmniOPSD under torchrun: loss vs the dense definition at TP=2, zero loss without the
+"""OmniOPSD under torchrun (tests/dist/test_opsd_step.py): loss vs the dense definition at TP=2, zero loss without the
 privileged context, one step at TP=2 and PP=2 equals the single-process step, exact resume."""
 
 
