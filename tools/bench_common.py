@@ -24,7 +24,8 @@ def follow_live_tensors() -> None:
         os.execv(sys.executable, [sys.executable, *sys.argv])
 
 
-def _status_kb(field: str) -> int:
+def status_kb(field: str) -> int:
+    """A kB field of /proc/self/status (VmRSS, VmHWM)."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
@@ -52,7 +53,7 @@ class PeakMemory:
         else:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
-            self.base = _status_kb("VmRSS") * 1024
+            self.base = status_kb("VmRSS") * 1024
 
     def peak_mb(self) -> float:
         import torch
@@ -60,4 +61,4 @@ class PeakMemory:
         if self.cuda:
             torch.cuda.synchronize()
             return (torch.cuda.max_memory_allocated() - self.base) / 2**20
-        return (_status_kb("VmHWM") * 1024 - self.base) / 2**20
+        return (status_kb("VmHWM") * 1024 - self.base) / 2**20

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from bench_common import status_kb
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -138,14 +139,6 @@ def gpu_peak_extra_mb(fn: Callable, s, t) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def _proc_status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def cpu_peak_child(case: Case, name: str, with_compile: bool) -> None:
     """Runs in a fresh process: one forward + backward of one variant, prints the peak JSON."""
     fn = variants(case, with_compile)[name]
@@ -153,9 +146,9 @@ def cpu_peak_child(case: Case, name: str, with_compile: bool) -> None:
     _step(fn, s, t, True)  # warm-up: lazy imports and compilation are not the op's memory
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS
-    base = _proc_status_kb("VmRSS")
+    base = status_kb("VmRSS")
     _step(fn, s, t, True)
-    print(json.dumps({"peak_extra_mb": (_proc_status_kb("VmHWM") - base) / 1024}))
+    print(json.dumps({"peak_extra_mb": (status_kb("VmHWM") - base) / 1024}))
 
 
 def cpu_peak_extra_mb(case: Case, name: str, with_compile: bool) -> float:

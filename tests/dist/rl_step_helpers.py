@@ -2,10 +2,12 @@
 and gradients, the comparison with the single-process step, and the stop-and-resume check."""
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 
 from megatron_omni.config import load_config
+from megatron_omni.parallel import init_distributed
 from megatron_omni.train_config import OmniTrainConfig
 from megatron_omni.train_omni import build_run, run
 from megatron_omni.training.metrics import read_metrics
@@ -13,6 +15,13 @@ from megatron_omni.training.step import run_microbatches
 from parallel_helpers import LetterReward, assert_close_rel, full_tensors
 
 CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "configs"
+
+
+def start_world(work: Path, launcher: str) -> None:
+    """The suites' module fixture: only under their launcher, which prepares ``work``."""
+    if not work.is_dir():
+        pytest.skip(f"launched by {launcher}, which prepares the work folder")
+    init_distributed()
 
 
 def tiny_config(config: str, work: Path, tp: int = 1, pp: int = 1, overrides: list[str] = (), **extra) -> OmniTrainConfig:

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 
-from megatron_omni.parallel import init_distributed
-from rl_step_helpers import check_resumes_exactly, check_step_matches, one_step, tiny_config
+from rl_step_helpers import check_resumes_exactly, check_step_matches, one_step, start_world, tiny_config
 
 WORK = Path(os.environ.get("OPPO_WORK", "/nonexistent"))
 OPPO = ["oppo.grpo.group_size=2", "oppo.sampling.max_new_tokens=6", "oppo.sampling.temperature=1.0"]
@@ -23,10 +22,7 @@ config = partial(tiny_config, "toy_oppo.yaml", WORK, overrides=OPPO)
 
 @pytest.fixture(scope="module", autouse=True)
 def world():
-    if not WORK.is_dir():
-        pytest.skip("launched by tests/test_oppo.py, which prepares $OPPO_WORK")
-    init_distributed()
-    yield
+    start_world(WORK, "tests/test_oppo.py")
 
 
 def test_step_matches_single_process():

@@ -18,8 +18,8 @@ from megatron.core import parallel_state
 from kernels import kl_reference
 from megatron_omni.algorithms.opsd.config import DistillationLossConfig
 from megatron_omni.algorithms.opsd.loss import DistillationLoss
-from megatron_omni.parallel import destroy_parallel, init_distributed, initialize_parallel
-from rl_step_helpers import check_resumes_exactly, check_step_matches, one_step, tiny_config
+from megatron_omni.parallel import destroy_parallel, initialize_parallel
+from rl_step_helpers import check_resumes_exactly, check_step_matches, one_step, start_world, tiny_config
 
 WORK = Path(os.environ.get("OPSD_WORK", "/nonexistent"))
 OPSD = ["opsd.group_size=2", "opsd.sampling.max_new_tokens=6", "opsd.grpo_weight=0.5"]
@@ -28,10 +28,7 @@ config = partial(tiny_config, "toy_omniopsd.yaml", WORK, overrides=OPSD)
 
 @pytest.fixture(scope="module", autouse=True)
 def world():
-    if not WORK.is_dir():
-        pytest.skip("launched by tests/test_opsd.py, which prepares $OPSD_WORK")
-    init_distributed()
-    yield
+    start_world(WORK, "tests/test_opsd.py")
 
 
 @pytest.mark.parametrize("divergence,temperature", [("reverse", 1.0), ("forward", 1.5), ("jsd", 1.0)])
