@@ -18,7 +18,7 @@ from megatron.core import parallel_state
 from kernels import evidence_masked_kl, vocab_parallel_logprob_entropy
 from megatron_omni.algorithms.evidence import MODALITIES, evidence_token_masks, token_char_spans
 from megatron_omni.algorithms.grpo import GRPOLoss, group_advantages, kl_beta_at
-from megatron_omni.algorithms.rollouts import collect_rollouts, padded_microbatches
+from megatron_omni.algorithms.rollouts import collect_rollouts, padded_microbatches, stopping_at
 from megatron_omni.data.batch import OmniBatch
 from megatron_omni.models.masking import ModalityMask
 from megatron_omni.train_config import OmniTrainConfig
@@ -45,9 +45,7 @@ class OPPO:
         self.reference_chunks = reference_chunks
         self.pad_token_id = pad_token_id
         o = cfg.oppo
-        self.sampling = o.sampling
-        if not self.sampling.stop_token_ids:
-            self.sampling.stop_token_ids = list(stop_token_ids)
+        self.sampling = stopping_at(o.sampling, stop_token_ids)
         self.loss = GRPOLoss(o.grpo)
         self.group = o.grpo.group_size
         self.tp_group = parallel_state.get_tensor_model_parallel_group()

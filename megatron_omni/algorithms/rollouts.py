@@ -3,7 +3,7 @@ per prompt from the current policy, flattened one entry per completion, and thei
 micro-batches."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -36,6 +36,11 @@ class Rollouts:
         metrics["completion_length"] = float(lengths.mean())
         metrics["rollout_tokens_per_s"] = self.tokens_per_second
         return metrics
+
+
+def stopping_at(sampling: SamplingConfig, stop_token_ids: list[int]) -> SamplingConfig:
+    """The configured sampling; completions end at ``stop_token_ids`` unless stop ids are configured."""
+    return sampling if sampling.stop_token_ids else replace(sampling, stop_token_ids=list(stop_token_ids))
 
 
 def collect_rollouts(model_chunks, prompts, indices: list[int], step: int, sampling: SamplingConfig, group_size: int,

@@ -25,7 +25,7 @@ from megatron_omni.algorithms.grpo import GRPOLoss, group_advantages
 from megatron_omni.algorithms.opsd.alignment import CompletionRows, completion_rows
 from megatron_omni.algorithms.opsd.loss import DistillationLoss
 from megatron_omni.algorithms.opsd.teacher import Teacher
-from megatron_omni.algorithms.rollouts import collect_rollouts, padded_microbatches
+from megatron_omni.algorithms.rollouts import collect_rollouts, padded_microbatches, stopping_at
 from megatron_omni.data.batch import OmniBatch, pad
 from megatron_omni.data.processor import attach_completion
 from megatron_omni.train_config import OmniTrainConfig
@@ -57,9 +57,7 @@ class OmniOPSD:
         self.teacher = teacher
         self.pad_token_id = pad_token_id
         o = cfg.opsd
-        self.sampling = o.sampling
-        if not self.sampling.stop_token_ids:
-            self.sampling.stop_token_ids = list(stop_token_ids)
+        self.sampling = stopping_at(o.sampling, stop_token_ids)
         self.group = o.group_size
         self.tp_group = parallel_state.get_tensor_model_parallel_group()
         self.loss = DistillationLoss(o.loss, cfg.model.vocab_size, self.tp_group)
