@@ -12,11 +12,11 @@
 The other ops run Triton kernels where Triton can run (CUDA, or TRITON_INTERPRET=1 on CPU) and a
 chunked pure-torch path elsewhere; `backend=` forces one. See docs/KERNELS.md.
 """
-from kernels.evidence_kl import EvidenceKL, evidence_masked_kl
-from kernels.logprob_entropy import vocab_parallel_logprob_entropy
-from kernels.reference import kl_reference, logprob_entropy_reference, topk_tail_kl_reference
-from kernels.topk_kl import topk_tail_kl
-from kernels.vocab_parallel_kl import vocab_parallel_kl
+from megatron_omni.kernels.evidence_kl import EvidenceKL, evidence_masked_kl
+from megatron_omni.kernels.logprob_entropy import vocab_parallel_logprob_entropy
+from megatron_omni.kernels.reference import kl_reference, logprob_entropy_reference, topk_tail_kl_reference
+from megatron_omni.kernels.topk_kl import topk_tail_kl
+from megatron_omni.kernels.vocab_parallel_kl import vocab_parallel_kl
 
 __all__ = [
     "EvidenceKL",

@@ -16,7 +16,7 @@ from typing import Literal
 
 import torch
 
-from kernels.validation import fail
+from megatron_omni.kernels.validation import fail
 
 Backend = Literal["auto", "triton", "torch"]
 BACKENDS = ("auto", "triton", "torch")
@@ -33,7 +33,7 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
     if device.type == "cuda":
         return None
     if device.type == "cpu":
-        from kernels import triton_common  # imported lazily: Triton reads TRITON_INTERPRET here
+        from megatron_omni.kernels import triton_common  # imported lazily: Triton reads TRITON_INTERPRET here
 
         if triton_common.INTERPRETED:
             return None

@@ -8,7 +8,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from kernels.sharding import RowSelection
+from megatron_omni.kernels.sharding import RowSelection
 
 # Bytes of one fp32 [chunk x vocab] tile; a chunk's arithmetic holds about five of them.
 CHUNK_BYTES = 8 << 20

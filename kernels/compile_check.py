@@ -71,10 +71,10 @@ def compile_variant(module: str, kernel: str, constexprs: dict, arch: int) -> Co
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from kernels.backend import tile_shape
-    from kernels.online_softmax import NEG_START
+    from megatron_omni.kernels.backend import tile_shape
+    from megatron_omni.kernels.online_softmax import NEG_START
 
-    fn = getattr(importlib.import_module(f"kernels.{module}"), kernel)
+    fn = getattr(importlib.import_module(f"megatron_omni.kernels.{module}"), kernel)
     tile = tile_shape(152064, interpreted=False)
     values = {"BLOCK_R": tile.rows, "BLOCK_V": tile.cols, **constexprs}
     if "NEG" in fn.arg_names:
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability x 10 (90 = Hopper)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     args = parser.parse_args(argv)
-    from kernels.backend import interpreter_requested
+    from megatron_omni.kernels.backend import interpreter_requested
 
     if interpreter_requested():
         raise SystemExit("TRITON_INTERPRET is set: the kernels would be built for the interpreter; unset it")

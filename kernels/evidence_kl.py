@@ -21,9 +21,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from kernels.backend import Backend
-from kernels.validation import fail
-from kernels.vocab_parallel_kl import vocab_parallel_kl
+from megatron_omni.kernels.backend import Backend
+from megatron_omni.kernels.validation import fail
+from megatron_omni.kernels.vocab_parallel_kl import vocab_parallel_kl
 
 SIGNS = {"reward_divergence": -1.0, "penalize_divergence": 1.0}
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kernels.chunking import RowChunk, centre, read_tile, row_chunks, write_tile, zero_unwritten
-from kernels.kl_stats import FORWARD, N_JSD_SUMS, N_SHARD_STATS, REVERSE, KLSpec, RowStat, ShardStat
-from kernels.online_softmax import NEG_START
-from kernels.sharding import RowSelection, VocabShard
+from megatron_omni.kernels.chunking import RowChunk, centre, read_tile, row_chunks, write_tile, zero_unwritten
+from megatron_omni.kernels.kl_stats import FORWARD, N_JSD_SUMS, N_SHARD_STATS, REVERSE, KLSpec, RowStat, ShardStat
+from megatron_omni.kernels.online_softmax import NEG_START
+from megatron_omni.kernels.sharding import RowSelection, VocabShard
 
 
 def _weighted_sum(weight: Tensor, values: Tensor) -> Tensor:

@@ -23,8 +23,8 @@ from enum import IntEnum
 import torch
 from torch import Tensor
 
-from kernels.online_softmax import merge_max_sum
-from kernels.validation import fail
+from megatron_omni.kernels.online_softmax import merge_max_sum
+from megatron_omni.kernels.validation import fail
 
 
 class ShardStat(IntEnum):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kernels.chunking import centre, read_tile, row_chunks, write_tile, zero_unwritten
-from kernels.logprob_stats import N_LP_SHARD_STATS, LPRowStat, LPShardStat
-from kernels.online_softmax import NEG_START
-from kernels.sharding import RowSelection, VocabShard
+from megatron_omni.kernels.chunking import centre, read_tile, row_chunks, write_tile, zero_unwritten
+from megatron_omni.kernels.logprob_stats import N_LP_SHARD_STATS, LPRowStat, LPShardStat
+from megatron_omni.kernels.online_softmax import NEG_START
+from megatron_omni.kernels.sharding import RowSelection, VocabShard
 
 
 def shard_stats(logits: Tensor, targets: Tensor, rows: RowSelection, shard: VocabShard, inv_temp: float) -> Tensor:

@@ -16,10 +16,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from kernels.backend import Backend, implementation
-from kernels.logprob_stats import local_targets, logprob_entropy_from, merge_lp_shard_stats
-from kernels.sharding import RowSelection, TPGroup, VocabShard, select_rows, vocab_shard
-from kernels.validation import as_rows, check_logits, check_temperature, fail
+from megatron_omni.kernels.backend import Backend, implementation
+from megatron_omni.kernels.logprob_stats import local_targets, logprob_entropy_from, merge_lp_shard_stats
+from megatron_omni.kernels.sharding import RowSelection, TPGroup, VocabShard, select_rows, vocab_shard
+from megatron_omni.kernels.validation import as_rows, check_logits, check_temperature, fail
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def vocab_parallel_logprob_entropy(
         shard=vocab_shard(n_cols, tp, vocab_size, vocab_start_index),
         rows=select_rows(lead_shape, logits.device, row_mask, row_index),
         tp=tp,
-        impl=implementation(backend, logits.device, "kernels.logprob_triton", "kernels.logprob_chunked"),
+        impl=implementation(backend, logits.device, "megatron_omni.kernels.logprob_triton", "megatron_omni.kernels.logprob_chunked"),
     )
     targets = plan.rows.gather(target_ids.reshape(-1))
     upper = vocab_size if vocab_size is not None else (tp.world_size * n_cols if vocab_start_index is None else None)

@@ -15,7 +15,7 @@ from enum import IntEnum
 import torch
 from torch import Tensor
 
-from kernels.online_softmax import merge_max_sum
+from megatron_omni.kernels.online_softmax import merge_max_sum
 
 
 class LPShardStat(IntEnum):

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from kernels.validation import fail
+from megatron_omni.kernels.validation import fail
 
 
 @dataclass(frozen=True)

@@ -38,11 +38,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from kernels.chunking import read_tile, row_chunks, write_tile, zero_unwritten
-from kernels.kl_stats import FORWARD, REVERSE, KLSpec
-from kernels.online_softmax import NEG_START
-from kernels.sharding import RowSelection, TPGroup, VocabShard, select_rows, vocab_shard
-from kernels.validation import as_rows, check_logits, check_pair, check_temperature, fail
+from megatron_omni.kernels.chunking import read_tile, row_chunks, write_tile, zero_unwritten
+from megatron_omni.kernels.kl_stats import FORWARD, REVERSE, KLSpec
+from megatron_omni.kernels.online_softmax import NEG_START
+from megatron_omni.kernels.sharding import RowSelection, TPGroup, VocabShard, select_rows, vocab_shard
+from megatron_omni.kernels.validation import as_rows, check_logits, check_pair, check_temperature, fail
 
 # A shard's per-row block (float32, [rows, 4 + 3k]): its softmax statistics over the columns
 # outside its local top-k (max of the raw logits and sum exp((x - max) / T), student then teacher),

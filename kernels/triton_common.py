@@ -13,7 +13,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.backend import TileShape, interpreter_requested, tile_shape
+from megatron_omni.kernels.backend import TileShape, interpreter_requested, tile_shape
 
 # Whether the @triton.jit functions in this package were built for the interpreter: Triton
 # decides when a kernel module is imported, so this is fixed for the life of the process.

@@ -24,10 +24,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from kernels.backend import Backend, implementation
-from kernels.kl_stats import JSD, KLSpec, add_jsd_sums, loss_from, merge_shard_stats, row_stats_from
-from kernels.sharding import RowSelection, TPGroup, VocabShard, select_rows, vocab_shard
-from kernels.validation import as_rows, check_logits, check_pair, check_temperature, fail
+from megatron_omni.kernels.backend import Backend, implementation
+from megatron_omni.kernels.kl_stats import JSD, KLSpec, add_jsd_sums, loss_from, merge_shard_stats, row_stats_from
+from megatron_omni.kernels.sharding import RowSelection, TPGroup, VocabShard, select_rows, vocab_shard
+from megatron_omni.kernels.validation import as_rows, check_logits, check_pair, check_temperature, fail
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def vocab_parallel_kl(
         shard=vocab_shard(student_logits.shape[-1], tp, vocab_size, vocab_start_index),
         rows=select_rows(lead_shape, student_logits.device, row_mask, row_index),
         tp=tp,
-        impl=implementation(backend, student_logits.device, "kernels.kl_triton", "kernels.kl_chunked"),
+        impl=implementation(backend, student_logits.device, "megatron_omni.kernels.kl_triton", "megatron_omni.kernels.kl_chunked"),
         inplace_backward=bool(inplace_backward),
     )
     if inplace_backward and not student_logits.is_contiguous():

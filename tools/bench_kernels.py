@@ -30,7 +30,7 @@ from bench_common import status_kb
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from kernels import kl_reference, vocab_parallel_kl  # noqa: E402
+from megatron_omni.kernels import kl_reference, vocab_parallel_kl  # noqa: E402
 
 BYTES_PER_ELEMENT = {"forward": 4, "forward+backward": 10}  # bf16 inputs
 
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
                        args.child_peak, not args.no_compile)
         return
     if args.tile:
-        from kernels import backend, kl_triton
+        from megatron_omni.kernels import backend, kl_triton
 
         kl_triton.launch_tiles = lambda n_cols: backend.TileShape(*args.tile)
     repeats = args.repeats or (20 if on_gpu else 3)

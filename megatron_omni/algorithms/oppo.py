@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from megatron.core import parallel_state
 
-from kernels import evidence_masked_kl, vocab_parallel_logprob_entropy
+from megatron_omni.kernels import evidence_masked_kl, vocab_parallel_logprob_entropy
 from megatron_omni.algorithms.evidence import MODALITIES, evidence_token_masks, token_char_spans
 from megatron_omni.algorithms.grpo import GRPOLoss, group_advantages, kl_beta_at
 from megatron_omni.algorithms.rollouts import collect_rollouts, padded_microbatches, stopping_at

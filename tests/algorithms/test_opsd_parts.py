@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 import torch
-from kernels import kl_reference, topk_tail_kl_reference
+from megatron_omni.kernels import kl_reference, topk_tail_kl_reference
 
 from megatron_omni.algorithms.opsd.alignment import AlignmentError, completion_rows
 from megatron_omni.algorithms.opsd.config import DistillationLossConfig, OPSDConfig

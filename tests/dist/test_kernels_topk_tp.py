@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from kernels import topk_tail_kl
+from megatron_omni.kernels import topk_tail_kl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernels"))  # the oracles beside the kernel tests
 from kernel_oracles import GRAD_ATOL, KL_ATOL, assert_close, kl_oracle, make_logits  # noqa: E402

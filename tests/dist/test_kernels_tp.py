@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from kernels import evidence_masked_kl, vocab_parallel_kl, vocab_parallel_logprob_entropy
+from megatron_omni.kernels import evidence_masked_kl, vocab_parallel_kl, vocab_parallel_logprob_entropy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernels"))  # the oracles beside the kernel tests
 from kernel_oracles import GRAD_ATOL, KL_ATOL, assert_close, kl_oracle, logprob_oracle, make_logits  # noqa: E402

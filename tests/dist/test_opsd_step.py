@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from kernels import kl_reference
+from megatron_omni.kernels import kl_reference
 from megatron_omni.algorithms.opsd.config import DistillationLossConfig
 from megatron_omni.algorithms.opsd.loss import DistillationLoss
 from megatron_omni.parallel import destroy_parallel, initialize_parallel

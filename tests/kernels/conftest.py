@@ -2,7 +2,7 @@
 chunk boundaries (the default chunk would hold all rows of these small inputs)."""
 import pytest
 
-from kernels import chunking
+from megatron_omni.kernels import chunking
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kernels import kl_reference, logprob_entropy_reference
+from megatron_omni.kernels import kl_reference, logprob_entropy_reference
 
 KL_ATOL = 5e-5
 GRAD_ATOL = 1e-6

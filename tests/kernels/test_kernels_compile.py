@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from kernels import compile_check
+from megatron_omni.kernels import compile_check
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -19,7 +19,7 @@ def compiled():
     if not compile_check.tools_available():
         pytest.skip("Triton's NVIDIA tools (ptxas, cuobjdump) are not installed")
     env = dict(os.environ, TRITON_INTERPRET="0")  # build for the GPU, not the interpreter
-    proc = subprocess.run([sys.executable, "-m", "kernels.compile_check", "--json"], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-m", "megatron_omni.kernels.compile_check", "--json"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [json.loads(line) for line in proc.stdout.splitlines()]

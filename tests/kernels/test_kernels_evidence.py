@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from kernels import evidence_masked_kl, kl_reference
+from megatron_omni.kernels import evidence_masked_kl, kl_reference
 from kernel_oracles import GRAD_ATOL, assert_close, make_logits
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")

@@ -3,7 +3,7 @@ defaults to the interpreter): `TRITON_INTERPRET=0 python -m pytest -q tests/kern
 import pytest
 import torch
 
-from kernels import vocab_parallel_kl, vocab_parallel_logprob_entropy
+from megatron_omni.kernels import vocab_parallel_kl, vocab_parallel_logprob_entropy
 from kernel_oracles import GRAD_ATOL, KL_ATOL, assert_close, bf16_ulp, kl_oracle, logprob_oracle
 
 pytestmark = pytest.mark.gpu
@@ -11,7 +11,7 @@ pytestmark = pytest.mark.gpu
 
 @pytest.fixture(scope="module", autouse=True)
 def compiled_triton():
-    from kernels import triton_common
+    from megatron_omni.kernels import triton_common
 
     if triton_common.INTERPRETED:
         pytest.skip("Triton is in interpreter mode: run with TRITON_INTERPRET=0")

@@ -3,7 +3,7 @@ both the Triton path (interpreter) and the chunked torch path."""
 import pytest
 import torch
 
-from kernels import vocab_parallel_kl
+from megatron_omni.kernels import vocab_parallel_kl
 from kernel_oracles import GRAD_ATOL, KL_ATOL, assert_close, bf16_ulp, kl_oracle, make_logits, with_extremes
 
 # The interpreter evaluates masked (-inf) lanes with numpy, which warns about inf - inf.

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from kernels import vocab_parallel_logprob_entropy
+from megatron_omni.kernels import vocab_parallel_logprob_entropy
 from kernel_oracles import GRAD_ATOL, KL_ATOL, assert_close, bf16_ulp, logprob_oracle, make_logits, with_extremes
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")

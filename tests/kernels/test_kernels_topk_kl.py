@@ -5,10 +5,10 @@ path calls after its all-gather."""
 import pytest
 import torch
 
-from kernels import topk_tail_kl, topk_tail_kl_reference
-from kernels.kl_stats import KLSpec
-from kernels.sharding import RowSelection, TPGroup, vocab_shard
-from kernels.topk_kl import category_loss, local_top, rank_keys, select_support, shard_backward, shard_candidates
+from megatron_omni.kernels import topk_tail_kl, topk_tail_kl_reference
+from megatron_omni.kernels.kl_stats import KLSpec
+from megatron_omni.kernels.sharding import RowSelection, TPGroup, vocab_shard
+from megatron_omni.kernels.topk_kl import category_loss, local_top, rank_keys, select_support, shard_backward, shard_candidates
 from kernel_oracles import GRAD_ATOL, KL_ATOL, assert_close, bf16_ulp, kl_oracle, make_logits, with_extremes
 
 MODES = ["forward", "reverse", "jsd"]

@@ -6,9 +6,9 @@ import importlib
 import pytest
 import torch
 
-from kernels.kl_stats import JSD, KLSpec, add_jsd_sums, loss_from, merge_shard_stats, row_stats_from
-from kernels.logprob_stats import local_targets, logprob_entropy_from, merge_lp_shard_stats
-from kernels.sharding import RowSelection, TPGroup, vocab_shard
+from megatron_omni.kernels.kl_stats import JSD, KLSpec, add_jsd_sums, loss_from, merge_shard_stats, row_stats_from
+from megatron_omni.kernels.logprob_stats import local_targets, logprob_entropy_from, merge_lp_shard_stats
+from megatron_omni.kernels.sharding import RowSelection, TPGroup, vocab_shard
 from kernel_oracles import GRAD_ATOL, KL_ATOL, assert_close, kl_oracle, logprob_oracle, make_logits, with_extremes
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -24,8 +24,8 @@ LAYOUTS = {
     "tp4_padding_only_shard": ([250, 250, 250, 250], 700, False),
     "tp4_extreme_logits": ([250, 250, 250, 250], 997, True),
 }
-KL_IMPLS = {"triton": "kernels.kl_triton", "torch": "kernels.kl_chunked"}
-LP_IMPLS = {"triton": "kernels.logprob_triton", "torch": "kernels.logprob_chunked"}
+KL_IMPLS = {"triton": "megatron_omni.kernels.kl_triton", "torch": "megatron_omni.kernels.kl_chunked"}
+LP_IMPLS = {"triton": "megatron_omni.kernels.logprob_triton", "torch": "megatron_omni.kernels.logprob_chunked"}
 
 
 def _shards(sizes, vocab_size):

@@ -10,7 +10,7 @@ of the whole global batch, and a [sum, count] metric of the mean divergence.
 from __future__ import annotations
 
 import torch
-from kernels import topk_tail_kl, vocab_parallel_kl
+from megatron_omni.kernels import topk_tail_kl, vocab_parallel_kl
 
 from megatron_omni.algorithms.opsd.config import DistillationLossConfig
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from megatron.core import parallel_state
 
-from kernels import vocab_parallel_logprob_entropy
+from megatron_omni.kernels import vocab_parallel_logprob_entropy
 from megatron_omni.algorithms.grpo import GRPOLoss, group_advantages
 from megatron_omni.algorithms.opsd.alignment import CompletionRows, completion_rows
 from megatron_omni.algorithms.opsd.loss import DistillationLoss
