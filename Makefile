@@ -16,7 +16,7 @@ $(STAMP): requirements.txt pyproject.toml setup.py
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m megatron_omni.demo $(ARGS)
+	$(PY) -m megatron_omni.cli.demo $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests $(ARGS)

@@ -3,4 +3,4 @@
 #   NPROC_PER_NODE=2 examples/pretrain_decoder.sh --config examples/configs/toy_decoder.yaml [section.key=value ...]
 set -euo pipefail
 source "$(dirname "$0")/launch_common.sh"
-launch megatron_omni.pretrain_decoder "$@"
+launch megatron_omni.cli.pretrain_decoder "$@"

@@ -5,4 +5,4 @@
 #       init_from=/models/qwen2_5_omni_7b_megatron dataset.train_manifest=/data/train.jsonl ...
 set -euo pipefail
 source "$(dirname "$0")/launch_common.sh"
-launch megatron_omni.train_omni "$@"
+launch megatron_omni.cli.train "$@"

@@ -14,7 +14,13 @@ from megatron_omni.kernels.kl_stats import N_JSD_SUMS, N_SHARD_STATS, KLSpec
 from megatron_omni.kernels.online_softmax import NEG_START
 from megatron_omni.kernels.sharding import RowSelection, VocabShard
 from megatron_omni.kernels.triton_common import (
-    all_rows_tile, centred_cross_step, launch_tiles, load_rows, n_programs, online_lse_step, row_tile,
+    all_rows_tile,
+    centred_cross_step,
+    launch_tiles,
+    load_rows,
+    n_programs,
+    online_lse_step,
+    row_tile,
 )
 
 

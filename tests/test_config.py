@@ -109,7 +109,7 @@ def test_defaults_are_valid():
 def test_example_configs_load_and_validate(name):
     from pathlib import Path
 
-    from megatron_omni.train_config import OmniTrainConfig
+    from megatron_omni.runs.config import OmniTrainConfig
 
     path = Path(__file__).resolve().parent.parent / "examples" / "configs" / name
     cls = Config if name == "toy_decoder.yaml" else OmniTrainConfig

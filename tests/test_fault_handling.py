@@ -18,7 +18,7 @@ def test_fault_handling_suite(torchrun):
 
 def _job(out: Path, port: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port", str(port),
-            "-m", "megatron_omni.pretrain_decoder", "--config", "examples/configs/toy_decoder.yaml",
+            "-m", "megatron_omni.cli.pretrain_decoder", "--config", "examples/configs/toy_decoder.yaml",
             f"output_dir={out}", f"train.save_dir={out}/ckpt", "train.steps=6", "train.save_interval=2",
             "train.seq_length=32", "logging.progress_bar=false", "logging.tensorboard=false"]
 

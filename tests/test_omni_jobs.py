@@ -24,7 +24,7 @@ def run(cmd, **env):
 def test_sft_job_then_evaluate_from_checkpoint(tmp_path):
     out = tmp_path / "sft"
     run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1",
-         "-m", "megatron_omni.train_omni", "--config", "examples/configs/toy_omni_sft.yaml", *TINY,
+         "-m", "megatron_omni.cli.train", "--config", "examples/configs/toy_omni_sft.yaml", *TINY,
          f"dataset.toy_dir={tmp_path / 'toy'}", "dataset.toy_num_clips=6", "train.steps=2",
          "optimizer.lr_warmup_steps=0", "train.global_batch_size=2", "train.micro_batch_size=1",
          f"output_dir={out}", f"train.save_dir={out / 'ckpt'}", "logging.progress_bar=false"])

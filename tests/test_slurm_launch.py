@@ -35,7 +35,7 @@ def launch(task_envs: list[dict]) -> list[str]:
     procs = []
     for extra in task_envs:
         env = clean_env(**extra, OMP_NUM_THREADS="1", PYTHON=sys.executable)
-        procs.append(subprocess.Popen(["bash", str(TASK), "megatron_omni.parallel.check"], cwd=REPO, env=env,
+        procs.append(subprocess.Popen(["bash", str(TASK), "megatron_omni.cli.check_launch"], cwd=REPO, env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     for p, out in zip(procs, outputs):
@@ -151,6 +151,6 @@ def test_sbatch_script(tmp_path, name, config, mode):
         found |= ranks
         commands.append(command)
     assert found == {(rank, 4, rank % 2, "node7:29555") for rank in range(4)}
-    trainer = ["-m", "megatron_omni.train_omni", "--config", config,
+    trainer = ["-m", "megatron_omni.cli.train", "--config", config,
                f"output_dir={tmp_path / 'logs' / name}", f"train.save_dir={tmp_path / 'ckpt'}", "train.steps=3"]
     assert commands == [trainer] * len(tasks)

@@ -26,8 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 def build(args):
     from megatron_omni.config import load_config
     from megatron_omni.parallel import init_distributed
-    from megatron_omni.train_config import OmniTrainConfig
-    from megatron_omni.train_omni import build_run
+    from megatron_omni.runs.config import OmniTrainConfig
+    from megatron_omni.runs.omni import build_run
 
     work = Path(tempfile.mkdtemp(prefix="bench_opsd_"))
     overrides = [

@@ -44,8 +44,8 @@ def forwards_per_sequence(cfg) -> int:
 def run_variant(name: str, args, wheel_dir: Path) -> dict[str, float]:
     from megatron_omni.config import load_config
     from megatron_omni.parallel import destroy_parallel, init_distributed
-    from megatron_omni.train_config import OmniTrainConfig
-    from megatron_omni.train_omni import build_run
+    from megatron_omni.runs.config import OmniTrainConfig
+    from megatron_omni.runs.omni import build_run
     from megatron_omni.training.step import optimizer_step
 
     overrides = [

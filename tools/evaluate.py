@@ -28,11 +28,11 @@ from tqdm import tqdm
 from megatron_omni.eval.answers import AnswerWordExtractor
 from megatron_omni.eval.generation import GenerateFn, generate_predictions
 from megatron_omni.eval.labels import load_manifest_labels, load_manifest_records
-from megatron_omni.eval.lexicon import EmotionWheelLexicon
 from megatron_omni.eval.llm_endpoint import ChatEndpoint, EndpointConfig
 from megatron_omni.eval.mer_unibench import DATASETS, KINDS, DatasetResult, results_markdown, results_summary, score_dataset
 from megatron_omni.eval.predictions import PredictionsJsonl, load_predictions
 from megatron_omni.eval.valence import LexiconValence, LLMValence
+from megatron_omni.text.lexicon import EmotionWheelLexicon
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None, generate: GenerateFn | None = None) -> d
         if generate is None and args.checkpoint:
             import torch.distributed as dist
 
-            from megatron_omni.train_omni import checkpoint_answerer
+            from megatron_omni.runs.omni import checkpoint_answerer
 
             config = args.config or str(Path(args.checkpoint) / "run_config.yaml")
             generate = checkpoint_answerer(config, args.checkpoint, args.manifest, args.override)

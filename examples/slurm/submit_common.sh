@@ -5,7 +5,7 @@
 #   LAUNCH_MODE  node (one srun task per node running torchrun) or gpu (one task per GPU)
 #   GPUS_PER_NODE, VENV (a virtual environment to activate) or CONTAINER (an image for srun's
 #   --container-image, pyxis), LOG_DIR, CKPT_DIR (train.save_dir), MASTER_PORT,
-#   MODULE (the trainer, megatron_omni.train_omni),
+#   MODULE (the trainer, megatron_omni.cli.train),
 #   REPO (the repository; the scripts default to the submit directory, because sbatch runs a spool
 #   copy of the script, not the file in the repository)
 # Relative paths (CONFIG, LOG_DIR, CKPT_DIR) are taken from the repository root.
@@ -21,7 +21,7 @@ LAUNCH_MODE=${LAUNCH_MODE:-node}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 LOG_DIR=${LOG_DIR:-logs}
 CKPT_DIR=${CKPT_DIR:-runs/$RUN_NAME/checkpoints}
-MODULE=${MODULE:-megatron_omni.train_omni}
+MODULE=${MODULE:-megatron_omni.cli.train}
 mkdir -p "$LOG_DIR"
 
 export LAUNCH_MODE NPROC_PER_NODE=$GPUS_PER_NODE

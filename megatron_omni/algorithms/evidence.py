@@ -12,8 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from megatron_omni.rewards.cue_recovery import EvidenceSentence
-
-MODALITIES = ("visual", "audio")
+from megatron_omni.text.modalities import MODALITIES
 
 
 def token_char_spans(tokenizer, token_ids: Sequence[int]) -> list[tuple[int, int]]:

@@ -16,6 +16,8 @@ from typing import Literal
 
 import torch
 
+from megatron_omni.algorithms.step_common import token_sum_loss
+
 
 @dataclass
 class GRPOConfig:
@@ -82,9 +84,6 @@ class GRPOLoss:
             per_token = per_token + beta * kl
             metrics["ref_kl"] = torch.stack([(kl.detach() * mask).sum(), mask.sum()])
         count = mask.sum()
-        total = (per_token * mask).sum()
         was_clipped = ((ratio - clipped).abs() > 0).float()
-        metrics["policy_loss"] = torch.stack([total.detach(), count])
         metrics["clip_fraction"] = torch.stack([(was_clipped * mask).sum(), count])
-        # megatron accumulates the token count in an int tensor.
-        return total, count.int(), metrics
+        return token_sum_loss((per_token * mask).sum(), count, "policy_loss", metrics)

@@ -5,8 +5,8 @@ from functools import partial
 
 import torch
 
+from megatron_omni.algorithms.step_common import split_microbatches, token_sum_loss
 from megatron_omni.models.decoder import text_position_ids
-from megatron_omni.training.loop import split_microbatches
 
 
 class LanguageModeling:
@@ -31,9 +31,7 @@ def masked_token_sum(per_token_loss: torch.Tensor, loss_mask: torch.Tensor):
     """(token sum, token count, metrics): megatron divides by the global batch's token count."""
     loss_mask = loss_mask.float()
     total = (per_token_loss.float() * loss_mask).sum()
-    count = loss_mask.sum()
-    # megatron accumulates the token count in an int tensor.
-    return total, count.int(), {"lm_loss": torch.stack([total.detach(), count])}
+    return token_sum_loss(total, loss_mask.sum(), "lm_loss")
 
 
 def lm_forward_step(batch: dict[str, torch.Tensor], model, mrope: bool):

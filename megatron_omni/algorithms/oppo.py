@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 import torch
 from megatron.core import parallel_state
 
-from megatron_omni.kernels import evidence_masked_kl, vocab_parallel_logprob_entropy
 from megatron_omni.algorithms.evidence import MODALITIES, evidence_token_masks, token_char_spans
 from megatron_omni.algorithms.grpo import GRPOLoss, group_advantages, kl_beta_at
-from megatron_omni.algorithms.rollouts import collect_rollouts, padded_microbatches, stopping_at
+from megatron_omni.algorithms.rollouts import collect_rollouts, stopping_at
+from megatron_omni.algorithms.step_common import padded_microbatches
 from megatron_omni.data.batch import OmniBatch
+from megatron_omni.kernels import evidence_masked_kl, vocab_parallel_logprob_entropy
 from megatron_omni.models.masking import ModalityMask
-from megatron_omni.train_config import OmniTrainConfig
+from megatron_omni.runs.config import OmniTrainConfig
 from megatron_omni.training.step import forward_only
 
 

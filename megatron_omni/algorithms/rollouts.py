@@ -7,12 +7,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from megatron_omni.algorithms.sft import check_length
-from megatron_omni.data.batch import OmniBatch, pad
 from megatron_omni.data.processor import ProcessedSample, attach_completion
-from megatron_omni.rollout.generator import SamplingConfig
-from megatron_omni.rollout.omni import loaded, rollout_seed, sample_completions
-from megatron_omni.training.loop import split_microbatches
+from megatron_omni.generation.generator import SamplingConfig
+from megatron_omni.generation.omni import loaded, rollout_seed, sample_completions
 from megatron_omni.training.model_setup import unwrap
 
 
@@ -61,8 +58,3 @@ def collect_rollouts(model_chunks, prompts, indices: list[int], step: int, sampl
             out.texts.append(tokenizer.decode(ids, skip_special_tokens=True))
     return out
 
-
-def padded_microbatches(sequences: list[ProcessedSample], per_micro: int, seq_length: int) -> list[tuple[list[int], OmniBatch]]:
-    """(entry indices, [per_micro, seq_length] batch) per micro-batch: the pipeline's fixed shape."""
-    return [(chunk, check_length(pad([sequences[i] for i in chunk], seq_length), seq_length))
-            for chunk in split_microbatches(list(range(len(sequences))), per_micro)]

@@ -5,18 +5,8 @@ from __future__ import annotations
 from functools import partial
 
 from megatron_omni.algorithms.lm import masked_token_sum
+from megatron_omni.algorithms.step_common import check_length, split_microbatches
 from megatron_omni.data.batch import OmniBatch
-from megatron_omni.training.loop import split_microbatches
-
-
-def check_length(batch: OmniBatch, seq_length: int) -> OmniBatch:
-    # Pipeline stages exchange activations of one fixed shape [seq_length, micro_batch, hidden].
-    if batch.tokens.shape[1] != seq_length:
-        raise ValueError(
-            f"a micro-batch of samples {batch.sample_ids} is {batch.tokens.shape[1]} tokens long, "
-            f"train.seq_length is {seq_length}: raise train.seq_length or shorten the samples"
-        )
-    return batch
 
 
 class SFT:

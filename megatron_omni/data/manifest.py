@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from megatron_omni.data.errors import ManifestError
-from megatron_omni.eval.jsonl import read_jsonl
+from megatron_omni.text.jsonl import read_jsonl
 
 CLUE_FIELDS = ("visual_clues", "audio_clues", "reasoning_emotions")
 _KNOWN_FIELDS = {"id", "video", "audio_path", "audio", "subtitle", "openset", "description",

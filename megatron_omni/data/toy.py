@@ -26,8 +26,7 @@ from megatron_omni.data.config import DataConfig
 from megatron_omni.data.manifest import ExtractedClues, OmniSample, write_manifest
 from megatron_omni.data.template import EMOTION_QUESTION, QWEN_OMNI_SYSTEM_PROMPT, format_target
 from megatron_omni.data.tokenizer import build_tokenizer
-from megatron_omni.data.toy_media import (FaceStyle, Look, VoiceStyle, render_frames, synthesize_voice, write_mp4,
-                                          write_wav)
+from megatron_omni.data.toy_media import FaceStyle, Look, VoiceStyle, render_frames, synthesize_voice, write_mp4, write_wav
 from megatron_omni.data.video import VideoConfig
 
 TOY_VERSION = 1

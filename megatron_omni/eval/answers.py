@@ -3,8 +3,8 @@ free-text answers of models that do not use our format."""
 from __future__ import annotations
 
 from megatron_omni.eval.llm_endpoint import ChatEndpoint
-from megatron_omni.eval.wordlists import parse_emotion_words
-from megatron_omni.rewards.completion_format import extract_answer
+from megatron_omni.text.completion import extract_answer
+from megatron_omni.text.wordlists import parse_emotion_words
 
 EXTRACTION_PROMPT = (
     "You are an expert in emotion analysis. Read the description below and list every emotion the "

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from megatron_omni.eval.jsonl import read_jsonl
-from megatron_omni.eval.wordlists import parse_emotion_words
+from megatron_omni.text.jsonl import read_jsonl
+from megatron_omni.text.wordlists import parse_emotion_words
 
 # Index -> class name of the integer-coded releases (MELD label.npz, IEMOCAP label_4way.npz).
 MELD_CLASSES = ("anger", "joy", "sadness", "neutral", "disgust", "fear", "surprise")

@@ -20,11 +20,11 @@ import torch
 from megatron_omni.eval.generation import GenerateFn
 from megatron_omni.eval.llm_endpoint import ChatEndpoint
 from megatron_omni.eval.metrics import safe_ratio
-from megatron_omni.rewards.completion_format import parse_completion
-from megatron_omni.rewards.embeddings import EmbeddingCache, SentenceEncoder
-from megatron_omni.rewards.sentences import split_sentences
+from megatron_omni.text.completion import parse_completion
+from megatron_omni.text.embeddings import EmbeddingCache, SentenceEncoder
+from megatron_omni.text.modalities import MODALITIES
+from megatron_omni.text.sentences import split_sentences
 
-MODALITIES = ("visual", "audio")
 CUE_FIELDS = {"visual": "visual_clues", "audio": "audio_clues"}
 
 # Word stems that mark a clause as describing what is seen or heard.

@@ -18,9 +18,9 @@ from megatron_omni.eval.labels import (
     load_openset_csv,
     load_valence_labels,
 )
-from megatron_omni.eval.lexicon import EmotionWheelLexicon
 from megatron_omni.eval.metrics import benchmark_mean, hit_score, openset_score, sentiment_score
 from megatron_omni.eval.valence import LexiconValence, ValenceMapper
+from megatron_omni.text.lexicon import EmotionWheelLexicon
 
 KINDS = ("discrete", "sentiment", "openset")
 METRIC_OF_KIND = {"discrete": "HIT", "sentiment": "WAF", "openset": "F_s"}

@@ -10,8 +10,9 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from megatron_omni.eval.lexicon import EmotionWheelLexicon
-from megatron_omni.eval.wordlists import parse_emotion_words
+from megatron_omni.text.lexicon import EmotionWheelLexicon
+from megatron_omni.text.overlap import overlap_precision_recall
+from megatron_omni.text.wordlists import parse_emotion_words
 
 
 class MetricWarning(UserWarning):
@@ -31,16 +32,6 @@ def mean_or_zero(values: Sequence[float], what: str) -> float:
 
 def f_measure(precision: float, recall: float, what: str = "F-score") -> float:
     return safe_ratio(2 * precision * recall, precision + recall, what)
-
-
-def overlap_precision_recall(truth: set[str], predicted: set[str]) -> tuple[float, float] | None:
-    """Per-sample (P, R) of mapped sets; None when the ground truth maps to nothing (skipped)."""
-    if not truth:
-        return None
-    if not predicted:
-        return 0.0, 0.0
-    common = len(truth & predicted)
-    return common / len(predicted), common / len(truth)
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from megatron_omni.eval.jsonl import read_jsonl
 from megatron_omni.eval.llm_endpoint import ChatEndpoint
 from megatron_omni.eval.metrics import mean_or_zero
+from megatron_omni.text.jsonl import read_jsonl
 
 ITEM_FIELDS = ("id", "task", "question", "answer", "response")
 

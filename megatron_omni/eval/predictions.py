@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from megatron_omni.eval.answers import AnswerWordExtractor
-from megatron_omni.eval.jsonl import read_jsonl
-from megatron_omni.eval.wordlists import parse_emotion_words
+from megatron_omni.text.jsonl import read_jsonl
+from megatron_omni.text.wordlists import parse_emotion_words
 
 WordExtractor = Callable[[str], list[str]]
 _NAME_FIELDS = ("id", "name")

@@ -12,9 +12,9 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from megatron_omni.eval.lexicon import EmotionWheelLexicon
 from megatron_omni.eval.llm_endpoint import ChatEndpoint
-from megatron_omni.eval.wordlists import normalize_word
+from megatron_omni.text.lexicon import EmotionWheelLexicon
+from megatron_omni.text.wordlists import normalize_word
 
 # Valence of every level-1 class of the five MER wheels. "surprised" is neither.
 LEVEL1_VALENCE: dict[str, int] = {

@@ -7,12 +7,10 @@ placeholder counts stay the same, so the full and masked forwards align token by
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
-Modality = Literal["visual", "audio"]
-MODALITIES: tuple[str, ...] = ("visual", "audio")
+from megatron_omni.text.modalities import MODALITIES, Modality
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,6 @@ from dataclasses import dataclass
 
 import torch
 
-MODALITIES = ("visual", "audio")
-
 
 def cue_scores(sentences: torch.Tensor, cues: torch.Tensor, tau: float = 0.5) -> torch.Tensor:
     """s_j = relu(max_i cos(e_i, g_j) - tau) / (1 - tau) for each cue row g_j; 0 when no sentence."""

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from megatron_omni.eval.lexicon import EmotionWheelLexicon
-from megatron_omni.eval.metrics import overlap_precision_recall
+from megatron_omni.text.lexicon import EmotionWheelLexicon
+from megatron_omni.text.overlap import overlap_precision_recall
 
 
 def emotion_wheel_f1(predicted: Sequence[str], truth: Sequence[str], lexicon: EmotionWheelLexicon,

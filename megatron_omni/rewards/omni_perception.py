@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 import torch
 
-from megatron_omni.eval.lexicon import EmotionWheelLexicon
-from megatron_omni.eval.wordlists import parse_emotion_words
-from megatron_omni.rewards.completion_format import format_reward, parse_completion
 from megatron_omni.rewards.cue_recovery import EvidenceSentence, classify_sentences, recovery_score
-from megatron_omni.rewards.embeddings import EmbeddingCache, SentenceEncoder, shared_encoder
 from megatron_omni.rewards.emotion_wheel_f1 import emotion_wheel_f1
-from megatron_omni.rewards.sentences import Sentence, split_sentences
+from megatron_omni.text.completion import format_reward, parse_completion
+from megatron_omni.text.embeddings import EmbeddingCache, SentenceEncoder, shared_encoder
+from megatron_omni.text.lexicon import EmotionWheelLexicon
+from megatron_omni.text.sentences import Sentence, split_sentences
+from megatron_omni.text.wordlists import parse_emotion_words
 
 CLUE_FIELDS = {"visual": "visual_clues", "audio": "audio_clues", "emotions": "reasoning_emotions"}
 

@@ -64,10 +64,6 @@ class StopRequest:
         signal.signal(signal.SIGTERM, self._previous)
 
 
-def split_microbatches(items: list, size: int) -> list[list]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
-
-
 def checkpointed_models(algorithm) -> dict:
     return algorithm.checkpointed_models() if hasattr(algorithm, "checkpointed_models") else {}
 

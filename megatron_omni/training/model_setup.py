@@ -1,9 +1,8 @@
 """Build the model chunks of this rank's pipeline stage(s) and wrap them for training."""
 from __future__ import annotations
 
-from typing import Callable
-
 import math
+from typing import Callable
 
 import torch
 from megatron.core import parallel_state
@@ -11,7 +10,7 @@ from megatron.core.distributed import DistributedDataParallel, DistributedDataPa
 from megatron.core.transformer.module import Float16Module, MegatronModule
 
 from megatron_omni.config import Config
-from megatron_omni.parallel.sharding import layout_independent_init
+from megatron_omni.parallel.param_init import layout_independent_init
 
 # (cfg, pre_process, post_process, vp_stage) -> one model chunk
 ChunkBuilder = Callable[[Config, bool, bool, "int | None"], MegatronModule]

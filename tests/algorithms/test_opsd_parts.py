@@ -4,7 +4,6 @@ import dataclasses
 
 import pytest
 import torch
-from megatron_omni.kernels import kl_reference, topk_tail_kl_reference
 
 from megatron_omni.algorithms.opsd.alignment import AlignmentError, completion_rows
 from megatron_omni.algorithms.opsd.config import DistillationLossConfig, OPSDConfig
@@ -12,8 +11,9 @@ from megatron_omni.algorithms.opsd.loss import DistillationLoss
 from megatron_omni.algorithms.opsd.teacher import Teacher
 from megatron_omni.config import ConfigError
 from megatron_omni.data.batch import OmniBatch
-from megatron_omni.train_config import OmniTrainConfig, validate_opsd
-from megatron_omni.train_omni import teacher_model_config
+from megatron_omni.kernels import kl_reference, topk_tail_kl_reference
+from megatron_omni.runs.config import OmniTrainConfig, validate_opsd
+from megatron_omni.runs.omni import teacher_model_config
 
 
 @pytest.mark.parametrize("divergence,beta,temperature", [

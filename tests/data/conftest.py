@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import pytest
+from hf_reference import FrameWiseVideoProcessor
 
 from megatron_omni.data.processor import OmniProcessor
 from megatron_omni.data.tokenizer import load_tokenizer, special_token_ids
 from megatron_omni.data.toy import make_toy_dataset, toy_data_config
-from hf_reference import FrameWiseVideoProcessor
 
 
 @pytest.fixture(scope="session")

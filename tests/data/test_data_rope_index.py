@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from megatron_omni.data.rope_index import MediaCursor, RopeIndexSpec, get_rope_index, sequence_positions
-from megatron_omni.data.template import AUDIO_PLACEHOLDER, PromptConfig, VIDEO_PLACEHOLDER, render_prompt
+from megatron_omni.data.template import AUDIO_PLACEHOLDER, VIDEO_PLACEHOLDER, PromptConfig, render_prompt
 from megatron_omni.data.tokenizer import special_token_ids
 
 IMAGE_PLACEHOLDER = "<|vision_bos|><|IMAGE|><|vision_eos|>"

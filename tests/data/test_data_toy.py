@@ -105,7 +105,7 @@ def test_faces_carry_the_emotion():
 
 
 def test_labels_are_emotion_wheel_words(shared_data):
-    from megatron_omni.eval.lexicon import EmotionWheelLexicon
+    from megatron_omni.text.lexicon import EmotionWheelLexicon
 
     lexicon = EmotionWheelLexicon.from_dir(shared_data / "emotion_wheel")
     level1 = {}

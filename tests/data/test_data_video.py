@@ -4,12 +4,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hf_reference import FrameWiseVideoProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as reference_smart_resize
 
 from megatron_omni.data.manifest import load_manifest
-from megatron_omni.data.video import (DecodedVideo, VideoConfig, num_sampled_frames, read_video, resize_frames,
-                                      sample_frame_indices, smart_resize, video_features)
-from hf_reference import FrameWiseVideoProcessor
+from megatron_omni.data.video import (
+    DecodedVideo,
+    VideoConfig,
+    num_sampled_frames,
+    read_video,
+    resize_frames,
+    sample_frame_indices,
+    smart_resize,
+    video_features,
+)
 
 
 @pytest.mark.parametrize("height", [20, 57, 112, 240, 481, 1080])

@@ -5,9 +5,9 @@ import tempfile
 import torch
 import torch.distributed as dist
 
-from megatron_omni.parallel.sharding import gather_full, global_param_name
+from megatron_omni.parallel.param_init import gather_full, global_param_name
 from megatron_omni.rewards.cue_recovery import EvidenceSentence
-from megatron_omni.rewards.sentences import split_sentences
+from megatron_omni.text.sentences import split_sentences
 from megatron_omni.training.model_setup import unwrap
 
 

@@ -8,8 +8,8 @@ import torch.distributed as dist
 
 from megatron_omni.config import load_config
 from megatron_omni.parallel import init_distributed
-from megatron_omni.train_config import OmniTrainConfig
-from megatron_omni.train_omni import build_run, run
+from megatron_omni.runs.config import OmniTrainConfig
+from megatron_omni.runs.omni import build_run, run
 from megatron_omni.training.metrics import read_metrics
 from megatron_omni.training.step import run_microbatches
 from parallel_helpers import LetterReward, assert_close_rel, full_tensors

@@ -7,7 +7,7 @@ import torch.distributed as dist
 
 from megatron_omni.config import load_config
 from megatron_omni.parallel import init_distributed
-from megatron_omni.pretrain_decoder import run
+from megatron_omni.runs.decoder import run
 from megatron_omni.training.metrics import read_metrics
 from parallel_helpers import shared_tmpdir
 

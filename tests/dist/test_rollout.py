@@ -8,7 +8,7 @@ from megatron_omni.config import Config
 from megatron_omni.data.text_corpus import EOS, VOCAB_SIZE
 from megatron_omni.models.decoder import build_decoder, text_position_ids
 from megatron_omni.parallel import init_distributed, initialize_parallel, set_seed
-from megatron_omni.rollout.generator import Generator, GPTAdapter, SamplingConfig
+from megatron_omni.generation.generator import Generator, GPTAdapter, SamplingConfig
 from megatron_omni.training.model_setup import build_model_chunks
 
 PROMPT = torch.tensor([list(b"the woman smiles and")])

@@ -1,9 +1,9 @@
 import functools
 
 import pytest
-
-from megatron_omni.eval.lexicon import EmotionWheelLexicon
 from wheel_fixture import write_fixture_lexicon
+
+from megatron_omni.text.lexicon import EmotionWheelLexicon
 
 
 @functools.lru_cache(maxsize=None)

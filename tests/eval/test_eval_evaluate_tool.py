@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from official_oracle import hit_rate, wheel_metric
 from sklearn.metrics import f1_score
 
 from megatron_omni.eval.mer_unibench import DATASETS
 from megatron_omni.eval.predictions import load_predictions
 from megatron_omni.eval.valence import LexiconValence
-from official_oracle import hit_rate, wheel_metric
 
 REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("evaluate_tool", REPO / "tools" / "evaluate.py")

@@ -1,10 +1,10 @@
 import openpyxl
 import pytest
-
-from megatron_omni.eval.lexicon import EmotionWheelLexicon
-from megatron_omni.eval.lexicon_files import LexiconError
-from megatron_omni.eval.wordlists import parse_emotion_words
 from wheel_fixture import EXPECTED_LEVEL1, EXPECTED_LEVEL2, UNMAPPABLE, write_fixture_lexicon
+
+from megatron_omni.text.lexicon import EmotionWheelLexicon
+from megatron_omni.text.lexicon_files import LexiconError
+from megatron_omni.text.wordlists import parse_emotion_words
 
 
 @pytest.mark.parametrize("level, expected", [("level1", EXPECTED_LEVEL1), ("level2", EXPECTED_LEVEL2)])

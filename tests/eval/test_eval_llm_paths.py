@@ -2,8 +2,8 @@
 import re
 
 import pytest
-
 from fake_llm_server import FakeChatServer
+
 from megatron_omni.eval.answers import AnswerWordExtractor
 from megatron_omni.eval.llm_endpoint import ChatEndpoint, EndpointConfig, EndpointError
 from megatron_omni.eval.mme_emotion import MMEEmotionItem, MMEEmotionScorer, parse_steps

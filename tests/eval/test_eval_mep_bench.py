@@ -4,8 +4,8 @@ import re
 
 import pytest
 import torch
-
 from fake_llm_server import FakeChatServer
+
 from megatron_omni.eval.llm_endpoint import ChatEndpoint, EndpointConfig
 from megatron_omni.eval.mep_bench import KeywordClaimExtractor, LLMClaimExtractor, run_mep_bench
 

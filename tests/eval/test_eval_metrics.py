@@ -2,6 +2,7 @@ import random
 import warnings
 
 import pytest
+from official_oracle import wheel_metric
 from sklearn.metrics import f1_score
 
 from megatron_omni.eval.metrics import (
@@ -12,7 +13,6 @@ from megatron_omni.eval.metrics import (
     sentiment_score,
     weighted_f1,
 )
-from official_oracle import wheel_metric
 
 # Fixture lexicon classes (level 1): wheel1 thrilling/calmly/merriment -> happy, upset/alone -> sad;
 # wheel2 upset -> anger, calmly/merriment/gladness -> joy; thrilling/alone unmappable on wheel2.

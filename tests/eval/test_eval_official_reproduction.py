@@ -3,10 +3,10 @@ import csv
 
 import numpy as np
 import pytest
+from official_oracle import wheel_metric
 
 from megatron_omni.eval.metrics import openset_score
 from megatron_omni.eval.predictions import load_predictions
-from official_oracle import wheel_metric
 
 
 @pytest.fixture

@@ -1,9 +1,9 @@
 """evidence_masked_kl: OPPO's Omni-Perception loss term against a direct autograd computation."""
 import pytest
 import torch
+from kernel_oracles import GRAD_ATOL, assert_close, make_logits
 
 from megatron_omni.kernels import evidence_masked_kl, kl_reference
-from kernel_oracles import GRAD_ATOL, assert_close, make_logits
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 

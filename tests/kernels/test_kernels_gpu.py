@@ -2,9 +2,9 @@
 defaults to the interpreter): `TRITON_INTERPRET=0 python -m pytest -q tests/kernels/test_kernels_gpu.py`."""
 import pytest
 import torch
+from kernel_oracles import GRAD_ATOL, KL_ATOL, assert_close, bf16_ulp, kl_oracle, logprob_oracle
 
 from megatron_omni.kernels import vocab_parallel_kl, vocab_parallel_logprob_entropy
-from kernel_oracles import GRAD_ATOL, KL_ATOL, assert_close, bf16_ulp, kl_oracle, logprob_oracle
 
 pytestmark = pytest.mark.gpu
 

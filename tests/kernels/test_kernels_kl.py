@@ -2,9 +2,9 @@
 both the Triton path (interpreter) and the chunked torch path."""
 import pytest
 import torch
+from kernel_oracles import GRAD_ATOL, KL_ATOL, assert_close, bf16_ulp, kl_oracle, make_logits, with_extremes
 
 from megatron_omni.kernels import vocab_parallel_kl
-from kernel_oracles import GRAD_ATOL, KL_ATOL, assert_close, bf16_ulp, kl_oracle, make_logits, with_extremes
 
 # The interpreter evaluates masked (-inf) lanes with numpy, which warns about inf - inf.
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")

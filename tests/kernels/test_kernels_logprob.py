@@ -1,9 +1,9 @@
 """vocab_parallel_logprob_entropy against torch autograd through the materialising reference."""
 import pytest
 import torch
+from kernel_oracles import GRAD_ATOL, KL_ATOL, assert_close, bf16_ulp, logprob_oracle, make_logits, with_extremes
 
 from megatron_omni.kernels import vocab_parallel_logprob_entropy
-from kernel_oracles import GRAD_ATOL, KL_ATOL, assert_close, bf16_ulp, logprob_oracle, make_logits, with_extremes
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 

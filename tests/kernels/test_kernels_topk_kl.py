@@ -4,12 +4,12 @@ running its per-shard primitives on vocabulary slices, merged by the functions t
 path calls after its all-gather."""
 import pytest
 import torch
+from kernel_oracles import GRAD_ATOL, KL_ATOL, assert_close, bf16_ulp, kl_oracle, make_logits, with_extremes
 
 from megatron_omni.kernels import topk_tail_kl, topk_tail_kl_reference
 from megatron_omni.kernels.kl_stats import KLSpec
 from megatron_omni.kernels.sharding import RowSelection, TPGroup, vocab_shard
 from megatron_omni.kernels.topk_kl import category_loss, local_top, rank_keys, select_support, shard_backward, shard_candidates
-from kernel_oracles import GRAD_ATOL, KL_ATOL, assert_close, bf16_ulp, kl_oracle, make_logits, with_extremes
 
 MODES = ["forward", "reverse", "jsd"]
 B, S, V_PAD, V_REAL = 3, 20, 1000, 997

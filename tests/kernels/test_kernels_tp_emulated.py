@@ -5,11 +5,11 @@ import importlib
 
 import pytest
 import torch
+from kernel_oracles import GRAD_ATOL, KL_ATOL, assert_close, kl_oracle, logprob_oracle, make_logits, with_extremes
 
 from megatron_omni.kernels.kl_stats import JSD, KLSpec, add_jsd_sums, loss_from, merge_shard_stats, row_stats_from
 from megatron_omni.kernels.logprob_stats import local_targets, logprob_entropy_from, merge_lp_shard_stats
 from megatron_omni.kernels.sharding import RowSelection, TPGroup, vocab_shard
-from kernel_oracles import GRAD_ATOL, KL_ATOL, assert_close, kl_oracle, logprob_oracle, make_logits, with_extremes
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 

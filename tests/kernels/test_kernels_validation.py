@@ -2,8 +2,7 @@
 import pytest
 import torch
 
-from megatron_omni.kernels import vocab_parallel_kl, vocab_parallel_logprob_entropy
-from megatron_omni.kernels import triton_common
+from megatron_omni.kernels import triton_common, vocab_parallel_kl, vocab_parallel_logprob_entropy
 from megatron_omni.kernels.backend import resolve_backend
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")

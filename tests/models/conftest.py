@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from omni_helpers import make_hf_thinker, save_hf_folder
 
 

@@ -5,11 +5,19 @@ import json
 
 import pytest
 import torch
+from omni_helpers import (
+    assert_bit_identical,
+    assert_close_on_valid,
+    hf_logits,
+    make_batch,
+    make_hf_thinker,
+    read_folder,
+    save_hf_folder,
+)
 from safetensors.torch import save_file
 from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
 from megatron_omni.convert import convert_hf_to_megatron, convert_megatron_to_hf, read_model_config
-from omni_helpers import assert_bit_identical, assert_close_on_valid, hf_logits, make_batch, make_hf_thinker, read_folder, save_hf_folder
 
 
 @pytest.mark.parametrize("use_audio_in_video", [False, True], ids=["separate-audio", "audio-in-video"])

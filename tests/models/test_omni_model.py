@@ -8,12 +8,12 @@ from functools import partial
 import pytest
 import torch
 import torch.nn.functional as F
+from omni_helpers import AUDIO, VIDEO, make_batch
 
 from megatron_omni.convert import read_model_config
 from megatron_omni.models.masking import ModalityMask, mask_features
 from megatron_omni.models.omni import build_omni_model
 from megatron_omni.models.placeholders import PlaceholderMismatch
-from omni_helpers import AUDIO, VIDEO, make_batch
 
 
 @pytest.fixture

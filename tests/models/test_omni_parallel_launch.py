@@ -6,11 +6,11 @@ from __future__ import annotations
 import shutil
 
 import torch
+from omni_helpers import assert_close_on_valid, hf_logits, make_batch
 from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
 from megatron_omni.convert import convert_hf_to_megatron, convert_megatron_to_hf, load_model_checkpoint, read_model_config
 from megatron_omni.models.omni import build_omni_model
-from omni_helpers import assert_close_on_valid, hf_logits, make_batch
 
 
 def parity_cases(converted) -> list[dict]:

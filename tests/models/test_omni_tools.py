@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from omni_helpers import assert_bit_identical, read_folder
 
 TOOLS = Path(__file__).resolve().parents[2] / "tools"

@@ -7,7 +7,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
 from wheel_fixture import write_fixture_lexicon  # noqa: E402
 
-from megatron_omni.rewards.embeddings import shared_encoder  # noqa: E402
+from megatron_omni.text.embeddings import shared_encoder  # noqa: E402
 
 
 class CountingEncoder:

@@ -1,7 +1,7 @@
 import pytest
 
-from megatron_omni.rewards.completion_format import extract_answer, format_reward, parse_completion
-from megatron_omni.rewards.sentences import split_sentences
+from megatron_omni.text.completion import extract_answer, format_reward, parse_completion
+from megatron_omni.text.sentences import split_sentences
 
 
 @pytest.mark.parametrize("completion, reward", [

@@ -7,11 +7,11 @@ import re
 import pytest
 import torch
 
-from megatron_omni.eval.lexicon import EmotionWheelLexicon
 from megatron_omni.eval.mep_bench import KeywordClaimExtractor
 from megatron_omni.rewards.cue_recovery import classify_sentences, cue_scores
 from megatron_omni.rewards.emotion_wheel_f1 import emotion_wheel_f1
 from megatron_omni.rewards.omni_perception import OmniPerceptionReward, OmniPerceptionRewardConfig
+from megatron_omni.text.lexicon import EmotionWheelLexicon
 
 
 def sample(openset, visual=(), audio=(), emotions=()):

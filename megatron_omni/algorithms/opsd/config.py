@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from megatron_omni.algorithms.grpo import GRPOConfig
-from megatron_omni.rollout.generator import SamplingConfig
+from megatron_omni.generation.generator import SamplingConfig
 
 
 @dataclass

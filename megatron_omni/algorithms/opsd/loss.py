@@ -10,9 +10,10 @@ of the whole global batch, and a [sum, count] metric of the mean divergence.
 from __future__ import annotations
 
 import torch
-from megatron_omni.kernels import topk_tail_kl, vocab_parallel_kl
 
 from megatron_omni.algorithms.opsd.config import DistillationLossConfig
+from megatron_omni.algorithms.step_common import token_sum_loss
+from megatron_omni.kernels import topk_tail_kl, vocab_parallel_kl
 
 
 class DistillationLoss:
@@ -31,7 +32,4 @@ class DistillationLoss:
 
     def __call__(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor):
         per_token = self.per_token(student_logits, teacher_logits)
-        total = per_token.sum()
-        count = torch.tensor(float(per_token.numel()))
-        # megatron accumulates the token count in an int tensor.
-        return total, count.int(), {"distill_kl": torch.stack([total.detach(), count])}
+        return token_sum_loss(per_token.sum(), torch.tensor(float(per_token.numel())), "distill_kl")

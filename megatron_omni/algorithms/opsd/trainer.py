@@ -20,15 +20,16 @@ from dataclasses import dataclass
 import torch
 from megatron.core import parallel_state
 
-from megatron_omni.kernels import vocab_parallel_logprob_entropy
 from megatron_omni.algorithms.grpo import GRPOLoss, group_advantages
 from megatron_omni.algorithms.opsd.alignment import CompletionRows, completion_rows
 from megatron_omni.algorithms.opsd.loss import DistillationLoss
 from megatron_omni.algorithms.opsd.teacher import Teacher
-from megatron_omni.algorithms.rollouts import collect_rollouts, padded_microbatches, stopping_at
+from megatron_omni.algorithms.rollouts import collect_rollouts, stopping_at
+from megatron_omni.algorithms.step_common import padded_microbatches
 from megatron_omni.data.batch import OmniBatch, pad
 from megatron_omni.data.processor import attach_completion
-from megatron_omni.train_config import OmniTrainConfig
+from megatron_omni.kernels import vocab_parallel_logprob_entropy
+from megatron_omni.runs.config import OmniTrainConfig
 from megatron_omni.training.step import forward_only
 
 # Teacher sequences longer than train.seq_length are padded to a multiple of this (one shape for

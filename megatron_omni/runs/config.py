@@ -10,7 +10,7 @@ from megatron_omni.algorithms.opsd.config import OPSDConfig
 from megatron_omni.config import Config, ConfigError
 from megatron_omni.data.config import DataConfig
 from megatron_omni.models.omni_config import OmniConfig, validate_omni
-from megatron_omni.rollout.generator import SamplingConfig
+from megatron_omni.generation.generator import SamplingConfig
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The main job on its embedded default: toy clips -> SFT cold start -> OPPO at TP=2 -> scoreboard.
 
-    python -m megatron_omni.demo [--wheel-dir DIR] [--out runs/demo]
-    python -m megatron_omni.demo --algorithm opsd      # the same with OmniOPSD (runs/demo_opsd)
+    python -m megatron_omni.cli.demo [--wheel-dir DIR] [--out runs/demo]
+    python -m megatron_omni.cli.demo --algorithm opsd      # the same with OmniOPSD (runs/demo_opsd)
 
 1. generates the toy emotion data set (real mp4 clips with faces and voices, once);
 2. SFT-trains a tiny Qwen2.5-Omni-shaped model on it (two CPU processes, TP=2); for OmniOPSD half
@@ -26,7 +26,7 @@ from pathlib import Path
 from megatron_omni.training.metrics import read_metrics
 from megatron_omni.training.plots import plot_metrics
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "examples" / "configs"
 REWARD_TERMS = ["reward_total", "reward_ew", "reward_format", "reward_perc", "reward_coh"]
 
@@ -62,7 +62,7 @@ def find_wheel_dir(given: str | None) -> Path:
 
 def torchrun(config: Path, overrides: list[str]) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           "-m", "megatron_omni.train_omni", "--config", str(config), *overrides]
+           "-m", "megatron_omni.cli.train", "--config", str(config), *overrides]
     print("[demo] " + " ".join(cmd), flush=True)
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     subprocess.run(cmd, check=True, env=env)

@@ -1,7 +1,6 @@
-"""Train an omni model: SFT cold start, OPPO or OmniOPSD (launch with torchrun; see
-examples/pretrain_oppo.sh and examples/train_omniopsd.sh).
-
-    torchrun --nproc-per-node 2 -m megatron_omni.train_omni --config examples/configs/toy_oppo.yaml
+"""Assembly of an omni training run (SFT cold start, OPPO or OmniOPSD): data, model chunks,
+optimizer, algorithm, reward and the evaluation hook, returned as one `OmniRun`; `run` trains it.
+The command line is `megatron_omni.cli.train`; tools and tests import this module.
 
 With no manifests configured, the toy emotion data set is generated (once) and used.
 """
@@ -23,8 +22,7 @@ from megatron_omni.data import (
 from megatron_omni.data.toy import make_toy_dataset
 from megatron_omni.models.omni import build_omni_model
 from megatron_omni.parallel import destroy_parallel, init_distributed, initialize_parallel, set_seed
-from megatron_omni.train_config import OmniTrainConfig
-from megatron_omni.training.entry import launch
+from megatron_omni.runs.config import OmniTrainConfig
 from megatron_omni.training.loop import train
 from megatron_omni.training.model_setup import build_model_chunks
 from megatron_omni.training.optimizer import build_optimizer
@@ -130,7 +128,7 @@ def sync_token_ids(cfg: OmniTrainConfig, tokenizer) -> None:
 
 def answerer_for(cfg: OmniTrainConfig, model_chunks, tokenizer, processor, manifest: str):
     """Greedy answers of the model for the samples of ``manifest`` (the evaluation's generate)."""
-    from megatron_omni.rollout.answers import OmniAnswerer
+    from megatron_omni.eval.model_answers import OmniAnswerer
 
     prompts = OmniDataset.from_manifest(manifest, processor, with_target=False)
     ids = processor.token_ids
@@ -152,8 +150,8 @@ def checkpoint_answerer(config: str, checkpoint: str, manifest: str, overrides: 
 
 def evaluate(cfg: OmniTrainConfig, model_chunks, tokenizer, processor, tag: str) -> dict[str, float]:
     """Greedy answers on the held-out split, scored; rank 0 writes ``output_dir/eval_<tag>.json``."""
-    from megatron_omni.eval.lexicon import EmotionWheelLexicon
-    from megatron_omni.rollout.answers import sample_records, score_answers
+    from megatron_omni.text.lexicon import EmotionWheelLexicon
+    from megatron_omni.eval.model_answers import sample_records, score_answers
 
     answerer = answerer_for(cfg, model_chunks, tokenizer, processor, cfg.dataset.test_manifest)
     records = sample_records(answerer.prompts)[: cfg.evaluation.max_samples]
@@ -246,10 +244,3 @@ def run(cfg: OmniTrainConfig, reward=None) -> list[dict]:
     destroy_parallel()
     return history
 
-
-def main(argv=None) -> None:
-    launch(__doc__, run, config_cls=OmniTrainConfig, argv=argv)
-
-
-if __name__ == "__main__":
-    main()

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 
 from megatron_omni.data.dataset import OmniDataset
+from megatron_omni.generation.generator import SamplingConfig
+from megatron_omni.generation.omni import loaded, sample_completions
 from megatron_omni.models.masking import ModalityMask
-from megatron_omni.rollout.generator import SamplingConfig
-from megatron_omni.rollout.omni import loaded, sample_completions
 from megatron_omni.training.model_setup import unwrap
 
 
@@ -47,9 +47,9 @@ def score_answers(answers: dict[str, str], records: list[dict], lexicon, reward=
     F_s / precision / recall at level 1 (the OV-MERD+ definition), the format rate and, given the
     reward object, the mean of each reward term on the same answers."""
     from megatron_omni.eval.metrics import openset_score
-    from megatron_omni.rewards.completion_format import format_reward, parse_completion
-    from megatron_omni.eval.wordlists import parse_emotion_words
     from megatron_omni.rewards.emotion_wheel_f1 import emotion_wheel_f1
+    from megatron_omni.text.completion import format_reward, parse_completion
+    from megatron_omni.text.wordlists import parse_emotion_words
 
     truth = {str(r["id"]): r["openset"] for r in records}
     predicted = {sid: parse_emotion_words(parse_completion(text).answer or "") for sid, text in answers.items()}

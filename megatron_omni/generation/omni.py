@@ -6,8 +6,8 @@ import zlib
 
 from megatron_omni.data.batch import pad
 from megatron_omni.data.rope_index import extend_positions
+from megatron_omni.generation.generator import Generator, SamplingConfig
 from megatron_omni.models.masking import ModalityMask
-from megatron_omni.rollout.generator import Generator, SamplingConfig
 
 
 class OmniAdapter:

@@ -1,8 +1,5 @@
-"""Train the Qwen2.5 language decoder on the generated text corpus (launch with torchrun).
-
-    torchrun --nproc-per-node 2 -m megatron_omni.pretrain_decoder \
-        --config examples/configs/toy_decoder.yaml parallel.tensor_model_parallel_size=2
-"""
+"""A decoder pretraining run: the Qwen2.5 language decoder on the generated text corpus. The
+command line is `megatron_omni.cli.pretrain_decoder`."""
 from __future__ import annotations
 
 import torch.distributed as dist
@@ -14,7 +11,6 @@ from megatron_omni.data.sampler import ResumableBatchSampler
 from megatron_omni.data.text_corpus import VOCAB_SIZE, TextWindows, generate_sentences
 from megatron_omni.models.decoder import build_decoder
 from megatron_omni.parallel import destroy_parallel, initialize_parallel, set_seed
-from megatron_omni.training.entry import launch
 from megatron_omni.training.loop import train
 from megatron_omni.training.model_setup import build_model_chunks
 from megatron_omni.training.optimizer import build_optimizer
@@ -47,10 +43,3 @@ def run(cfg: Config) -> list[dict]:
     destroy_parallel()
     return history
 
-
-def main(argv=None) -> None:
-    launch(__doc__, run, argv=argv)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """Check a launch: every rank reports its place and one all-reduce proves the group works.
 
-    torchrun --nproc-per-node 8 -m megatron_omni.parallel.check      (or under srun, see examples/slurm/)
+    torchrun --nproc-per-node 8 -m megatron_omni.cli.check_launch      (or under srun, see examples/slurm/)
 """
 from __future__ import annotations
 

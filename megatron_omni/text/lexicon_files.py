@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from megatron_omni.eval.wordlists import normalize_word, parse_emotion_words
+from megatron_omni.text.wordlists import normalize_word, parse_emotion_words
 
 WHEEL_LEVELS = ("level1", "level2", "level3")
 _WHEEL_FILE = re.compile(r"^wheel(\d+)\.xlsx$")

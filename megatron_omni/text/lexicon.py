@@ -12,14 +12,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from megatron_omni.eval.lexicon_files import (
+from megatron_omni.text.lexicon_files import (
     WheelTree,
     read_format_table,
     read_synonym_table,
     read_wheel_tree,
     wheel_files,
 )
-from megatron_omni.eval.wordlists import normalize_word
+from megatron_omni.text.wordlists import normalize_word
 
 LEVELS = ("level1", "level2")
 

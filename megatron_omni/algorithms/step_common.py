@@ -1,0 +1,36 @@
+"""What every algorithm's step shares: micro-batch splitting, the pipeline's fixed sequence
+length, padded micro-batches, and the (token sum, token count, metrics) return megatron's
+schedule expects from a loss function."""
+from __future__ import annotations
+
+import torch
+
+from megatron_omni.data.batch import OmniBatch, pad
+from megatron_omni.data.processor import ProcessedSample
+
+
+def split_microbatches(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def check_length(batch: OmniBatch, seq_length: int) -> OmniBatch:
+    # Pipeline stages exchange activations of one fixed shape [seq_length, micro_batch, hidden].
+    if batch.tokens.shape[1] != seq_length:
+        raise ValueError(
+            f"a micro-batch of samples {batch.sample_ids} is {batch.tokens.shape[1]} tokens long, "
+            f"train.seq_length is {seq_length}: raise train.seq_length or shorten the samples"
+        )
+    return batch
+
+
+def padded_microbatches(sequences: list[ProcessedSample], per_micro: int, seq_length: int) -> list[tuple[list[int], OmniBatch]]:
+    """(entry indices, [per_micro, seq_length] batch) per micro-batch: the pipeline's fixed shape."""
+    return [(chunk, check_length(pad([sequences[i] for i in chunk], seq_length), seq_length))
+            for chunk in split_microbatches(list(range(len(sequences))), per_micro)]
+
+
+def token_sum_loss(total: torch.Tensor, count: torch.Tensor, name: str, metrics: dict | None = None):
+    """The loss function's return: megatron divides ``total`` by the global batch's token count
+    (``calculate_per_token_loss``) and averages each metric's [sum, count] pair the same way."""
+    # megatron accumulates the token count in an int tensor.
+    return total, count.int(), {name: torch.stack([total.detach(), count.float()]), **(metrics or {})}
