@@ -41,7 +41,7 @@ def forwards_per_sequence(cfg) -> int:
     return (1 if cfg.oppo.grpo.kl_beta else 0) + (2 if cfg.oppo.perception_loss else 0)
 
 
-def run_variant(name: str, args, wheel_dir: Path) -> dict[str, float]:
+def run_variant(name: str, args) -> dict[str, float]:
     from megatron_omni.config import load_config
     from megatron_omni.parallel import destroy_parallel, init_distributed
     from megatron_omni.runs.config import OmniTrainConfig
@@ -49,7 +49,8 @@ def run_variant(name: str, args, wheel_dir: Path) -> dict[str, float]:
     from megatron_omni.training.step import optimizer_step
 
     overrides = [
-        "parallel.tensor_model_parallel_size=1", "init_from=null", f"reward.wheel_dir={wheel_dir}",
+        "parallel.tensor_model_parallel_size=1", "init_from=null",
+        *([f"reward.wheel_dir={args.wheel_dir}"] if args.wheel_dir else []),
         "train.save_dir=null", f"output_dir={tempfile.mkdtemp(prefix='bench_precision_')}",
         f"dataset.toy_dir={args.toy_dir}", "logging.progress_bar=false", "logging.tensorboard=false",
         "logging.metrics_jsonl=false", *qwen7b_overrides(args.qwen7b_layers), *variant_overrides(name, args),
@@ -99,18 +100,16 @@ def main(argv=None) -> int:
     parser.add_argument("--qwen7b-layers", type=int, help="a Qwen2.5-7B-shaped decoder with this many layers")
     parser.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS)
     parser.add_argument("--toy-dir", default="data_toy", help="the toy data set (generated if missing)")
-    parser.add_argument("--wheel-dir", help="MER emotion-wheel lexicon folder (as for the demo)")
+    parser.add_argument("--wheel-dir", help="MER emotion-wheel lexicon folder (default: the toy set's own wheel)")
     parser.add_argument("--override", nargs="*", default=[], help="section.key=value config overrides")
     args = parser.parse_args(argv)
     follow_live_tensors()
     from megatron_omni.config import ConfigError
-    from megatron_omni.demo import find_wheel_dir
 
-    wheel_dir = find_wheel_dir(args.wheel_dir)
     results = {}
     for name in args.variants:
         try:
-            results[name] = run_variant(name, args, wheel_dir)
+            results[name] = run_variant(name, args)
         except ConfigError as exc:
             print(f"[bench_precision] {name} cannot run here: {exc}", flush=True)
     if not results:

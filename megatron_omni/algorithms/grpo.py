@@ -17,21 +17,46 @@ from typing import Literal
 import torch
 
 from megatron_omni.algorithms.step_common import token_sum_loss
+from megatron_omni.config import ConfigError
 
 
 @dataclass
-class GRPOConfig:
-    group_size: int = 8
+class PolicyLossConfig:
+    """What ``GRPOLoss`` and the group advantages read (OmniOPSD's ``opsd.grpo`` mix)."""
+
     clip_eps_low: float = 0.2
     # DAPO's clip-higher: a larger upper bound (e.g. 0.28) keeps exploration tokens alive.
     clip_eps_high: float = 0.2
     # "token": PPO ratio per token (GRPO); "sequence": GSPO's length-normalised sequence ratio.
     ratio_level: Literal["token", "sequence"] = "token"
     scale_advantages_by_std: bool = False
+
+    def validate(self, key: str) -> None:
+        for name in ("clip_eps_low", "clip_eps_high"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{key}.{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class GRPOConfig(PolicyLossConfig):
+    """OPPO's ``oppo.grpo``: the policy loss plus the group size and the decaying reference KL."""
+
+    group_size: int = 8
     kl_beta: float = 0.04
     # beta decays linearly to kl_beta_final_fraction * beta at kl_decay_end_fraction of training.
     kl_beta_final_fraction: float = 0.25
     kl_decay_end_fraction: float = 0.5
+
+    def validate(self, key: str) -> None:
+        super().validate(key)
+        if self.group_size < 2:
+            raise ConfigError(f"{key}.group_size must be >= 2 (group advantages compare the completions of a prompt), "
+                              f"got {self.group_size}")
+        if self.kl_beta < 0:
+            raise ConfigError(f"{key}.kl_beta must be >= 0, got {self.kl_beta}")
+        for name in ("kl_beta_final_fraction", "kl_decay_end_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{key}.{name} must lie in [0, 1], got {getattr(self, name)}")
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale_by_std: bool = False, eps: float = 1e-6) -> torch.Tensor:
@@ -59,7 +84,7 @@ def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
 
 
 class GRPOLoss:
-    def __init__(self, cfg: GRPOConfig):
+    def __init__(self, cfg: PolicyLossConfig):
         self.cfg = cfg
 
     def _log_ratio(self, logprobs, old_logprobs, mask):

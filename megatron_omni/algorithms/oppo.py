@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from megatron.core import parallel_state
 
+from megatron_omni.algorithms.config import RLRunSections
 from megatron_omni.algorithms.evidence import MODALITIES, evidence_token_masks, token_char_spans
 from megatron_omni.algorithms.grpo import GRPOLoss, group_advantages, kl_beta_at
 from megatron_omni.algorithms.rollouts import collect_rollouts, stopping_at
@@ -22,7 +23,6 @@ from megatron_omni.algorithms.step_common import padded_microbatches
 from megatron_omni.data.batch import OmniBatch
 from megatron_omni.kernels import evidence_masked_kl, vocab_parallel_logprob_entropy
 from megatron_omni.models.masking import ModalityMask
-from megatron_omni.runs.config import OmniTrainConfig
 from megatron_omni.training.step import forward_only
 
 
@@ -35,7 +35,7 @@ class RLMicroBatch:
 
 
 class OPPO:
-    def __init__(self, cfg: OmniTrainConfig, prompts, samples, tokenizer, reward, model_chunks, reference_chunks,
+    def __init__(self, cfg: RLRunSections, prompts, samples, tokenizer, reward, model_chunks, reference_chunks,
                  stop_token_ids: list[int], pad_token_id: int):
         self.cfg = cfg
         self.prompts = prompts  # OmniDataset of prompts (no targets)

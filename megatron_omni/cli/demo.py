@@ -3,14 +3,18 @@
     python -m megatron_omni.cli.demo [--wheel-dir DIR] [--out runs/demo]
     python -m megatron_omni.cli.demo --algorithm opsd      # the same with OmniOPSD (runs/demo_opsd)
 
-1. generates the toy emotion data set (real mp4 clips with faces and voices, once);
+1. generates the toy emotion data set (real mp4 clips with faces and voices, once) where the
+   training configs put it by default (dataset.toy_dir, data_toy/);
 2. SFT-trains a tiny Qwen2.5-Omni-shaped model on it (two CPU processes, TP=2); for OmniOPSD half
    of the SFT prompts also carry their rationale, so that the model learns to read the reference
    analysis its teacher view will get;
 3. runs OPPO (or OmniOPSD) from that checkpoint (TP=2), scoring the held-out split before and after;
 4. prints the before/after table and writes a PNG of the training curves.
-The MER emotion-wheel lexicon (format.csv, synonym.xlsx, wheel1-5.xlsx) comes from --wheel-dir,
-$MEGATRON_OMNI_WHEEL_DIR, or ../shared/data/emotion_wheel beside the repository.
+The emotion-wheel lexicon that scores the answers (format.csv, synonym.xlsx, wheel1-5.xlsx) is the
+released MER one when --wheel-dir or $MEGATRON_OMNI_WHEEL_DIR names a copy (MERTools,
+MER2025/MER2025_Track23/emotion_wheel/); without either, the toy set's own small lexicon
+(data_toy/toy_emotion_wheel, covering the toy labels) scores them and the demo says so. Nothing
+outside the repository is needed.
 """
 from __future__ import annotations
 
@@ -23,6 +27,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from megatron_omni.data.config import DatasetConfig
+from megatron_omni.data.toy import ToyDatasetPaths, make_toy_dataset
+from megatron_omni.data.toy_wheel import RELEASED_SOURCE, WHEEL_ENV, find_wheel_dir
+from megatron_omni.text.lexicon_files import LexiconError
 from megatron_omni.training.metrics import read_metrics
 from megatron_omni.training.plots import plot_metrics
 
@@ -49,15 +57,11 @@ SCORES = ["reward_total", "reward_ew", "reward_format", "reward_perc", "reward_c
           "emotion_wheel_f1", "fs_level1", "precision_level1", "recall_level1", "format_rate"]
 
 
-def find_wheel_dir(given: str | None) -> Path:
-    candidates = [given, os.environ.get("MEGATRON_OMNI_WHEEL_DIR"), str(REPO.parent / "shared" / "data" / "emotion_wheel")]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "format.csv").is_file():
-            return Path(candidate).resolve()
-    raise SystemExit(
-        "the MER emotion-wheel lexicon was not found: pass --wheel-dir DIR (a folder with format.csv, "
-        "synonym.xlsx and wheel1.xlsx..wheel5.xlsx, from MERTools' MER2025 emotion_wheel) or set MEGATRON_OMNI_WHEEL_DIR"
-    )
+def toy_dataset() -> ToyDatasetPaths:
+    """The toy set where the training configs look for it by default (dataset.toy_*), written once."""
+    d = DatasetConfig()
+    print(f"[demo] toy data set: {d.toy_dir} ({d.toy_num_clips} clips, seed {d.toy_seed})", flush=True)
+    return make_toy_dataset(d.toy_dir, d.toy_num_clips, d.toy_seed)
 
 
 def torchrun(config: Path, overrides: list[str]) -> None:
@@ -103,15 +107,24 @@ def report(out: Path, demo: DemoRun) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--wheel-dir", help="MER emotion-wheel lexicon folder")
+    parser.add_argument("--wheel-dir", help=f"MER emotion-wheel lexicon folder (default: ${WHEEL_ENV}, "
+                        "else the toy set's own wheel)")
     parser.add_argument("--algorithm", choices=sorted(RUNS), default="oppo", help="the RL stage after SFT")
     parser.add_argument("--out", help="output folder, replaced (default runs/demo, runs/demo_opsd for opsd)")
     args = parser.parse_args(argv)
-    wheel = find_wheel_dir(args.wheel_dir)
+    try:
+        wheel, own = find_wheel_dir(args.wheel_dir, lambda: toy_dataset().wheel_dir)
+    except LexiconError as error:
+        raise SystemExit(str(error)) from None
+    if own:
+        print(f"[demo] no MER lexicon given (--wheel-dir / {WHEEL_ENV}): scoring with the toy set's own emotion "
+              f"wheel {wheel}; the released lexicon comes from {RELEASED_SOURCE}, and figures differ with it", flush=True)
+    else:
+        print(f"[demo] MER emotion-wheel lexicon: {wheel}", flush=True)
     demo = RUNS[args.algorithm]
     out = Path(args.out or ("runs/demo" if args.algorithm == "oppo" else f"runs/demo_{args.algorithm}"))
     shutil.rmtree(out, ignore_errors=True)  # a demo starts from scratch
-    common = [f"reward.wheel_dir={wheel}", "logging.progress_bar=false"]
+    common = [f"reward.wheel_dir={wheel.resolve()}", "logging.progress_bar=false"]
     torchrun(CONFIGS / "toy_omni_sft.yaml",
              [*common, *demo.sft_overrides, f"output_dir={out}/sft", f"train.save_dir={out}/sft/checkpoints"])
     rl = f"{out}/{demo.name.lower()}"

@@ -6,11 +6,12 @@ from typing import Callable
 
 import torch.distributed as dist
 
-from megatron_omni.config import Config, ConfigError, load_config
+from megatron_omni.config import ConfigError, load_config
 from megatron_omni.parallel import init_distributed
+from megatron_omni.training.config import RunConfig
 
 
-def launch(description: str, run: Callable, config_cls=Config, argv: list[str] | None = None) -> None:
+def launch(description: str, run: Callable, config_cls=RunConfig, argv: list[str] | None = None) -> None:
     """Parse, start torch.distributed, ``run(cfg)``; a config problem exits with its message."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config (default: the dataclass defaults)")

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from transformers import Qwen2_5OmniThinkerConfig
 
-from megatron_omni.config import ModelConfig
 from megatron_omni.convert.errors import ConversionError
 from megatron_omni.convert.model_config_file import OmniModelConfig
+from megatron_omni.models.config import ModelConfig
 from megatron_omni.models.encoders import hf_audio_config, hf_vision_config
 from megatron_omni.models.omni_config import AudioEncoderConfig, OmniConfig, OmniTokenIds, VisionEncoderConfig
 

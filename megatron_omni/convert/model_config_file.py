@@ -13,8 +13,11 @@ from typing import Literal
 
 import yaml
 
-from megatron_omni.config import Config, ModelConfig, ParallelConfig, PrecisionConfig, load_config
+from megatron_omni.config import load_config
+from megatron_omni.models.config import ModelConfig, PrecisionConfig
 from megatron_omni.models.omni_config import OmniConfig
+from megatron_omni.parallel.config import ParallelConfig
+from megatron_omni.training.config import RunConfig
 
 MODEL_CONFIG_FILE = "omni_model.yaml"
 
@@ -25,13 +28,13 @@ class OmniModelConfig:
     omni: OmniConfig = field(default_factory=OmniConfig)
     params_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
 
-    def to_config(self, tensor_model_parallel_size: int = 1, pipeline_model_parallel_size: int = 1, sequence_parallel: bool = False) -> Config:
+    def to_config(self, tensor_model_parallel_size: int = 1, pipeline_model_parallel_size: int = 1, sequence_parallel: bool = False) -> RunConfig:
         """A run configuration that builds this model at the given layout.
 
         The local (plain torch) layer spec is used: checkpoints store Transformer Engine key
         names either way, so a model built with the TE spec loads them too.
         """
-        return Config(
+        return RunConfig(
             model=copy.deepcopy(self.model),
             parallel=ParallelConfig(
                 tensor_model_parallel_size=tensor_model_parallel_size,

@@ -21,6 +21,7 @@ from megatron_omni.data.rope_index import RopeIndexSpec, extend_positions, get_r
 from megatron_omni.data.sampler import ResumableBatchSampler
 from megatron_omni.data.tokenizer import SpecialTokenIds, build_tokenizer, load_tokenizer, special_token_ids
 from megatron_omni.data.toy import ToyDatasetPaths, make_toy_dataset
+from megatron_omni.data.toy_wheel import write_toy_emotion_wheel
 
 __all__ = [
     "Collator", "DataConfig", "DataError", "ExtractedClues", "ManifestError", "MediaError", "OmniBatch",
@@ -28,4 +29,5 @@ __all__ = [
     "RopeIndexSpec", "SampleMedia", "SampleTooLongError", "SkippedSample", "SpecialTokenIds", "ToyDatasetPaths",
     "attach_completion", "build_tokenizer", "extend_positions", "get_rope_index", "load_manifest", "load_media",
     "load_tokenizer", "make_toy_dataset", "pack", "pad", "special_token_ids", "write_manifest",
+    "write_toy_emotion_wheel",
 ]

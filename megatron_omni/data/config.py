@@ -1,8 +1,11 @@
-"""Settings of the data pipeline, one typed dataclass tree (loadable from the run's YAML)."""
+"""Settings of the data pipeline (``data``) and of a run's sample source (``dataset``). The
+time alignment of audio and video (TMRoPE ids per second, chunk length) is the model's
+(``omni.position_id_per_seconds`` / ``omni.seconds_per_chunk``) and reaches the processor from there."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from megatron_omni.config import ConfigError
 from megatron_omni.data.audio import AudioConfig
 from megatron_omni.data.template import PromptConfig
 from megatron_omni.data.video import VideoConfig
@@ -18,8 +21,6 @@ class DataConfig:
     use_audio_in_video: bool = True
     # A sample without an audio file uses the video's own audio track, when it has one.
     audio_from_video: bool = True
-    position_id_per_seconds: int = 25
-    seconds_per_chunk: float = 2.0
     max_seq_length: int | None = None
     # Bad media and over-long samples are skipped with a warning and counted instead of raising.
     skip_bad_samples: bool = False
@@ -29,22 +30,41 @@ class DataConfig:
     pad_to_multiple_of: int = 1
     num_workers: int = 0
 
-    def validate(self) -> "DataConfig":
+    def validate(self, key: str) -> None:
         problems = []
         if self.video.fps <= 0:
-            problems.append(f"data.video.fps must be positive, got {self.video.fps}")
+            problems.append(f"{key}.video.fps must be positive, got {self.video.fps}")
         if self.video.min_pixels > self.video.max_pixels:
-            problems.append(f"data.video.min_pixels ({self.video.min_pixels}) exceeds max_pixels ({self.video.max_pixels})")
+            problems.append(f"{key}.video.min_pixels ({self.video.min_pixels}) exceeds max_pixels ({self.video.max_pixels})")
         if self.video.min_frames > self.video.max_frames:
-            problems.append(f"data.video.min_frames ({self.video.min_frames}) exceeds max_frames ({self.video.max_frames})")
+            problems.append(f"{key}.video.min_frames ({self.video.min_frames}) exceeds max_frames ({self.video.max_frames})")
         if self.pad_to_multiple_of < 1:
-            problems.append(f"data.pad_to_multiple_of must be >= 1, got {self.pad_to_multiple_of}")
+            problems.append(f"{key}.pad_to_multiple_of must be >= 1, got {self.pad_to_multiple_of}")
         if self.num_workers < 0:
-            problems.append(f"data.num_workers must be >= 0, got {self.num_workers}")
+            problems.append(f"{key}.num_workers must be >= 0, got {self.num_workers}")
         if self.max_seq_length is not None and self.max_seq_length < 1:
-            problems.append(f"data.max_seq_length must be positive, got {self.max_seq_length}")
+            problems.append(f"{key}.max_seq_length must be positive, got {self.max_seq_length}")
         if "{description}" not in self.prompt.privileged_template:
-            problems.append(f"data.prompt.privileged_template must contain {{description}}, got {self.prompt.privileged_template!r}")
+            problems.append(f"{key}.prompt.privileged_template must contain {{description}}, "
+                            f"got {self.prompt.privileged_template!r}")
         if problems:
-            raise ValueError("; ".join(problems))
-        return self
+            raise ConfigError("; ".join(problems))
+
+
+@dataclass
+class DatasetConfig:
+    """Where a run's samples come from: manifests and the tokenizer, or the generated toy set."""
+
+    train_manifest: str | None = None
+    test_manifest: str | None = None
+    tokenizer_dir: str | None = None
+    # With no manifests given, generate the toy emotion set here and train on it.
+    toy_dir: str = "data_toy"
+    toy_num_clips: int = 64
+    toy_seed: int = 0
+
+    def validate(self, key: str) -> None:
+        if self.toy_num_clips < 2:
+            raise ConfigError(f"{key}.toy_num_clips must be >= 2 (a train and a test split), got {self.toy_num_clips}")
+        if self.train_manifest is not None and self.tokenizer_dir is None:
+            raise ConfigError(f"{key}.tokenizer_dir must name the tokenizer folder (the model directory) for a custom manifest")

@@ -69,12 +69,16 @@ def _shifted(ids: list[int], first_target: int, pad_token_id: int) -> tuple[torc
 
 
 class OmniProcessor:
-    def __init__(self, tokenizer, cfg: DataConfig):
+    """Samples -> token ids, TMRoPE positions, media features. The time alignment of audio and
+    video is the model's (``omni.position_id_per_seconds`` / ``omni.seconds_per_chunk`` of a run
+    config; Qwen2.5-Omni uses 25 ids per second and 2-second chunks)."""
+
+    def __init__(self, tokenizer, cfg: DataConfig, position_id_per_seconds: int = 25, seconds_per_chunk: float = 2):
         self.tokenizer = tokenizer
         self.cfg = cfg
+        self.position_id_per_seconds, self.seconds_per_chunk = position_id_per_seconds, seconds_per_chunk
         self.token_ids = special_token_ids(tokenizer)
-        self.rope_spec = RopeIndexSpec.from_token_ids(
-            self.token_ids, cfg.video.merge_size, cfg.position_id_per_seconds)
+        self.rope_spec = RopeIndexSpec.from_token_ids(self.token_ids, cfg.video.merge_size, position_id_per_seconds)
 
     # ------------------------------------------------------------------ placeholders
     def video_placeholder(self, media: SampleMedia) -> str:
@@ -86,9 +90,9 @@ class OmniProcessor:
         grid_t = video.grid_thw[0]
         per_time = count // grid_t
         # float64 time ids per token, as the reference processor chunks them.
-        video_times = [t * video.second_per_grid * self.cfg.position_id_per_seconds
+        video_times = [t * video.second_per_grid * self.position_id_per_seconds
                        for t in range(grid_t) for _ in range(per_time)]
-        per_chunk = int(self.cfg.position_id_per_seconds * self.cfg.seconds_per_chunk)
+        per_chunk = int(self.position_id_per_seconds * self.seconds_per_chunk)
         video_chunks = chunk_lengths(video_times, per_chunk)
         audio_chunks = chunk_lengths(range(num_audio_tokens(media.audio_frames)), per_chunk)
         parts = [AUDIO_BOS]

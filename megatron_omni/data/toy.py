@@ -1,7 +1,7 @@
 """The toy emotion data set: tiny real clips whose face and voice both carry the emotion.
 
     paths = make_toy_dataset("data/toy", num=64, seed=0)
-    paths.train_manifest, paths.test_manifest, paths.tokenizer_dir
+    paths.train_manifest, paths.test_manifest, paths.tokenizer_dir, paths.wheel_dir
 
 Each clip is 1-2 s of a drawn face (112x112, 10 fps) speaking with a synthetic voice (16 kHz),
 stored as an mp4 with its audio track plus the same audio as WAV. The manifest line holds a
@@ -9,7 +9,9 @@ subtitle, an open-set label list of MER emotion-wheel words, an evidence-aware d
 the decomposed visual/audio/emotion cues and the basic-emotion label ``emo``. Every sixth clip
 shows one emotion on the face and another in the voice; its labels name both, and
 ``face_emotion`` / ``voice_emotion`` / ``modalities_agree`` record it. The tokenizer folder is
-a small byte-level BPE trained on the set's own text. Generation is deterministic by seed and
+a small byte-level BPE trained on the set's own text. ``toy_emotion_wheel/`` is the set's own small
+emotion-wheel lexicon in the MER file format (``megatron_omni.data.toy_wheel``; it maps every toy
+label word), for scoring without the released lexicon. Generation is deterministic by seed and
 skipped when the folder already holds a complete set of the same version, size, seed and vocabulary.
 """
 from __future__ import annotations
@@ -27,9 +29,10 @@ from megatron_omni.data.manifest import ExtractedClues, OmniSample, write_manife
 from megatron_omni.data.template import EMOTION_QUESTION, QWEN_OMNI_SYSTEM_PROMPT, format_target
 from megatron_omni.data.tokenizer import build_tokenizer
 from megatron_omni.data.toy_media import FaceStyle, Look, VoiceStyle, render_frames, synthesize_voice, write_mp4, write_wav
+from megatron_omni.data.toy_wheel import TOY_WHEEL_DIRNAME, write_toy_emotion_wheel
 from megatron_omni.data.video import VideoConfig
 
-TOY_VERSION = 1
+TOY_VERSION = 2  # 2: the set's own emotion wheel (toy_emotion_wheel/)
 FRAME_SIZE = 112
 FPS = 10
 SAMPLING_RATE = 16000
@@ -113,6 +116,7 @@ class ToyDatasetPaths:
     train_manifest: Path
     test_manifest: Path
     tokenizer_dir: Path
+    wheel_dir: Path  # the toy set's own emotion-wheel lexicon (not the released MER one)
 
 
 def toy_data_config(**overrides) -> DataConfig:
@@ -193,7 +197,7 @@ def _meta(num: int, seed: int, vocab_size: int) -> dict:
 
 def make_toy_dataset(out_dir: str | Path, num: int = 64, seed: int = 0,
                      vocab_size: int = TOKENIZER_VOCAB) -> ToyDatasetPaths:
-    """Write (or reuse) ``num`` clips, train/test manifests and the tokenizer under ``out_dir``.
+    """Write (or reuse) ``num`` clips, train/test manifests, the tokenizer and the toy emotion wheel under ``out_dir``.
 
     ``vocab_size`` bounds the tokenizer (the model's vocabulary must be at least as large); fewer
     merges mean longer token sequences (64 clips: about 69 target tokens at 768, 113 at 512).
@@ -201,7 +205,7 @@ def make_toy_dataset(out_dir: str | Path, num: int = 64, seed: int = 0,
     if num < 2:
         raise ValueError(f"the toy data set needs at least 2 clips (one per split), got num={num}")
     root = Path(out_dir)
-    paths = ToyDatasetPaths(root, root / "train.jsonl", root / "test.jsonl", root / "tokenizer")
+    paths = ToyDatasetPaths(root, root / "train.jsonl", root / "test.jsonl", root / "tokenizer", root / TOY_WHEEL_DIRNAME)
     meta_file = root / "meta.json"
     if meta_file.is_file() and json.loads(meta_file.read_text()) == _meta(num, seed, vocab_size):
         return paths
@@ -223,5 +227,6 @@ def make_toy_dataset(out_dir: str | Path, num: int = 64, seed: int = 0,
     write_manifest(paths.train_manifest, [s for i, s in enumerate(samples) if i not in test])
     write_manifest(paths.test_manifest, [s for i, s in enumerate(samples) if i in test])
     build_tokenizer(tokenizer_corpus(samples), paths.tokenizer_dir, vocab_size=vocab_size)
+    write_toy_emotion_wheel(paths.wheel_dir)
     meta_file.write_text(json.dumps(_meta(num, seed, vocab_size)) + "\n")  # written last: marks the set complete
     return paths

@@ -22,6 +22,8 @@ from megatron.core.inference.communication_utils import (
 )
 from megatron.core.inference.contexts import StaticInferenceContext
 
+from megatron_omni.config import ConfigError
+
 
 @dataclass
 class SamplingConfig:
@@ -31,6 +33,17 @@ class SamplingConfig:
     top_k: int = 50  # 0: no top-k
     greedy: bool = False
     stop_token_ids: list[int] = field(default_factory=list)
+
+    def validate(self, key: str) -> None:
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"{key}.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not self.greedy and self.temperature <= 0:
+            raise ConfigError(f"{key}.temperature must be > 0 when sampling, got {self.temperature} "
+                              f"(set {key}.greedy=true for greedy decoding)")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"{key}.top_p must lie in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ConfigError(f"{key}.top_k must be >= 0 (0: no top-k), got {self.top_k}")
 
 
 @dataclass

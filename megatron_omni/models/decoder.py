@@ -16,7 +16,7 @@ from megatron.core.models.gpt.gpt_layer_specs import (
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.spec_utils import ModuleSpec
 
-from megatron_omni.config import Config, ModelConfig, transformer_engine_available
+from megatron_omni.models.config import ModelConfig, ModelSections, transformer_engine_available
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -27,11 +27,11 @@ def padded_vocab_size(model: ModelConfig, tensor_model_parallel_size: int) -> in
     return -(-model.vocab_size // multiple) * multiple
 
 
-def uses_transformer_engine(cfg: Config) -> bool:
+def uses_transformer_engine(cfg: ModelSections) -> bool:
     return cfg.precision.transformer_engine and transformer_engine_available()
 
 
-def transformer_config(cfg: Config) -> TransformerConfig:
+def transformer_config(cfg: ModelSections) -> TransformerConfig:
     """Qwen2.5: RMSNorm, SwiGLU, GQA, bias on QKV only, RoPE theta from the config."""
     m, p, prec = cfg.model, cfg.parallel, cfg.precision
     dtype = _DTYPES[prec.params_dtype]
@@ -81,14 +81,14 @@ def transformer_config(cfg: Config) -> TransformerConfig:
     )
 
 
-def layer_spec(cfg: Config) -> ModuleSpec:
+def layer_spec(cfg: ModelSections) -> ModuleSpec:
     if uses_transformer_engine(cfg):
         return get_gpt_layer_with_transformer_engine_spec()
     return get_gpt_layer_local_spec(normalization="RMSNorm")
 
 
 def build_decoder(
-    cfg: Config,
+    cfg: ModelSections,
     pre_process: bool = True,
     post_process: bool = True,
     vp_stage: int | None = None,

@@ -27,7 +27,7 @@ from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.enums import ModelType
 from megatron.core.transformer.module import MegatronModule
 
-from megatron_omni.config import Config
+from megatron_omni.models.config import ModelSections
 from megatron_omni.models.decoder import build_decoder, transformer_config
 from megatron_omni.models.encoders import (
     build_audio_encoder,
@@ -183,7 +183,7 @@ class OmniModel(MegatronModule):
 
 
 def build_omni_model(
-    cfg: Config,
+    cfg: ModelSections,
     pre_process: bool = True,
     post_process: bool = True,
     vp_stage: int | None = None,
@@ -192,7 +192,7 @@ def build_omni_model(
 ) -> OmniModel:
     """A ``build_model_chunks`` builder: ``partial(build_omni_model, omni=omni_cfg)``.
 
-    ``omni`` defaults to ``cfg.omni``. ``initialize=False`` skips random initialisation (the
+    ``omni`` defaults to ``cfg.omni`` (a run config of an omni run). ``initialize=False`` skips random initialisation (the
     weights are about to be loaded), which saves minutes on a 7B model.
     """
     omni = omni if omni is not None else cfg.omni

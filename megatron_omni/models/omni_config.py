@@ -1,7 +1,7 @@
 """Typed configuration of the omni-modal parts of the model: vision and audio towers, special
 token ids, time alignment, freezing and modality masking.
 
-The language decoder keeps its own `megatron_omni.config.ModelConfig`. As there, the defaults are
+The language decoder keeps its own `megatron_omni.models.config.ModelConfig`. As there, the defaults are
 a tiny model for CPU runs (it matches ModelConfig's defaults: hidden size 64, vocabulary 512);
 docs/MODEL.md lists the Qwen2.5-Omni-7B values, and the HF -> Megatron converter reads them from
 the checkpoint's config.json.
@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from megatron_omni.config import ConfigError, ModelConfig
+from megatron_omni.config import ConfigError
+from megatron_omni.models.config import ModelConfig
 
 
 @dataclass
@@ -86,9 +87,34 @@ class OmniConfig:
     # Attention kernel of the towers (transformers' names); "sdpa" runs everywhere.
     encoder_attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
 
+    def validate(self, key: str) -> None:
+        v, a = self.vision, self.audio
+        if v.hidden_size % v.num_heads:
+            raise ConfigError(
+                f"{key}.vision.hidden_size ({v.hidden_size}) must be divisible by {key}.vision.num_heads ({v.num_heads})"
+            )
+        if a.d_model % a.encoder_attention_heads:
+            raise ConfigError(
+                f"{key}.audio.d_model ({a.d_model}) must be divisible by {key}.audio.encoder_attention_heads "
+                f"({a.encoder_attention_heads})"
+            )
+        bad_blocks = [i for i in v.fullatt_block_indexes if not 0 <= i < v.depth]
+        if bad_blocks:
+            raise ConfigError(f"{key}.vision.fullatt_block_indexes {bad_blocks} outside 0..{v.depth - 1}")
+        ids = list(vars(self.tokens).values())
+        if len(set(ids)) != len(ids):
+            raise ConfigError(f"{key}.tokens must be distinct, got {vars(self.tokens)}")
+        if not 0.0 <= self.modality_mask_ratio <= 1.0:
+            raise ConfigError(f"{key}.modality_mask_ratio ({self.modality_mask_ratio}) must lie in [0, 1]")
+        if self.position_id_per_seconds < 1 or self.seconds_per_chunk <= 0:
+            raise ConfigError(f"{key}.position_id_per_seconds ({self.position_id_per_seconds}) must be >= 1 and "
+                              f"{key}.seconds_per_chunk ({self.seconds_per_chunk}) positive")
+
 
 def validate_omni(model: ModelConfig, omni: OmniConfig, prefix: str = "omni") -> None:
-    """Cross-field rules between the towers, the token ids and the decoder; errors name the key."""
+    """The omni section's own rules, then those between the towers, the token ids and the decoder;
+    errors name the key."""
+    omni.validate(prefix)
     v, a = omni.vision, omni.audio
     if v.out_hidden_size != model.hidden_size:
         raise ConfigError(
@@ -96,23 +122,8 @@ def validate_omni(model: ModelConfig, omni: OmniConfig, prefix: str = "omni") ->
         )
     if a.output_dim != model.hidden_size:
         raise ConfigError(f"{prefix}.audio.output_dim ({a.output_dim}) must equal model.hidden_size ({model.hidden_size})")
-    if v.hidden_size % v.num_heads:
-        raise ConfigError(f"{prefix}.vision.hidden_size ({v.hidden_size}) must be divisible by {prefix}.vision.num_heads ({v.num_heads})")
-    if a.d_model % a.encoder_attention_heads:
-        raise ConfigError(
-            f"{prefix}.audio.d_model ({a.d_model}) must be divisible by {prefix}.audio.encoder_attention_heads "
-            f"({a.encoder_attention_heads})"
-        )
-    bad_blocks = [i for i in v.fullatt_block_indexes if not 0 <= i < v.depth]
-    if bad_blocks:
-        raise ConfigError(f"{prefix}.vision.fullatt_block_indexes {bad_blocks} outside 0..{v.depth - 1}")
     for name, token_id in vars(omni.tokens).items():
         if not 0 <= token_id < model.vocab_size:
             raise ConfigError(f"{prefix}.tokens.{name} ({token_id}) must lie in 0..model.vocab_size-1 ({model.vocab_size - 1})")
-    ids = list(vars(omni.tokens).values())
-    if len(set(ids)) != len(ids):
-        raise ConfigError(f"{prefix}.tokens must be distinct, got {vars(omni.tokens)}")
-    if not 0.0 <= omni.modality_mask_ratio <= 1.0:
-        raise ConfigError(f"{prefix}.modality_mask_ratio ({omni.modality_mask_ratio}) must lie in [0, 1]")
     if model.mrope_section is None:
         raise ConfigError("model.mrope_section must be set: the omni model uses 3-D multimodal RoPE")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from megatron_omni.rewards.config import RewardConfig
 from megatron_omni.rewards.cue_recovery import EvidenceSentence, classify_sentences, recovery_score
 from megatron_omni.rewards.emotion_wheel_f1 import emotion_wheel_f1
 from megatron_omni.text.completion import format_reward, parse_completion
@@ -15,20 +16,6 @@ from megatron_omni.text.sentences import Sentence, split_sentences
 from megatron_omni.text.wordlists import parse_emotion_words
 
 CLUE_FIELDS = {"visual": "visual_clues", "audio": "audio_clues", "emotions": "reasoning_emotions"}
-
-
-@dataclass(frozen=True)
-class OmniPerceptionRewardConfig:
-    wheel_dir: str  # folder with format.csv, synonym.xlsx, wheelN.xlsx
-    weight_ew: float = 1.0
-    weight_format: float = 0.1
-    weight_perc: float = 0.3
-    weight_coh: float = 0.3
-    tau: float = 0.5  # cue-score margin
-    evidence_threshold: float = 0.5  # cosine a sentence needs to count as visual/audio evidence
-    wheel_level: str = "level1"
-    embedding_model: str | None = None  # local sentence-transformers folder; None: all-MiniLM-L6-v2
-    device: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -57,8 +44,10 @@ def _sample_clues(sample: dict, index: int) -> tuple[list[str], _Clues]:
 class OmniPerceptionReward:
     """Rewards for a batch of completions; every term is returned so the trainer can log it."""
 
-    def __init__(self, config: OmniPerceptionRewardConfig, lexicon: EmotionWheelLexicon | None = None,
+    def __init__(self, config: RewardConfig, lexicon: EmotionWheelLexicon | None = None,
                  encoder: SentenceEncoder | None = None):
+        if lexicon is None and config.wheel_dir is None:
+            raise ValueError("reward.wheel_dir must name the MER emotion-wheel lexicon folder")
         self.config = config
         self.lexicon = lexicon or EmotionWheelLexicon.from_dir(config.wheel_dir)
         self.encoder = encoder or shared_encoder(config.embedding_model, config.device)

@@ -6,11 +6,12 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 from megatron_omni.algorithms.lm import LanguageModeling
-from megatron_omni.config import Config, ConfigError
+from megatron_omni.config import ConfigError
 from megatron_omni.data.sampler import ResumableBatchSampler
 from megatron_omni.data.text_corpus import VOCAB_SIZE, TextWindows, generate_sentences
 from megatron_omni.models.decoder import build_decoder
 from megatron_omni.parallel import destroy_parallel, initialize_parallel, set_seed
+from megatron_omni.training.config import RunConfig
 from megatron_omni.training.loop import train
 from megatron_omni.training.model_setup import build_model_chunks
 from megatron_omni.training.optimizer import build_optimizer
@@ -18,7 +19,7 @@ from megatron_omni.training.optimizer import build_optimizer
 CORPUS_SENTENCES = 2000
 
 
-def run(cfg: Config) -> list[dict]:
+def run(cfg: RunConfig) -> list[dict]:
     """Train in an initialised process group; returns this run's per-step metrics."""
     cfg.validate(dist.get_world_size())
     if cfg.model.vocab_size < VOCAB_SIZE:

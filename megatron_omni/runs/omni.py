@@ -17,7 +17,13 @@ from megatron.core import parallel_state
 
 from megatron_omni.config import ConfigError, load_config
 from megatron_omni.data import (
-    Collator, OmniDataset, OmniProcessor, ResumableBatchSampler, load_manifest, load_tokenizer, special_token_ids,
+    Collator,
+    OmniDataset,
+    OmniProcessor,
+    ResumableBatchSampler,
+    load_manifest,
+    load_tokenizer,
+    special_token_ids,
 )
 from megatron_omni.data.toy import make_toy_dataset
 from megatron_omni.models.omni import build_omni_model
@@ -32,24 +38,24 @@ def resolve_dataset(cfg: OmniTrainConfig) -> None:
     """Fill in the toy data set's paths when no manifests are configured (rank 0 writes it)."""
     d = cfg.dataset
     if d.train_manifest is not None:
-        if d.tokenizer_dir is None:
-            raise ConfigError("dataset.tokenizer_dir must name the tokenizer folder (the model directory) for a custom manifest")
         return
     if dist.get_rank() == 0:
         make_toy_dataset(d.toy_dir, d.toy_num_clips, d.toy_seed)
     dist.barrier()
     paths = make_toy_dataset(d.toy_dir, d.toy_num_clips, d.toy_seed)  # cached: only reads the paths
-    d.train_manifest, d.test_manifest, d.tokenizer_dir = str(paths.train_manifest), str(paths.test_manifest), str(paths.tokenizer_dir)
+    d.train_manifest, d.test_manifest = str(paths.train_manifest), str(paths.test_manifest)
+    d.tokenizer_dir = str(paths.tokenizer_dir)
+    if cfg.reward.wheel_dir is None:
+        cfg.reward.wheel_dir = str(paths.wheel_dir)
+        if dist.get_rank() == 0:
+            print(f"[data] reward.wheel_dir is not set: scoring the toy set with its own emotion wheel {paths.wheel_dir} "
+                  "(the released MER lexicon comes from MERTools' MER2025 emotion_wheel folder)", flush=True)
 
 
 def build_reward(cfg: OmniTrainConfig):
-    from megatron_omni.rewards.omni_perception import OmniPerceptionReward, OmniPerceptionRewardConfig
+    from megatron_omni.rewards.omni_perception import OmniPerceptionReward
 
-    r = cfg.reward
-    return OmniPerceptionReward(OmniPerceptionRewardConfig(
-        wheel_dir=r.wheel_dir, weight_ew=r.weight_ew, weight_format=r.weight_format, weight_perc=r.weight_perc,
-        weight_coh=r.weight_coh, tau=r.tau, embedding_model=r.embedding_model,
-    ))
+    return OmniPerceptionReward(cfg.reward)
 
 
 def build_algorithm(cfg: OmniTrainConfig, tokenizer, processor, model_chunks, reward=None):
@@ -150,8 +156,8 @@ def checkpoint_answerer(config: str, checkpoint: str, manifest: str, overrides: 
 
 def evaluate(cfg: OmniTrainConfig, model_chunks, tokenizer, processor, tag: str) -> dict[str, float]:
     """Greedy answers on the held-out split, scored; rank 0 writes ``output_dir/eval_<tag>.json``."""
-    from megatron_omni.text.lexicon import EmotionWheelLexicon
     from megatron_omni.eval.model_answers import sample_records, score_answers
+    from megatron_omni.text.lexicon import EmotionWheelLexicon
 
     answerer = answerer_for(cfg, model_chunks, tokenizer, processor, cfg.dataset.test_manifest)
     records = sample_records(answerer.prompts)[: cfg.evaluation.max_samples]
@@ -174,7 +180,8 @@ def prepare_model(cfg: OmniTrainConfig, wrap_ddp: bool = True):
     p = cfg.parallel
     initialize_parallel(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.virtual_pipeline_model_parallel_size)
     set_seed(cfg.train.seed)
-    return tokenizer, OmniProcessor(tokenizer, cfg.data), initial_model_chunks(cfg, wrap_ddp)
+    processor = OmniProcessor(tokenizer, cfg.data, cfg.omni.position_id_per_seconds, cfg.omni.seconds_per_chunk)
+    return tokenizer, processor, initial_model_chunks(cfg, wrap_ddp)
 
 
 def initial_model_chunks(cfg: OmniTrainConfig, wrap_ddp: bool):

@@ -17,9 +17,9 @@ from typing import Protocol
 import torch
 import torch.distributed as dist
 
-from megatron_omni.config import Config
 from megatron_omni.data.sampler import ResumableBatchSampler
 from megatron_omni.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from megatron_omni.training.config import RunConfig
 from megatron_omni.training.metrics import MetricsLogger
 from megatron_omni.training.step import optimizer_step
 
@@ -68,7 +68,7 @@ def checkpointed_models(algorithm) -> dict:
     return algorithm.checkpointed_models() if hasattr(algorithm, "checkpointed_models") else {}
 
 
-def resume_if_possible(cfg: Config, model_chunks, optimizer, scheduler, sampler: ResumableBatchSampler,
+def resume_if_possible(cfg: RunConfig, model_chunks, optimizer, scheduler, sampler: ResumableBatchSampler,
                        extra_models: dict) -> TrainState:
     """Load the newest complete checkpoint from ``train.load_dir`` (or ``train.save_dir``)."""
     folder = cfg.train.load_dir or cfg.train.save_dir
@@ -82,7 +82,7 @@ def resume_if_possible(cfg: Config, model_chunks, optimizer, scheduler, sampler:
     return TrainState(step=run_state["step"], nonfinite_total=run_state.get("nonfinite_total", 0))
 
 
-def train(cfg: Config, model_chunks, optimizer, scheduler, sampler: ResumableBatchSampler, algorithm: Algorithm) -> list[dict]:
+def train(cfg: RunConfig, model_chunks, optimizer, scheduler, sampler: ResumableBatchSampler, algorithm: Algorithm) -> list[dict]:
     """Run ``cfg.train.steps`` optimizer steps (continuing a resumed run); returns this run's metrics."""
     t = cfg.train
     extra_models = checkpointed_models(algorithm)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from megatron_omni.config import LoggingConfig
+from megatron_omni.training.config import LoggingConfig
 
 
 class MetricsLogger:

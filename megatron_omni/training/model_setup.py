@@ -9,14 +9,14 @@ from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 from megatron.core.transformer.module import Float16Module, MegatronModule
 
-from megatron_omni.config import Config
 from megatron_omni.parallel.param_init import layout_independent_init
+from megatron_omni.training.config import RunConfig
 
 # (cfg, pre_process, post_process, vp_stage) -> one model chunk
-ChunkBuilder = Callable[[Config, bool, bool, "int | None"], MegatronModule]
+ChunkBuilder = Callable[[RunConfig, bool, bool, "int | None"], MegatronModule]
 
 
-def build_model_chunks(cfg: Config, builder: ChunkBuilder, wrap_ddp: bool = True) -> list[MegatronModule]:
+def build_model_chunks(cfg: RunConfig, builder: ChunkBuilder, wrap_ddp: bool = True) -> list[MegatronModule]:
     """One chunk per virtual pipeline stage held by this rank (one chunk without interleaving).
 
     Weights are drawn per parameter name, so every TP/PP layout starts from the same model.

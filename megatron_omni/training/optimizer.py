@@ -5,10 +5,10 @@ from megatron.core.optimizer import OptimizerConfig as McoreOptimizerConfig
 from megatron.core.optimizer import get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-from megatron_omni.config import Config
+from megatron_omni.training.config import RunConfig
 
 
-def build_optimizer(cfg: Config, model_chunks):
+def build_optimizer(cfg: RunConfig, model_chunks):
     o, prec = cfg.optimizer, cfg.precision
     mcfg = McoreOptimizerConfig(
         optimizer="adam",

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from megatron_omni.config import ConfigError, ModelConfig
+from megatron_omni.config import ConfigError
 from megatron_omni.convert import OmniModelConfig, read_model_config, write_model_config
+from megatron_omni.models.config import ModelConfig
 from megatron_omni.models.omni_config import OmniConfig, validate_omni
 
 

@@ -10,7 +10,8 @@ import torch
 from megatron_omni.eval.mep_bench import KeywordClaimExtractor
 from megatron_omni.rewards.cue_recovery import classify_sentences, cue_scores
 from megatron_omni.rewards.emotion_wheel_f1 import emotion_wheel_f1
-from megatron_omni.rewards.omni_perception import OmniPerceptionReward, OmniPerceptionRewardConfig
+from megatron_omni.rewards.config import RewardConfig
+from megatron_omni.rewards.omni_perception import OmniPerceptionReward
 from megatron_omni.text.lexicon import EmotionWheelLexicon
 
 
@@ -44,7 +45,7 @@ def test_cue_score_formula():
 
 
 def test_reward_terms_weights_and_one_encode_call(fixture_wheel_dir, encoder):
-    config = OmniPerceptionRewardConfig(str(fixture_wheel_dir), weight_ew=2.0, weight_format=0.5,
+    config = RewardConfig(str(fixture_wheel_dir), weight_ew=2.0, weight_format=0.5,
                                         weight_perc=0.25, weight_coh=1.0)
     reward = OmniPerceptionReward(config, encoder=encoder)
     target = sample(["upset"], visual=["furrowed brows"], audio=["trembling voice"], emotions=["disappointment"])
@@ -64,7 +65,7 @@ def test_reward_terms_weights_and_one_encode_call(fixture_wheel_dir, encoder):
 
 
 def test_reward_input_errors_name_the_sample(fixture_wheel_dir, encoder):
-    reward = OmniPerceptionReward(OmniPerceptionRewardConfig(str(fixture_wheel_dir)), encoder=encoder)
+    reward = OmniPerceptionReward(RewardConfig(str(fixture_wheel_dir)), encoder=encoder)
     with pytest.raises(KeyError, match="sample 1: missing field 'openset'"):
         reward.compute(["a", "b"], [sample(["x"]), {"extracted_clues": {}}])
     with pytest.raises(TypeError, match="sample 0: extracted_clues.audio_clues"):
@@ -74,7 +75,7 @@ def test_reward_input_errors_name_the_sample(fixture_wheel_dir, encoder):
 
 
 def test_evidence_sentences_map_to_completion_offsets(fixture_wheel_dir, encoder):
-    reward = OmniPerceptionReward(OmniPerceptionRewardConfig(str(fixture_wheel_dir)), encoder=encoder)
+    reward = OmniPerceptionReward(RewardConfig(str(fixture_wheel_dir)), encoder=encoder)
     completion = "<think>He has deeply furrowed brows. His voice is trembling. It rains.</think><answer>upset</answer>"
     spans = reward.evidence_sentences(completion, sample(["upset"], ["furrowed brows"], ["trembling voice"]))
     assert [(completion[s.start:s.end], s.modality) for s in spans] == [
@@ -101,7 +102,7 @@ def emer_samples(shared_data):
 
 
 def test_real_description_recovers_its_own_cues(shared_data, emer_samples, encoder, tmp_path):
-    reward = OmniPerceptionReward(OmniPerceptionRewardConfig(str(shared_data / "emotion_wheel")), encoder=encoder)
+    reward = OmniPerceptionReward(RewardConfig(str(shared_data / "emotion_wheel")), encoder=encoder)
     descriptions = [d for d, _ in emer_samples]
     targets = [s for _, s in emer_samples]
     rotated = descriptions[1:] + descriptions[:1]  # each sample paired with another clip's description
@@ -115,7 +116,7 @@ def test_real_description_recovers_its_own_cues(shared_data, emer_samples, encod
 def test_oppo_sample_own_clues_beat_shuffled_ones(shared_data, encoder):
     with open(shared_data / "oppo_rl_sample.jsonl", encoding="utf-8") as handle:
         samples = [json.loads(line) for line in handle]
-    reward = OmniPerceptionReward(OmniPerceptionRewardConfig(str(shared_data / "emotion_wheel")), encoder=encoder)
+    reward = OmniPerceptionReward(RewardConfig(str(shared_data / "emotion_wheel")), encoder=encoder)
 
     def completion(record):
         clues = record["extracted_clues"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from megatron_omni.algorithms.grpo import GRPOConfig
+from megatron_omni.algorithms.grpo import PolicyLossConfig
+from megatron_omni.config import ConfigError
 from megatron_omni.generation.generator import SamplingConfig
 
 
@@ -18,6 +19,14 @@ class DistillationLossConfig:
     temperature: float = 1.0
     # null: the full vocabulary; k: the teacher's top-k tokens plus one tail bucket.
     top_k: int | None = None
+
+    def validate(self, key: str) -> None:
+        if not 0.0 <= self.beta <= 1.0:
+            raise ConfigError(f"{key}.beta must be in [0, 1], got {self.beta}")
+        if self.temperature <= 0:
+            raise ConfigError(f"{key}.temperature must be positive, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ConfigError(f"{key}.top_k must be >= 1 or null, got {self.top_k}")
 
 
 @dataclass
@@ -39,7 +48,20 @@ class OPSDConfig:
     group_size: int = 4  # completions sampled per prompt
     # Plain sampling from the student (temperature 1, no top-k): the on-policy distribution.
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=1.0, top_k=0))
-    # Mix with the GRPO reward loss: total = distillation + grpo_weight * GRPO (group_size
-    # completions per prompt form the groups; grpo.kl_beta is not used, the teacher KL regularises).
+    # Mix with the GRPO reward loss: total = distillation + grpo_weight * GRPO (the group_size
+    # completions of a prompt form its group; no reference KL: the teacher KL regularises).
     grpo_weight: float = 0.0
-    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    grpo: PolicyLossConfig = field(default_factory=PolicyLossConfig)
+
+    def validate(self, key: str) -> None:
+        if self.teacher == "checkpoint" and not self.teacher_checkpoint:
+            raise ConfigError(f"{key}.teacher=checkpoint needs {key}.teacher_checkpoint (a Megatron checkpoint folder)")
+        if self.teacher != "checkpoint" and (self.teacher_checkpoint or self.teacher_config):
+            raise ConfigError(f"{key}.teacher_checkpoint / teacher_config are read only with {key}.teacher=checkpoint "
+                              f"(it is {self.teacher})")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"{key}.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.group_size < 2:
+            raise ConfigError(f"{key}.group_size must be >= 2, got {self.group_size}")
+        if self.grpo_weight < 0:
+            raise ConfigError(f"{key}.grpo_weight must be >= 0, got {self.grpo_weight}")

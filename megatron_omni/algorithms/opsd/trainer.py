@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from megatron.core import parallel_state
 
+from megatron_omni.algorithms.config import RLRunSections
 from megatron_omni.algorithms.grpo import GRPOLoss, group_advantages
 from megatron_omni.algorithms.opsd.alignment import CompletionRows, completion_rows
 from megatron_omni.algorithms.opsd.loss import DistillationLoss
@@ -29,7 +30,6 @@ from megatron_omni.algorithms.step_common import padded_microbatches
 from megatron_omni.data.batch import OmniBatch, pad
 from megatron_omni.data.processor import attach_completion
 from megatron_omni.kernels import vocab_parallel_logprob_entropy
-from megatron_omni.runs.config import OmniTrainConfig
 from megatron_omni.training.step import forward_only
 
 # Teacher sequences longer than train.seq_length are padded to a multiple of this (one shape for
@@ -47,7 +47,7 @@ class DistillMicroBatch:
 
 
 class OmniOPSD:
-    def __init__(self, cfg: OmniTrainConfig, prompts, samples, tokenizer, reward, model_chunks, teacher: Teacher,
+    def __init__(self, cfg: RLRunSections, prompts, samples, tokenizer, reward, model_chunks, teacher: Teacher,
                  stop_token_ids: list[int], pad_token_id: int):
         self.cfg = cfg
         self.prompts = prompts  # OmniDataset of prompts (no targets)

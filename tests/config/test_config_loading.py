@@ -1,8 +1,17 @@
-"""Config loading and validation: the documented messages."""
+"""Run configuration loading and validation: the documented messages."""
+from functools import partial
+from pathlib import Path
+
 import pytest
 
-from megatron_omni import config as config_module
-from megatron_omni.config import Config, ConfigError, load_config
+from megatron_omni.config import ConfigError
+from megatron_omni.config import load_config as load_any
+from megatron_omni.models import config as model_config_module
+from megatron_omni.runs.config import OmniTrainConfig
+from megatron_omni.training.config import RunConfig
+
+load_config = partial(load_any, cls=RunConfig)
+CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "configs"
 
 
 def write(tmp_path, text):
@@ -56,9 +65,11 @@ def test_error_names_the_file(tmp_path):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["parallel.tensor_model_parallel_size=3"], "parallel.tensor_model_parallel_size (3) must divide model.num_attention_heads (4) and model.num_query_groups (2)"),
+        (["parallel.tensor_model_parallel_size=3"],
+         "parallel.tensor_model_parallel_size (3) must divide model.num_attention_heads (4) and model.num_query_groups (2)"),
         (["parallel.tensor_model_parallel_size=4"], "must divide model.num_attention_heads (4) and model.num_query_groups (2)"),
-        (["parallel.pipeline_model_parallel_size=3"], "parallel.pipeline_model_parallel_size (3) must divide model.num_layers (4)"),
+        (["parallel.pipeline_model_parallel_size=3"],
+         "parallel.pipeline_model_parallel_size (3) must divide model.num_layers (4)"),
         (["parallel.pipeline_model_parallel_size=2", "parallel.virtual_pipeline_model_parallel_size=4"],
          "pipeline_model_parallel_size (2) x virtual_pipeline_model_parallel_size (4) must divide model.num_layers (4)"),
         (["parallel.virtual_pipeline_model_parallel_size=2"], "needs pipeline_model_parallel_size >= 2"),
@@ -68,7 +79,8 @@ def test_error_names_the_file(tmp_path):
         (["model.num_query_groups=3"], "model.num_attention_heads (4) must be divisible by model.num_query_groups (3)"),
         (["model.mrope_section=[2, 2, 2]"], "model.mrope_section [2, 2, 2] must sum to head_dim / 2 = 8"),
         (["optimizer.lr_warmup_steps=5", "train.steps=5"], "optimizer.lr_warmup_steps (5) must be smaller than train.steps (5)"),
-        (["train.global_batch_size=6", "train.micro_batch_size=4"], "train.global_batch_size (6) must be a multiple of train.micro_batch_size (4)"),
+        (["train.global_batch_size=6", "train.micro_batch_size=4"],
+         "train.global_batch_size (6) must be a multiple of train.micro_batch_size (4)"),
     ],
 )
 def test_validation_messages(overrides, message):
@@ -88,7 +100,7 @@ def test_world_size_rules():
 
 
 def test_fp8_without_transformer_engine_fails_at_start(monkeypatch):
-    monkeypatch.setattr(config_module, "transformer_engine_available", lambda: False)
+    monkeypatch.setattr(model_config_module, "transformer_engine_available", lambda: False)
     with pytest.raises(ConfigError, match=r"precision.fp8='e4m3' needs Transformer Engine on a CUDA machine"):
         load_config(None, ["precision.fp8=e4m3"]).validate()
 
@@ -97,23 +109,35 @@ def test_transformer_engine_probe_is_false_without_cuda():
     import torch
 
     if not torch.cuda.is_available():
-        assert config_module.transformer_engine_available() is False
+        assert model_config_module.transformer_engine_available() is False
 
 
 def test_defaults_are_valid():
-    Config().validate(world_size=1)
+    RunConfig().validate(world_size=1)
 
 
 @pytest.mark.parametrize("name", ["toy_decoder.yaml", "toy_omni_sft.yaml", "toy_oppo.yaml", "qwen2_5_omni_7b_oppo.yaml",
                                   "toy_omniopsd.yaml", "qwen2_5_omni_7b_omniopsd.yaml"])
 def test_example_configs_load_and_validate(name):
-    from pathlib import Path
-
-    from megatron_omni.runs.config import OmniTrainConfig
-
-    path = Path(__file__).resolve().parent.parent / "examples" / "configs" / name
-    cls = Config if name == "toy_decoder.yaml" else OmniTrainConfig
+    path = CONFIGS / name
     # FP8 needs Transformer Engine on CUDA; on CPU the 7B config is checked in bf16.
-    cfg = load_config(path, ["precision.fp8=null", "reward.wheel_dir=lexicon"], cls=cls) if cls is not Config else load_config(path)
+    cfg = RunConfig.load(path) if name == "toy_decoder.yaml" else \
+        OmniTrainConfig.load(path, ["precision.fp8=null", "reward.wheel_dir=lexicon"])
     world = cfg.parallel.tensor_model_parallel_size * cfg.parallel.pipeline_model_parallel_size
     cfg.validate(world)
+
+
+def test_example_configs_name_no_path_outside_the_repository():
+    """A fresh clone holds everything the example configs point at (or generates it)."""
+    import yaml
+
+    def paths(node, key=""):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                yield from paths(v, f"{key}.{k}" if key else k)
+        elif isinstance(node, str) and ("/" in node or node.startswith("..")):
+            yield key, node
+
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        for key, value in paths(yaml.safe_load(path.read_text())):
+            assert not Path(value).is_absolute() and ".." not in Path(value).parts, f"{path.name}: {key}={value}"

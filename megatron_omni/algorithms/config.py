@@ -1,0 +1,52 @@
+"""The ``sft`` and ``oppo`` sections of a run config (OmniOPSD's ``opsd`` is in opsd/config.py), and
+what the RL algorithms read of a run's config."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from megatron_omni.algorithms.grpo import GRPOConfig
+from megatron_omni.algorithms.opsd.config import OPSDConfig
+from megatron_omni.config import ConfigError
+from megatron_omni.generation.generator import SamplingConfig
+from megatron_omni.models.config import ModelConfig
+from megatron_omni.models.omni_config import OmniConfig
+from megatron_omni.training.config import TrainConfig
+
+
+@dataclass
+class SFTConfig:
+    # Share of the SFT samples whose prompt also carries their rationale
+    # (data.prompt.privileged_template): the model learns to read a reference analysis, the view
+    # OmniOPSD's teacher gets. A model that already uses in-context evidence needs none (0).
+    privileged_fraction: float = 0.0
+
+    def validate(self, key: str) -> None:
+        if not 0.0 <= self.privileged_fraction <= 1.0:
+            raise ConfigError(f"{key}.privileged_fraction must be in [0, 1], got {self.privileged_fraction}")
+
+
+@dataclass
+class OPPOConfig:
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    # Omni-Perception loss: L_op = sign * gamma * (KL on visual + KL on audio evidence) + eta * entropy.
+    perception_gamma: float = 5e-4
+    perception_eta: float = 1e-4
+    perception_sign: Literal["reward_divergence", "penalize_divergence"] = "reward_divergence"
+    perception_loss: bool = True
+
+    def validate(self, key: str) -> None:
+        for name in ("perception_gamma", "perception_eta"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{key}.{name} must be >= 0 (perception_sign sets the direction), got {getattr(self, name)}")
+
+
+class RLRunSections(Protocol):
+    """The sections OPPO and OmniOPSD read (an omni run config has them all)."""
+
+    model: ModelConfig
+    omni: OmniConfig
+    train: TrainConfig
+    oppo: OPPOConfig
+    opsd: OPSDConfig

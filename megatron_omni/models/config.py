@@ -1,0 +1,87 @@
+"""The language decoder's sections of a run config (``model``, ``precision``) and what the model
+builders read of a run's config."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from megatron_omni.config import ConfigError
+from megatron_omni.parallel.config import ParallelConfig
+
+
+def transformer_engine_available() -> bool:
+    """TE imports and CUDA is present. A broken TE raises RuntimeError/OSError, not ImportError."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return False
+        import transformer_engine.pytorch  # noqa: F401
+    except (ImportError, RuntimeError, OSError):
+        return False
+    return True
+
+
+@dataclass
+class ModelConfig:
+    """The Qwen2.5 language decoder (the defaults are a tiny model for CPU runs)."""
+
+    vocab_size: int = 512
+    hidden_size: int = 64
+    ffn_hidden_size: int = 128
+    num_layers: int = 4
+    num_attention_heads: int = 4
+    num_query_groups: int = 2
+    rotary_base: float = 1_000_000.0
+    # 3-D multimodal RoPE (temporal, height, width) sections of head_dim / 2; null means 1-D RoPE.
+    mrope_section: list[int] | None = field(default_factory=lambda: [2, 3, 3])
+    tie_word_embeddings: bool = True
+    add_qkv_bias: bool = True
+    norm_epsilon: float = 1e-6
+    max_position_embeddings: int = 4096
+    # Vocabulary rows are padded to a multiple of this times TP, as megatron does.
+    make_vocab_size_divisible_by: int = 128
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def validate(self, key: str) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(f"{key}.hidden_size ({self.hidden_size}) must be divisible by "
+                              f"{key}.num_attention_heads ({self.num_attention_heads})")
+        if self.num_attention_heads % self.num_query_groups:
+            raise ConfigError(f"{key}.num_attention_heads ({self.num_attention_heads}) must be divisible by "
+                              f"{key}.num_query_groups ({self.num_query_groups})")
+        if self.mrope_section is not None and sum(self.mrope_section) * 2 != self.head_dim:
+            raise ConfigError(f"{key}.mrope_section {self.mrope_section} must sum to head_dim / 2 = {self.head_dim // 2}")
+        for name in ("vocab_size", "num_layers", "make_vocab_size_divisible_by", "max_position_embeddings"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{key}.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class PrecisionConfig:
+    params_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # "e4m3" or "hybrid" (E4M3 forward, E5M2 backward); needs Transformer Engine on CUDA.
+    fp8: Literal["e4m3", "hybrid"] | None = None
+    fp8_recipe: Literal["delayed", "tensorwise"] = "delayed"
+    # Build layers from the Transformer Engine spec when it is importable and CUDA is present.
+    transformer_engine: bool = True
+
+    def validate(self, key: str) -> None:
+        if self.fp8 is not None and not transformer_engine_available():
+            raise ConfigError(
+                f"{key}.fp8={self.fp8!r} needs Transformer Engine on a CUDA machine "
+                f"(pip install --no-build-isolation -r requirements-gpu.txt); set {key}.fp8=null on CPU"
+            )
+
+
+class ModelSections(Protocol):
+    """What the model builders read of a run's config (any run config has these sections)."""
+
+    model: ModelConfig
+    parallel: ParallelConfig
+    precision: PrecisionConfig

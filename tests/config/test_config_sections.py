@@ -1,0 +1,106 @@
+"""Every section validates its own fields through one walk; messages name the dotted key, also
+for a section class that sits at several places (oppo.sampling and opsd.sampling)."""
+from dataclasses import dataclass, field
+
+import pytest
+
+from megatron_omni.algorithms.opsd.config import DistillationLossConfig, OPSDConfig
+from megatron_omni.config import ConfigError, validate_sections
+from megatron_omni.data.config import DataConfig
+from megatron_omni.runs.config import OmniTrainConfig
+
+
+def omni_config(*overrides: str) -> OmniTrainConfig:
+    return OmniTrainConfig.load(None, ["reward.wheel_dir=lexicon", *overrides])
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["oppo.grpo.group_size=1"], "oppo.grpo.group_size must be >= 2"),
+        (["opsd.group_size=1"], "opsd.group_size must be >= 2"),
+        (["oppo.sampling.temperature=0"], "oppo.sampling.temperature must be > 0 when sampling"),
+        (["opsd.sampling.temperature=-1"], "opsd.sampling.temperature must be > 0 when sampling"),
+        (["oppo.sampling.top_p=0"], r"oppo.sampling.top_p must lie in (0, 1]"),
+        (["oppo.sampling.top_p=1.5"], r"oppo.sampling.top_p must lie in (0, 1]"),
+        (["opsd.sampling.top_k=-1"], "opsd.sampling.top_k must be >= 0"),
+        (["oppo.sampling.max_new_tokens=0"], "oppo.sampling.max_new_tokens must be >= 1"),
+        (["opsd.loss.temperature=0"], "opsd.loss.temperature must be positive"),
+        (["oppo.grpo.kl_beta=-0.1"], "oppo.grpo.kl_beta must be >= 0"),
+        (["oppo.perception_gamma=-1"], "oppo.perception_gamma must be >= 0"),
+        (["reward.tau=2"], r"reward.tau must lie in [0, 1]"),
+        (["reward.evidence_threshold=3"], r"reward.evidence_threshold is a cosine similarity"),
+        (["sft.privileged_fraction=1.5"], r"sft.privileged_fraction must be in [0, 1]"),
+        (["evaluation.max_new_tokens=0"], "evaluation.max_new_tokens must be >= 1"),
+        (["omni.modality_mask_ratio=2"], r"omni.modality_mask_ratio (2.0) must lie in [0, 1]"),
+        (["train.steps=0"], "train.steps must be >= 1"),
+        (["optimizer.min_lr=0.1", "optimizer.lr=0.01"], "optimizer.min_lr (0.1) must lie in [0, optimizer.lr (0.01)]"),
+        (["data.video.fps=0"], "data.video.fps must be positive"),
+        (["dataset.train_manifest=train.jsonl"], "dataset.tokenizer_dir must name the tokenizer folder"),
+        (["data.packing=true"], "data.packing=True: training runs do not use data.packing yet"),
+        (["data.num_workers=2"], "data.num_workers=2: training runs do not use data.num_workers yet"),
+        (["data.pad_to_multiple_of=64"], "data.pad_to_multiple_of=64: training runs do not use data.pad_to_multiple_of yet"),
+        (["algorithm=oppo", "reward.wheel_dir=null"], "reward.wheel_dir must name the MER emotion-wheel lexicon folder"),
+    ],
+)
+def test_section_rules_name_the_key(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        omni_config(*overrides).validate(world_size=1)
+    assert message in str(err.value)
+
+
+def test_greedy_sampling_needs_no_temperature():
+    omni_config("oppo.sampling.greedy=true", "oppo.sampling.temperature=0").validate(world_size=1)
+
+
+def test_keys_that_nothing_reads_are_unknown():
+    # OmniOPSD groups its own opsd.group_size completions and regularises with the teacher KL.
+    for key in ("opsd.grpo.group_size=4", "opsd.grpo.kl_beta=0.1"):
+        with pytest.raises(ConfigError, match="unknown key opsd.grpo"):
+            omni_config(key)
+    # One source for the time alignment: the model's omni section.
+    with pytest.raises(ConfigError, match="unknown key data.position_id_per_seconds"):
+        omni_config("data.position_id_per_seconds=25")
+    assert omni_config("omni.position_id_per_seconds=50").omni.position_id_per_seconds == 50
+
+
+def test_reward_config_reaches_the_reward_whole():
+    cfg = omni_config("reward.evidence_threshold=0.7", "reward.wheel_level=level2", "reward.device=cpu")
+    assert (cfg.reward.evidence_threshold, cfg.reward.wheel_level) == (0.7, "level2")
+    with pytest.raises(ConfigError, match="reward.wheel_level: 'level3' is not one of"):
+        omni_config("reward.wheel_level=level3")
+
+
+def test_the_walk_visits_nested_sections_children_first():
+    seen = []
+
+    @dataclass
+    class Leaf:
+        def validate(self, key):
+            seen.append(key)
+
+    @dataclass
+    class Middle:
+        leaf: Leaf = field(default_factory=Leaf)
+
+        def validate(self, key):
+            seen.append(key)
+
+    @dataclass
+    class Root:
+        first: Middle = field(default_factory=Middle)
+        second: Middle = field(default_factory=Middle)
+
+    validate_sections(Root())
+    assert seen == ["first.leaf", "first", "second.leaf", "second"]
+
+
+def test_standalone_sections_validate_under_their_key():
+    with pytest.raises(ConfigError, match=r"opsd.teacher=checkpoint needs opsd.teacher_checkpoint"):
+        OPSDConfig(teacher="checkpoint").validate("opsd")
+    with pytest.raises(ConfigError, match=r"opsd.ema_decay must be in \[0, 1\)"):
+        OPSDConfig(teacher="ema", ema_decay=1.0).validate("opsd")
+    with pytest.raises(ConfigError, match="teacher.loss.top_k must be >= 1"):
+        DistillationLossConfig(top_k=0).validate("teacher.loss")
+    with pytest.raises(ConfigError, match="data.video.min_pixels .* exceeds max_pixels"):
+        DataConfig(video=DataConfig().video.__class__(min_pixels=999999)).validate("data")
