@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(PY) -m megatron_omni.cli.demo $(ARGS)
 
 test: $(STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests $(ARGS)
 
 clean:

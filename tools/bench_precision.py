@@ -118,7 +118,8 @@ def main(argv=None) -> int:
     print(f"\nOPPO steps, mean of {args.steps}; ratios against {next(iter(results))}:")
     print(f" {'':<26}" + "".join(f"{n:>12}{'ratio':>8}" for n in results))
     for key in baseline:
-        cells = "".join(f"{r[key]:12.3f}{r[key] / baseline[key] if baseline[key] else float('nan'):8.3f}" for r in results.values())
+        ratio = {name: r[key] / baseline[key] if baseline[key] else float("nan") for name, r in results.items()}
+        cells = "".join(f"{r[key]:12.3f}{ratio[name]:8.3f}" for name, r in results.items())
         print(f" {key:<26}{cells}")
     return 0
 

@@ -25,7 +25,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hf-dir", required=True, help="Hugging Face folder: config.json + safetensors")
     parser.add_argument("--out-dir", required=True, help="Megatron checkpoint folder to create")
-    parser.add_argument("--dtype", dest="params_dtype", choices=["fp32", "bf16", "fp16"], help="weights dtype (default: the one config.json names)")
+    parser.add_argument("--dtype", dest="params_dtype", choices=["fp32", "bf16", "fp16"],
+                        help="weights dtype (default: the one config.json names)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out-dir if it exists")
     return parser.parse_args(argv)
 

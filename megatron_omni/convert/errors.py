@@ -14,7 +14,8 @@ def _listing(keys: list[str]) -> str:
     return f"\n    {shown}{more}"
 
 
-def check_keys_and_shapes(source: str, found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]], hint: str = "") -> None:
+def check_keys_and_shapes(source: str, found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]],
+                          hint: str = "") -> None:
     """Raise one ConversionError listing missing keys, unexpected keys and shape mismatches."""
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))

@@ -39,13 +39,15 @@ def _tie_hint(cfg: OmniModelConfig, checkpoint: HFCheckpoint) -> str:
     return ""
 
 
-def plan_conversion(hf_dir: str | Path, params_dtype: str | None = None, log: Log = print) -> tuple[OmniModelConfig, HFCheckpoint, OmniParamMap]:
+def plan_conversion(hf_dir: str | Path, params_dtype: str | None = None,
+                    log: Log = print) -> tuple[OmniModelConfig, HFCheckpoint, OmniParamMap]:
     """Read and check everything from config.json and the shard headers; loads no weights."""
     hf_dir = Path(hf_dir)
     cfg, named_dtype = read_hf_config(hf_dir)
     checkpoint = HFCheckpoint(hf_dir)
     if checkpoint.ignored:
-        log(f"[convert] ignoring {len(checkpoint.ignored)} speech-generation tensors (talker.*, token2wav.*): not part of the thinker")
+        log(f"[convert] ignoring {len(checkpoint.ignored)} speech-generation tensors (talker.*, token2wav.*): "
+            "not part of the thinker")
     cfg.params_dtype = _weights_dtype(checkpoint, named_dtype, params_dtype)
     try:
         validate_omni(cfg.model, cfg.omni)
@@ -62,7 +64,8 @@ def load_hf_weights(model: OmniModel, checkpoint: HFCheckpoint, param_map: OmniP
     if set(state) != param_map.megatron_names():
         raise ConversionError(
             "the mapping does not cover the built model: "
-            f"unmapped {sorted(set(state) - param_map.megatron_names())}, unknown {sorted(param_map.megatron_names() - set(state))}"
+            f"unmapped {sorted(set(state) - param_map.megatron_names())}, "
+            f"unknown {sorted(param_map.megatron_names() - set(state))}"
         )
     by_hf_key = {key: mapping for mapping in param_map.mappings for key in mapping.hf}
     pending: dict[str, dict[str, torch.Tensor]] = {}

@@ -68,7 +68,8 @@ class OmniParamMap:
             ParamMapping(name, (name,), (shape,)) for name, shape in tower_parameter_shapes(cfg).items()
         ]
         h, kv, ffn = m.hidden_size, m.num_query_groups * m.head_dim, m.ffn_hidden_size
-        self.mappings.append(ParamMapping(f"{LM}embedding.word_embeddings.weight", ("model.embed_tokens.weight",), ((m.vocab_size, h),), "vocab"))
+        self.mappings.append(
+            ParamMapping(f"{LM}embedding.word_embeddings.weight", ("model.embed_tokens.weight",), ((m.vocab_size, h),), "vocab"))
         for i in range(m.num_layers):
             hf, mg = f"model.layers.{i}.", f"{LM}decoder.layers.{i}."
             attn = f"{hf}self_attn."
@@ -122,7 +123,8 @@ class OmniParamMap:
         q, k, v = tensors
         groups, rest = self.num_query_groups, q.shape[1:]
         return torch.cat(
-            [q.reshape(groups, self.q_rows_per_group, *rest), k.reshape(groups, self.head_dim, *rest), v.reshape(groups, self.head_dim, *rest)],
+            [q.reshape(groups, self.q_rows_per_group, *rest), k.reshape(groups, self.head_dim, *rest),
+             v.reshape(groups, self.head_dim, *rest)],
             dim=1,
         ).reshape(-1, *rest)
 

@@ -28,7 +28,8 @@ class OmniModelConfig:
     omni: OmniConfig = field(default_factory=OmniConfig)
     params_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
 
-    def to_config(self, tensor_model_parallel_size: int = 1, pipeline_model_parallel_size: int = 1, sequence_parallel: bool = False) -> RunConfig:
+    def to_config(self, tensor_model_parallel_size: int = 1, pipeline_model_parallel_size: int = 1,
+                  sequence_parallel: bool = False) -> RunConfig:
         """A run configuration that builds this model at the given layout.
 
         The local (plain torch) layer spec is used: checkpoints store Transformer Engine key
@@ -57,7 +58,8 @@ def model_config_path(checkpoint: str | Path) -> Path:
     for folder in (checkpoint, checkpoint.parent):
         if (folder / MODEL_CONFIG_FILE).is_file():
             return folder / MODEL_CONFIG_FILE
-    raise FileNotFoundError(f"{checkpoint}: no {MODEL_CONFIG_FILE} beside the checkpoint (was it written by save_model_checkpoint?)")
+    raise FileNotFoundError(
+        f"{checkpoint}: no {MODEL_CONFIG_FILE} beside the checkpoint (was it written by save_model_checkpoint?)")
 
 
 def read_model_config(checkpoint: str | Path) -> OmniModelConfig:

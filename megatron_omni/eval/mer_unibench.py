@@ -37,9 +37,12 @@ class BenchmarkDataset:
 
 
 DATASETS: dict[str, BenchmarkDataset] = {d.key: d for d in (
-    BenchmarkDataset("mer2023", "MER2023", "discrete", "label-6way.npz", 411, partial(load_emotion_labels, corpus="test1_corpus")),
-    BenchmarkDataset("mer2024", "MER2024", "discrete", "label-6way.npz", 1169, partial(load_emotion_labels, corpus="test1_corpus")),
-    BenchmarkDataset("meld", "MELD", "discrete", "label.npz", 2610, partial(load_emotion_labels, corpus="test_corpus", classes=MELD_CLASSES)),
+    BenchmarkDataset("mer2023", "MER2023", "discrete", "label-6way.npz", 411,
+                     partial(load_emotion_labels, corpus="test1_corpus")),
+    BenchmarkDataset("mer2024", "MER2024", "discrete", "label-6way.npz", 1169,
+                     partial(load_emotion_labels, corpus="test1_corpus")),
+    BenchmarkDataset("meld", "MELD", "discrete", "label.npz", 2610,
+                     partial(load_emotion_labels, corpus="test_corpus", classes=MELD_CLASSES)),
     BenchmarkDataset("iemocapfour", "IEMOCAP", "discrete", "label_4way.npz", 1241, load_iemocap_four),
     BenchmarkDataset("cmumosi", "CMU-MOSI", "sentiment", "label.npz", 686, load_valence_labels),
     BenchmarkDataset("cmumosei", "CMU-MOSEI", "sentiment", "label.npz", 4659, load_valence_labels),

@@ -91,7 +91,8 @@ def _merged_tokens(output) -> torch.Tensor:
     return pooled if pooled is not None else output.last_hidden_state
 
 
-def encode_video(tower: Qwen2_5OmniVisionEncoder, pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor) -> torch.Tensor:
+def encode_video(tower: Qwen2_5OmniVisionEncoder, pixel_values_videos: torch.Tensor,
+                 video_grid_thw: torch.Tensor) -> torch.Tensor:
     """[sum_i t_i*h_i*w_i, C*T*P*P] patches -> [sum_i t_i*h_i*w_i / merge^2, out_hidden] tokens."""
     dtype = tower.patch_embed.proj.weight.dtype
     return _merged_tokens(tower(pixel_values_videos.to(dtype), grid_thw=video_grid_thw))

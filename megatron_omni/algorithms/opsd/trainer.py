@@ -112,8 +112,8 @@ class OmniOPSD:
 
         metrics = rollouts.metrics(rewards)
         metrics["time_rollout_s"] = rollout_seconds
-        metrics["teacher_prompt_extra_tokens"] = float(
-            sum(tp.prompt_length - p.prompt_length for tp, p in zip(teacher_sequences, rollouts.prompts)) / len(teacher_sequences))
+        extra = sum(tp.prompt_length - p.prompt_length for tp, p in zip(teacher_sequences, rollouts.prompts))
+        metrics["teacher_prompt_extra_tokens"] = float(extra / len(teacher_sequences))
         return microbatches, metrics
 
     def _score_teacher(self, microbatches: list[DistillMicroBatch], teacher_length: int) -> None:
