@@ -29,7 +29,7 @@ from megatron_omni.data.toy import make_toy_dataset
 from megatron_omni.models.omni import build_omni_model
 from megatron_omni.parallel import destroy_parallel, init_distributed, initialize_parallel, set_seed
 from megatron_omni.runs.config import OmniTrainConfig
-from megatron_omni.training.loop import train
+from megatron_omni.runs.training_run import TrainingRun
 from megatron_omni.training.model_setup import build_model_chunks
 from megatron_omni.training.optimizer import build_optimizer
 
@@ -53,12 +53,19 @@ def resolve_dataset(cfg: OmniTrainConfig) -> None:
 
 
 def build_reward(cfg: OmniTrainConfig):
+    """The Omni-Perception Reward when the run scores completions (OPPO's rewards, OmniOPSD's
+    logged reward terms or GRPO mix, held-out evaluation); None otherwise. One instance serves
+    the algorithm and the evaluation, so the lexicon and the embedding model load once."""
+    scores = (cfg.algorithm == "oppo" or cfg.evaluation.at_start or cfg.evaluation.at_end
+              or (cfg.algorithm == "opsd" and cfg.reward.wheel_dir is not None))
+    if not scores:
+        return None
     from megatron_omni.rewards.omni_perception import OmniPerceptionReward
 
     return OmniPerceptionReward(cfg.reward)
 
 
-def build_algorithm(cfg: OmniTrainConfig, tokenizer, processor, model_chunks, reward=None):
+def build_algorithm(cfg: OmniTrainConfig, tokenizer, processor, model_chunks, reward):
     if cfg.algorithm == "sft":
         from megatron_omni.algorithms.sft import SFT
 
@@ -72,8 +79,6 @@ def build_algorithm(cfg: OmniTrainConfig, tokenizer, processor, model_chunks, re
     if cfg.algorithm == "opsd":
         from megatron_omni.algorithms.opsd.trainer import OmniOPSD
 
-        if reward is None and cfg.reward.wheel_dir is not None:
-            reward = build_reward(cfg)
         algorithm = OmniOPSD(cfg, prompts, samples, tokenizer, reward, model_chunks, build_teacher(cfg),
                              stop_token_ids=[ids.eos_token_id], pad_token_id=ids.pad_token_id)
         return algorithm, len(prompts)
@@ -81,7 +86,7 @@ def build_algorithm(cfg: OmniTrainConfig, tokenizer, processor, model_chunks, re
     from megatron_omni.algorithms.oppo import OPPO
 
     reference = frozen_model_chunks(cfg) if cfg.oppo.grpo.kl_beta else None
-    algorithm = OPPO(cfg, prompts, samples, tokenizer, reward or build_reward(cfg), model_chunks, reference,
+    algorithm = OPPO(cfg, prompts, samples, tokenizer, reward, model_chunks, reference,
                      stop_token_ids=[ids.eos_token_id], pad_token_id=ids.pad_token_id)
     return algorithm, len(prompts)
 
@@ -154,7 +159,7 @@ def checkpoint_answerer(config: str, checkpoint: str, manifest: str, overrides: 
     return answerer_for(cfg, model_chunks, tokenizer, processor, manifest)
 
 
-def evaluate(cfg: OmniTrainConfig, model_chunks, tokenizer, processor, tag: str) -> dict[str, float]:
+def evaluate(cfg: OmniTrainConfig, model_chunks, tokenizer, processor, reward, tag: str) -> dict[str, float]:
     """Greedy answers on the held-out split, scored; rank 0 writes ``output_dir/eval_<tag>.json``."""
     from megatron_omni.eval.model_answers import sample_records, score_answers
     from megatron_omni.text.lexicon import EmotionWheelLexicon
@@ -162,7 +167,7 @@ def evaluate(cfg: OmniTrainConfig, model_chunks, tokenizer, processor, tag: str)
     answerer = answerer_for(cfg, model_chunks, tokenizer, processor, cfg.dataset.test_manifest)
     records = sample_records(answerer.prompts)[: cfg.evaluation.max_samples]
     answers = dict(zip([str(r["id"]) for r in records], answerer(records)))
-    scores = score_answers(answers, records, EmotionWheelLexicon.from_dir(cfg.reward.wheel_dir), build_reward(cfg))
+    scores = score_answers(answers, records, EmotionWheelLexicon.from_dir(cfg.reward.wheel_dir), reward)
     if dist.get_rank() == 0:
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -213,41 +218,41 @@ def save_run_config(cfg: OmniTrainConfig) -> None:
 
 
 @dataclass
-class OmniRun:
-    """Everything one training run wires together (tests drive single steps through it)."""
+class OmniRun(TrainingRun):
+    """An omni training run: a `TrainingRun` plus the tokenizer, processor, reward and the
+    held-out evaluation (tests and benchmarks drive single steps through it)."""
 
-    cfg: OmniTrainConfig
     tokenizer: object
     processor: OmniProcessor
-    model_chunks: list
-    optimizer: object
-    scheduler: object
-    algorithm: object
-    sampler: ResumableBatchSampler
+    reward: object | None
+
+    def evaluate(self, tag: str) -> dict[str, float]:
+        return evaluate(self.cfg, self.model_chunks, self.tokenizer, self.processor, self.reward, tag)
 
 
 def build_run(cfg: OmniTrainConfig, reward=None) -> OmniRun:
-    """Data, model, optimizer and algorithm of a run, in an initialised process group."""
+    """A run in an initialised process group; ``reward`` replaces the configured one (tests)."""
     resolve_dataset(cfg)
     tokenizer, processor, model_chunks = prepare_model(cfg)
     save_run_config(cfg)
     optimizer, scheduler = build_optimizer(cfg, model_chunks)
+    reward = reward if reward is not None else build_reward(cfg)
     algorithm, num_samples = build_algorithm(cfg, tokenizer, processor, model_chunks, reward)
     sampler = ResumableBatchSampler(
         num_samples, cfg.train.global_batch_size,
         dp_rank=parallel_state.get_data_parallel_rank(), dp_size=parallel_state.get_data_parallel_world_size(),
         seed=cfg.train.seed,
     )
-    return OmniRun(cfg, tokenizer, processor, model_chunks, optimizer, scheduler, algorithm, sampler)
+    return OmniRun(cfg, model_chunks, optimizer, scheduler, sampler, algorithm,
+                   tokenizer=tokenizer, processor=processor, reward=reward)
 
 
 def run(cfg: OmniTrainConfig, reward=None) -> list[dict]:
     r = build_run(cfg, reward)
     if cfg.evaluation.at_start:
-        evaluate(cfg, r.model_chunks, r.tokenizer, r.processor, "start")
-    history = train(cfg, r.model_chunks, r.optimizer, r.scheduler, r.sampler, r.algorithm)
+        r.evaluate("start")
+    history = r.train()
     if cfg.evaluation.at_end:
-        evaluate(cfg, r.model_chunks, r.tokenizer, r.processor, "end")
+        r.evaluate("end")
     destroy_parallel()
     return history
-
