@@ -19,8 +19,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("MEGATRON_OMNI_SHARED_DATA", REPO.parent / "shared" / "data"))
 
-# Modules under tests/dist/ only make sense inside a torchrun world; the main session runs each
-# of them once through the `torchrun` fixture instead of collecting them itself.
+# Modules under tests/dist/ only make sense inside a torchrun world; the main session launches
+# them through the table in tests/test_dist_suites.py instead of collecting them itself.
 if "WORLD_SIZE" not in os.environ:
     collect_ignore_glob = ["dist/*"]
 
@@ -44,7 +44,8 @@ def shared_data():
 
 @pytest.fixture(scope="session")
 def torchrun():
-    """Run a pytest module under `torchrun --nproc-per-node N`; fails with the ranks' output."""
+    """Run a pytest module under `torchrun --nproc-per-node N`; fails with the ranks' output
+    (tests/test_dist_suites.py launches every tests/dist/ module through it)."""
 
     def run(module: str, nproc: int, timeout: int = 600, extra_env: dict | None = None):
         env = dict(os.environ, OMP_NUM_THREADS="1", **(extra_env or {}))

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from parallel_helpers import LetterReward, assert_close_rel, full_tensors
 
 from megatron_omni.config import load_config
 from megatron_omni.parallel import init_distributed
@@ -12,15 +13,14 @@ from megatron_omni.runs.config import OmniTrainConfig
 from megatron_omni.runs.omni import build_run, run
 from megatron_omni.training.metrics import read_metrics
 from megatron_omni.training.step import run_microbatches
-from parallel_helpers import LetterReward, assert_close_rel, full_tensors
 
 CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "configs"
 
 
-def start_world(work: Path, launcher: str) -> None:
+def start_world(work: Path, entries: str) -> None:
     """The suites' module fixture: only under their launcher, which prepares ``work``."""
     if not work.is_dir():
-        pytest.skip(f"launched by {launcher}, which prepares the work folder")
+        pytest.skip(f"launched by tests/test_dist_suites.py ({entries}), which prepares the work folder")
     init_distributed()
 
 
@@ -49,20 +49,27 @@ def one_step(cfg: OmniTrainConfig, group_size: int):
     return metrics, full_tensors(r.model_chunks, "grad")
 
 
-def check_step_matches(reference: Path, step, layouts, keys) -> dict | None:
-    """One process: ``step(1, 1)`` is saved to ``reference``. Two: each (tp, pp) layout's step
-    equals it (metrics ``keys`` and every gradient within 1e-5 relative). Returns the metrics."""
+def single_process_step(reference: Path, step) -> dict:
+    """``{"metrics", "grads"}`` of ``step(1, 1)``, the step every layout is compared with. The
+    one-process launch computes it and saves it to ``reference``; the two-process launch loads it
+    (its launcher fixture, e.g. ``oppo_reference``, is the one-process launch)."""
     if dist.get_world_size() == 1:
         metrics, grads = step(1, 1)
-        torch.save({"metrics": metrics, "grads": grads}, reference)
-        return metrics
-    expected = torch.load(reference, weights_only=False)
+        expected = {"metrics": metrics, "grads": grads}
+        torch.save(expected, reference)
+        return expected
+    if not reference.is_file():
+        pytest.fail(f"no {reference}: the one-process launch writes it (tests/test_dist_suites.py, the *_reference fixtures)")
+    return torch.load(reference, weights_only=False)
+
+
+def check_step_matches(expected: dict, step, layouts, keys) -> None:
+    """Each (tp, pp) layout's step equals ``expected`` (metrics ``keys`` and every gradient within 1e-5 relative)."""
     for tp, pp in layouts:
         metrics, grads = step(tp, pp)
         for key in keys:
             assert abs(metrics[key] - expected["metrics"][key]) <= 1e-5 * max(1.0, abs(expected["metrics"][key])), (tp, pp, key)
         assert_close_rel(grads, expected["grads"], rtol=1e-5)
-    return None
 
 
 def check_resumes_exactly(config, out: Path, keys) -> None:

@@ -1,5 +1,5 @@
 """Each patch of the CPU compatibility layer, through the megatron-core call it covers.
-Runs inside `torchrun --nproc-per-node 2` (see tests/test_parallel.py)."""
+Runs inside `torchrun --nproc-per-node 2` (tests/test_dist_suites.py: cpu_compat-x2)."""
 import pytest
 import torch
 import torch.distributed as dist

@@ -1,15 +1,15 @@
 """The decoder training job end to end: the loss falls, and a stopped run resumes exactly.
-Runs inside `torchrun --nproc-per-node 2` (see tests/test_jobs.py)."""
+Runs inside `torchrun --nproc-per-node 2` (tests/test_dist_suites.py: decoder_job-x2)."""
 import os
 
 import pytest
 import torch.distributed as dist
+from parallel_helpers import shared_tmpdir
 
-from megatron_omni.config import load_config
 from megatron_omni.parallel import init_distributed
 from megatron_omni.runs.decoder import run
+from megatron_omni.training.config import RunConfig
 from megatron_omni.training.metrics import read_metrics
-from parallel_helpers import shared_tmpdir
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "configs", "toy_decoder.yaml")
 
@@ -22,8 +22,9 @@ def workdir():
 
 def job(workdir, name, steps, save_interval, exit_at_step=None):
     out = os.path.join(workdir, name)
-    return load_config(CONFIG, [
-        f"output_dir={out}", f"train.save_dir={out}/ckpt", f"train.steps={steps}", f"train.exit_at_step={'null' if exit_at_step is None else exit_at_step}",
+    return RunConfig.load(CONFIG, [
+        f"output_dir={out}", f"train.save_dir={out}/ckpt", f"train.steps={steps}",
+        f"train.exit_at_step={'null' if exit_at_step is None else exit_at_step}",
         f"train.save_interval={save_interval}", "logging.progress_bar=false", "logging.tensorboard=false",
         "train.seq_length=32", "train.global_batch_size=8", "train.micro_batch_size=4",
     ])

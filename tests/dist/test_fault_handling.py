@@ -1,22 +1,23 @@
 """Non-finite steps are skipped and counted; SIGTERM checkpoints and a resume is exact.
-Runs inside `torchrun --nproc-per-node 2` (see tests/test_fault_handling.py)."""
+Runs inside `torchrun --nproc-per-node 2` (tests/test_dist_suites.py: fault_handling-x2; kill -9 during
+a checkpoint write: tests/training/test_kill_during_checkpoint.py)."""
 import os
 import signal
 
 import pytest
 import torch
 from megatron.core import parallel_state
+from parallel_helpers import shared_tmpdir
 
 from megatron_omni.algorithms.lm import LanguageModeling
-from megatron_omni.config import load_config
 from megatron_omni.data.sampler import ResumableBatchSampler
 from megatron_omni.data.text_corpus import TextWindows, generate_sentences
 from megatron_omni.models.decoder import build_decoder
 from megatron_omni.parallel import init_distributed, initialize_parallel, set_seed
+from megatron_omni.training.config import RunConfig
 from megatron_omni.training.loop import train
 from megatron_omni.training.model_setup import build_model_chunks, unwrap
 from megatron_omni.training.optimizer import build_optimizer
-from parallel_helpers import shared_tmpdir
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "configs", "toy_decoder.yaml")
 DATA = TextWindows(generate_sentences(300, 0), 32)
@@ -56,9 +57,10 @@ class Faulty(LanguageModeling):
 
 def run(workdir, name, steps, save_interval=0, **faults):
     out = os.path.join(workdir, name)
-    cfg = load_config(CONFIG, [
+    cfg = RunConfig.load(CONFIG, [
         f"output_dir={out}", f"train.save_dir={out}/ckpt", f"train.steps={steps}", f"train.save_interval={save_interval}",
-        "train.seq_length=32", "train.global_batch_size=8", "train.micro_batch_size=4", "optimizer.lr_warmup_steps=0", "optimizer.lr_decay_style=constant",
+        "train.seq_length=32", "train.global_batch_size=8", "train.micro_batch_size=4",
+        "optimizer.lr_warmup_steps=0", "optimizer.lr_decay_style=constant",
         "logging.progress_bar=false", "logging.tensorboard=false", "train.max_nonfinite_in_a_row=3",
     ])
     p = cfg.parallel

@@ -1,10 +1,10 @@
 """The converted thinker at TP=2 and at PP=2 reproduces transformers' logits; a randomly
 initialised TP=2 model is saved for the resharding checks.
 
-Runs under torchrun with 2 processes, launched by tests/models/test_omni_parallel.py, which
-writes the inputs beside the checkpoints in $OMNI_PARALLEL_DIR:
+Runs under torchrun with 2 processes (tests/test_dist_suites.py: omni_parallel-x2), whose
+parent-side fixture, omni_parallel_cases, writes the inputs beside the checkpoints in $OMNI_PARALLEL_DIR:
     cases.pt  {name: {"checkpoint": path, "cases": [{"inputs", "expected", "valid"}]}}
-and reads back fresh_tp2/ (a model-only checkpoint) and fresh_tp2_logits.pt.
+and, after the launch, checks fresh_tp2/ (a model-only checkpoint) and fresh_tp2_logits.pt.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ MODELS = ("untied", "tied")
 @pytest.fixture(scope="module", autouse=True)
 def world():
     if not (WORK / "cases.pt").is_file():
-        pytest.skip("launched by tests/models/test_omni_parallel.py, which prepares $OMNI_PARALLEL_DIR")
+        pytest.skip("launched by tests/test_dist_suites.py (omni_parallel-x2), which prepares $OMNI_PARALLEL_DIR")
     init_distributed()
     yield
     destroy_parallel()
@@ -104,7 +104,7 @@ def test_pp2_matches_transformers(models, name):
 
 
 def test_save_randomly_initialised_tp2_model(models):
-    """Weights drawn at TP=2 (vocabulary padded to 256 rows); converted back by the launcher."""
+    """Weights drawn at TP=2 (vocabulary padded to 256 rows); resharded by omni_parallel_cases' check."""
     model, spec = build(models["untied"]["checkpoint"], tp=2, pp=1, initialize=True)
     save_model_checkpoint(WORK / "fresh_tp2", [model], spec)
     with torch.no_grad():

@@ -3,8 +3,9 @@ definition; with no privileged context and the frozen initial teacher the loss i
 step 0; one step (the teacher interleaved with the student at PP=1, scored first at PP=2) at
 TP=2 and PP=2 equals the single-process step; a run with an EMA teacher resumes exactly.
 
-Launched by tests/test_opsd.py: first with one process (writes the reference to $OPSD_WORK),
-then with two (compares).
+Launched by tests/test_dist_suites.py as opsd_step-x1 (one process: computes the single-process
+step and writes it to $OPSD_WORK/reference.pt) and opsd_step-x2 (two processes: compares with it;
+its launcher fixture, opsd_reference, is the x1 launch).
 """
 import os
 from functools import partial
@@ -14,12 +15,12 @@ import pytest
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
+from rl_step_helpers import check_resumes_exactly, check_step_matches, one_step, single_process_step, start_world, tiny_config
 
-from megatron_omni.kernels import kl_reference
 from megatron_omni.algorithms.opsd.config import DistillationLossConfig
 from megatron_omni.algorithms.opsd.loss import DistillationLoss
+from megatron_omni.kernels import kl_reference
 from megatron_omni.parallel import destroy_parallel, initialize_parallel
-from rl_step_helpers import check_resumes_exactly, check_step_matches, one_step, start_world, tiny_config
 
 WORK = Path(os.environ.get("OPSD_WORK", "/nonexistent"))
 OPSD = ["opsd.group_size=2", "opsd.sampling.max_new_tokens=6", "opsd.grpo_weight=0.5"]
@@ -28,7 +29,7 @@ config = partial(tiny_config, "toy_omniopsd.yaml", WORK, overrides=OPSD)
 
 @pytest.fixture(scope="module", autouse=True)
 def world():
-    start_world(WORK, "tests/test_opsd.py")
+    start_world(WORK, "opsd_step-x1, opsd_step-x2")
 
 
 @pytest.mark.parametrize("divergence,temperature", [("reverse", 1.0), ("forward", 1.5), ("jsd", 1.0)])
@@ -65,13 +66,22 @@ def test_no_privileged_context_and_initial_teacher_give_zero_loss():
     assert metrics["distill_kl"] == 0.0
 
 
-def test_step_matches_single_process():
-    metrics = check_step_matches(
-        WORK / "reference.pt", lambda tp, pp: one_step(config(tp, pp), group_size=2), [(2, 1), (1, 2)],
-        ("reward_total", "completion_length", "distill_kl", "policy_loss", "teacher_prompt_extra_tokens"),
-    )
-    if metrics is not None:  # the privileged teacher disagrees with the student
-        assert metrics["distill_kl"] > 0 and metrics["teacher_prompt_extra_tokens"] > 0
+def step(tp, pp):
+    return one_step(config(tp, pp), group_size=2)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """The single-process step: computed (and saved) by the one-process launch, loaded by the two-process one."""
+    return single_process_step(WORK / "reference.pt", step)
+
+
+def test_step_matches_single_process(reference):
+    if dist.get_world_size() == 1:  # the reference itself: the privileged teacher disagrees with the student
+        assert reference["metrics"]["distill_kl"] > 0 and reference["metrics"]["teacher_prompt_extra_tokens"] > 0
+        return
+    check_step_matches(reference, step, [(2, 1), (1, 2)],
+                       ("reward_total", "completion_length", "distill_kl", "policy_loss", "teacher_prompt_extra_tokens"))
 
 
 def test_stopped_run_with_ema_teacher_resumes_exactly():

@@ -1,22 +1,23 @@
 """TP / PP / TPxPP / interleaved PP / distributed optimizer / resharded checkpoints against the
-single-process run. Runs inside `torchrun --nproc-per-node 4` (see tests/test_parallel.py)."""
+single-process run. Runs inside `torchrun --nproc-per-node 4` (tests/test_dist_suites.py:
+parallel_equivalence-x4)."""
 import os
 import tempfile
-from functools import cache, partial
+from functools import partial
 
 import pytest
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
+from parallel_helpers import assert_close_rel, full_tensors
 
 from megatron_omni.algorithms.lm import collate, lm_forward_step
-from megatron_omni.config import Config
 from megatron_omni.data.text_corpus import TextWindows, generate_sentences
 from megatron_omni.models.decoder import build_decoder
 from megatron_omni.parallel import init_distributed, initialize_parallel, set_seed
 from megatron_omni.training.checkpoint import load_checkpoint, save_checkpoint
+from megatron_omni.training.config import RunConfig
 from megatron_omni.training.model_setup import build_model_chunks
-from parallel_helpers import assert_close_rel, full_tensors
 from megatron_omni.training.optimizer import build_optimizer
 from megatron_omni.training.step import optimizer_step, run_microbatches
 
@@ -30,8 +31,8 @@ def world():
     yield
 
 
-def make_cfg(tp=1, pp=1, vpp=None, tied=True, dist_opt=False) -> Config:
-    cfg = Config()
+def make_cfg(tp=1, pp=1, vpp=None, tied=True, dist_opt=False) -> RunConfig:
+    cfg = RunConfig()
     cfg.model.vocab_size = 512  # no TP-dependent padding: padded rows would change the softmax
     cfg.model.tie_word_embeddings = tied
     cfg.parallel.tensor_model_parallel_size = tp
@@ -63,17 +64,15 @@ def my_microbatches(step: int) -> list[dict]:
     return [collate([DATASET[i] for i in mine[j : j + MICRO]]) for j in range(0, len(mine), MICRO)]
 
 
-def setup(cfg: Config, ddp=True):
+def setup(cfg: RunConfig, ddp=True):
     p = cfg.parallel
     initialize_parallel(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.virtual_pipeline_model_parallel_size)
     set_seed(cfg.train.seed)
     return build_model_chunks(cfg, build_decoder, wrap_ddp=ddp)
 
 
-@cache
 def reference_grads(tied=True):
-    """Single-process loss and gradients: TP=1, PP=1, no DDP, the whole global batch (computed
-    once per embedding kind; every layout is compared with it)."""
+    """Single-process loss and gradients: TP=1, PP=1, no DDP, the whole global batch."""
     cfg = make_cfg(tied=tied)
     (model,) = setup(cfg, ddp=False)
     microbatches = [collate([DATASET[i] for i in global_batch(0)[j : j + MICRO]]) for j in range(0, GLOBAL_BATCH, MICRO)]
@@ -88,14 +87,20 @@ def reference_grads(tied=True):
     return total, grads
 
 
+@pytest.fixture(scope="module")
+def single_process():
+    """{tied: (loss, grads)}: the single-process reference of each embedding kind, which every layout is compared with."""
+    return {tied: reference_grads(tied) for tied in (True, False)}
+
+
 @pytest.mark.parametrize("tied", [True, False])
 @pytest.mark.parametrize(
     "tp,pp,vpp",
     [(2, 1, None), (1, 2, None), (2, 2, None), (1, 2, 2)],
     ids=["tp2", "pp2", "tp2pp2", "pp2-interleaved2"],
 )
-def test_loss_and_grads_match_single_process(tp, pp, vpp, tied):
-    ref_loss, ref_grads = reference_grads(tied)
+def test_loss_and_grads_match_single_process(single_process, tp, pp, vpp, tied):
+    ref_loss, ref_grads = single_process[tied]
     cfg = make_cfg(tp, pp, vpp, tied=tied)
     chunks = setup(cfg)
     for chunk in chunks:
@@ -116,7 +121,8 @@ def test_distributed_optimizer_tp2_dp2_matches_single_rank_adam():
     ref_cfg = make_cfg()
     ref_cfg.optimizer.adam_eps = cfg.optimizer.adam_eps
     (ref,) = setup(ref_cfg, ddp=False)
-    adam = torch.optim.Adam(ref.parameters(), lr=cfg.optimizer.lr, betas=(cfg.optimizer.adam_beta1, cfg.optimizer.adam_beta2), eps=cfg.optimizer.adam_eps)
+    adam = torch.optim.Adam(ref.parameters(), lr=cfg.optimizer.lr, betas=(cfg.optimizer.adam_beta1, cfg.optimizer.adam_beta2),
+                            eps=cfg.optimizer.adam_eps)
     for step in range(3):
         adam.zero_grad()
         mbs = [collate([DATASET[i] for i in global_batch(step)[j : j + MICRO]]) for j in range(0, GLOBAL_BATCH, MICRO)]
@@ -135,10 +141,8 @@ def test_distributed_optimizer_tp2_dp2_matches_single_rank_adam():
 
 
 def _train_steps(chunks, optimizer, scheduler, steps):
-    return [
-        optimizer_step(chunks, optimizer, scheduler, my_microbatches(s), partial(lm_forward_step, mrope=True), SEQ, MICRO)["lm_loss"]
-        for s in steps
-    ]
+    forward = partial(lm_forward_step, mrope=True)
+    return [optimizer_step(chunks, optimizer, scheduler, my_microbatches(s), forward, SEQ, MICRO)["lm_loss"] for s in steps]
 
 
 def test_checkpoint_tp2_resumes_at_pp2_with_same_losses():

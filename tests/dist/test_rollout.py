@@ -1,14 +1,15 @@
 """Rollout generation with megatron's static KV cache: against a no-cache greedy loop, and the
-same samples at TP=2, PP=2 and TP=2xPP=2 as in one process. Runs under `torchrun --nproc-per-node 4`."""
+same samples at TP=2, PP=2 and TP=2xPP=2 as in one process. Runs under `torchrun --nproc-per-node 4`
+(tests/test_dist_suites.py: rollout-x4)."""
 import pytest
 import torch
 import torch.distributed as dist
 
-from megatron_omni.config import Config
 from megatron_omni.data.text_corpus import EOS, VOCAB_SIZE
+from megatron_omni.generation.generator import Generator, GPTAdapter, SamplingConfig
 from megatron_omni.models.decoder import build_decoder, text_position_ids
 from megatron_omni.parallel import init_distributed, initialize_parallel, set_seed
-from megatron_omni.generation.generator import Generator, GPTAdapter, SamplingConfig
+from megatron_omni.training.config import RunConfig
 from megatron_omni.training.model_setup import build_model_chunks
 
 PROMPT = torch.tensor([list(b"the woman smiles and")])
@@ -22,7 +23,7 @@ def world():
 
 
 def build(tp=1, pp=1):
-    cfg = Config()
+    cfg = RunConfig()
     cfg.model.vocab_size = 512
     cfg.parallel.tensor_model_parallel_size = tp
     cfg.parallel.pipeline_model_parallel_size = pp

@@ -14,7 +14,7 @@ import pytest
 
 from megatron_omni.parallel.runtime import read_dist_env
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SLURM = REPO / "examples" / "slurm"
 TASK = SLURM / "srun_task.sh"
 

@@ -4,7 +4,8 @@ import sys
 
 import pytest
 
-from megatron_omni.config import Config, ConfigError, LoggingConfig, load_config
+from megatron_omni.config import ConfigError
+from megatron_omni.training.config import LoggingConfig, RunConfig
 from megatron_omni.training.metrics import MetricsLogger
 
 
@@ -62,7 +63,7 @@ def offline_runs(output_dir) -> list:
 
 def test_offline_run_records_every_step_and_the_config(wandb_env):
     out = wandb_env / "run"
-    run_logger(out, [1, 2, 3], config=Config().to_dict())
+    run_logger(out, [1, 2, 3], config=RunConfig().to_dict())
     (run_dir,) = offline_runs(out)
     run = read_run(run_dir)
     assert run["id"] == (out / "wandb_run_id").read_text().strip() and run["name"] == "run"
@@ -70,7 +71,7 @@ def test_offline_run_records_every_step_and_the_config(wandb_env):
     for step, values in run["history"].items():
         assert values["loss"] == pytest.approx(1.0 / step) and values["lr"] == pytest.approx(0.1 * step)
         assert "note" not in values and "time" not in values
-    assert run["config"]["train"]["steps"] == Config().train.steps
+    assert run["config"]["train"]["steps"] == RunConfig().train.steps
 
 
 def test_resumed_logger_continues_the_same_run(wandb_env):
@@ -93,7 +94,7 @@ def test_wandb_dir_and_run_name(wandb_env):
 
 def test_missing_wandb_is_a_config_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` now raises ImportError
-    load_config(None).validate()  # W&B off: no import needed
-    cfg = load_config(None, ["logging.wandb_project=omni"])
+    RunConfig.load(None).validate()  # W&B off: no import needed
+    cfg = RunConfig.load(None, ["logging.wandb_project=omni"])
     with pytest.raises(ConfigError, match=r"logging.wandb_project='omni' needs the wandb package"):
         cfg.validate()
