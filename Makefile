@@ -1,5 +1,5 @@
 # Two entry points do all set-up on a fresh machine: `make demo` (the main job) and `make test`.
-# The virtual environment is rebuilt only when requirements.txt or pyproject.toml change.
+# The virtual environment is rebuilt only when requirements.txt, pyproject.toml or setup.py change.
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
