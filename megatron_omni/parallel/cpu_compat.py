@@ -2,13 +2,12 @@
 
 megatron-core assumes CUDA in a few places that have nothing to do with the maths. Each patch
 below names the megatron-core call it covers; `tests/dist/test_parallel_equivalence.py` and
-`tests/test_cpu_compat.py` exercise every one. Nothing here is applied when CUDA is available:
+`tests/dist/test_cpu_compat.py` exercise every one. Nothing here is applied when CUDA is available:
 the GPU path runs megatron-core untouched.
 
 1. ``torch.cuda.current_device()`` (tensor_parallel.layers, mappings, RoPE's ``inv_freq``,
    p2p_communication, param_and_grad_buffer, ...): returns the CPU device.
-2. ``torch.cuda.synchronize()`` / ``torch.cuda.Stream`` helpers used by pipeline p2p and the
-   optimizer: no-ops.
+2. ``torch.cuda.synchronize()`` used by pipeline p2p and the optimizer: a no-op.
 3. Hard-coded ``device="cuda"``, ``.cuda()`` and ``pin_memory()`` (pipeline_parallel.schedules'
    token counters, optimizer.clip_grads, optimizer.grad_scaler, optimizer.optimizer): a
    ``TorchFunctionMode`` rewrites any CUDA device argument to CPU and makes ``.cuda()`` and

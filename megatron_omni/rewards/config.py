@@ -27,8 +27,8 @@ class RewardConfig:
         for name in ("weight_ew", "weight_format", "weight_perc", "weight_coh"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{key}.{name} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.tau <= 1.0:
-            raise ConfigError(f"{key}.tau must lie in [0, 1], got {self.tau}")
+        if not 0.0 <= self.tau < 1.0:
+            raise ConfigError(f"{key}.tau must lie in [0, 1), got {self.tau}")
         if not -1.0 <= self.evidence_threshold <= 1.0:
             raise ConfigError(f"{key}.evidence_threshold is a cosine similarity and must lie in [-1, 1], "
                               f"got {self.evidence_threshold}")

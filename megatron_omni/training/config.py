@@ -119,7 +119,7 @@ class RunConfig:
 
     def validate(self, world_size: int | None = None):
         """Every section's own rules, then the rules between sections; checked once at start,
-        before any process group exists. Messages are part of the documented interface."""
+        before megatron's parallel groups exist. Messages are part of the documented interface."""
         validate_sections(self)
         self.check_across_sections(world_size)
         return self

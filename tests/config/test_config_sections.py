@@ -28,7 +28,7 @@ def omni_config(*overrides: str) -> OmniTrainConfig:
         (["opsd.loss.temperature=0"], "opsd.loss.temperature must be positive"),
         (["oppo.grpo.kl_beta=-0.1"], "oppo.grpo.kl_beta must be >= 0"),
         (["oppo.perception_gamma=-1"], "oppo.perception_gamma must be >= 0"),
-        (["reward.tau=2"], r"reward.tau must lie in [0, 1]"),
+        (["reward.tau=1"], r"reward.tau must lie in [0, 1)"),
         (["reward.evidence_threshold=3"], r"reward.evidence_threshold is a cosine similarity"),
         (["sft.privileged_fraction=1.5"], r"sft.privileged_fraction must be in [0, 1]"),
         (["evaluation.max_new_tokens=0"], "evaluation.max_new_tokens must be >= 1"),
