@@ -1,5 +1,5 @@
 """topk_tail_kl under a real 2-process gloo tensor-parallel group (launched by
-tests/kernels/test_kernels_tp_launch.py through torchrun): each rank holds its vocabulary slice of
+tests/test_dist_suites.py through torchrun): each rank holds its vocabulary slice of
 the same full logits; the loss must equal the single-process dense reference's and each rank's
 gradient its slice of the reference's gradient. The padded vocabulary leaves the last rank fewer
 real columns than k = 400 asks of it; integer teacher logits put ties across the shard boundary."""
@@ -13,10 +13,8 @@ import torch.distributed as dist
 from megatron_omni.kernels import topk_tail_kl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernels"))  # the oracles beside the kernel tests
-from kernel_oracles import GRAD_ATOL, KL_ATOL, assert_close, kl_oracle, make_logits  # noqa: E402
-from test_kernels_topk_kl import topk_oracle  # noqa: E402
-
 import test_kernels_tp  # noqa: E402
+from kernel_oracles import GRAD_ATOL, KL_ATOL, assert_close, kl_oracle, make_logits, topk_oracle  # noqa: E402
 
 group = test_kernels_tp.group  # the gloo world: the fixture of the other kernel TP tests
 ROWS, V_LOCAL, V_REAL = 40, 300, 593

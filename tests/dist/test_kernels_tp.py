@@ -1,5 +1,5 @@
 """The kernels under a real 2-process gloo tensor-parallel group (launched by
-tests/kernels/test_kernels_tp_launch.py through torchrun): each rank holds its vocabulary slice
+tests/test_dist_suites.py through torchrun): each rank holds its vocabulary slice
 of the same full logits; losses must equal the unsharded oracle's and each rank's gradient its
 slice of the oracle's gradient. The padded vocabulary leaves the last rank fewer real columns."""
 import sys

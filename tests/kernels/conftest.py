@@ -2,7 +2,7 @@
 chunk boundaries (the default chunk would hold all rows of these small inputs)."""
 import pytest
 
-from megatron_omni.kernels import chunking
+from megatron_omni.kernels.common import chunking
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from megatron_omni.kernels import kl_reference, logprob_entropy_reference
+from megatron_omni.kernels import kl_reference, logprob_entropy_reference, topk_tail_kl_reference
 
 KL_ATOL = 5e-5
 GRAD_ATOL = 1e-6
@@ -50,10 +50,20 @@ def logprob_oracle(logits, targets, *, temperature=1.0, vocab_size=None, row_mas
     return logprob.detach(), entropy.detach(), x.grad
 
 
-def bf16_ulp(x: Tensor) -> Tensor:
-    """The spacing of bfloat16 numbers at |x| (8 significant bits)."""
-    _, exponent = torch.frexp(x.double().abs())
-    return torch.ldexp(torch.ones_like(x, dtype=torch.float64), exponent - 8)
+def topk_oracle(student, teacher, row_mask, weights, **kw):
+    """(per-token loss, d sum(weights * loss) / d student), float64, zero at rows not in the mask."""
+    s = student.detach().double().requires_grad_()
+    loss = topk_tail_kl_reference(s, teacher.double(), dtype=torch.float64, **kw) * row_mask
+    (loss * weights).sum().backward()
+    return loss.detach(), s.grad
+
+
+def ulp(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """The spacing of `dtype` numbers at |x| (float64; bf16 has 8 significant bits, fp16 11)."""
+    info = torch.finfo(dtype)
+    _, exponent = torch.frexp(x.double().abs())  # |x| = m 2^exponent, m in [0.5, 1)
+    spacing = torch.ldexp(torch.full_like(x, info.eps, dtype=torch.float64), exponent - 1)
+    return spacing.clamp_min(info.smallest_normal * info.eps)  # subnormals are evenly spaced
 
 
 def assert_close(actual: Tensor, expected: Tensor, atol: float, what: str, rtol: float = 0.0) -> None:

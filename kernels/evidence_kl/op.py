@@ -1,0 +1,99 @@
+"""OPPO's Omni-Perception loss term: how much the policy's next-token distribution on
+modality-specific evidence tokens depends on that modality.
+
+For each modality m (e.g. "visual", "audio") the policy is run once more under no_grad with m's
+input features masked; on the completion tokens classified as m-evidence,
+    kl_m,t = KL(pi(. | full) || pi(. | m masked))    (full vocabulary, per token)
+and
+    L_op = s * gamma * sum_m mean_{t in evidence_m} kl_m,t  +  eta * mean_{t in any evidence} H_t
+with s = -1 ("reward_divergence", the reference default: a statement about what was seen should
+depend on the video) or s = +1 ("penalize_divergence", the "KL penalty" reading). A modality
+without evidence tokens contributes 0. H_t is a per-token entropy the caller supplies (e.g. the
+policy entropy from `vocab_parallel_logprob_entropy`); the reference leaves that term's exact
+form open, and eta = 0 drops it. Gradients reach the full-input logits only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Mapping
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from megatron_omni.kernels.common.backend import Backend
+from megatron_omni.kernels.common.validation import fail
+from megatron_omni.kernels.kl.op import vocab_parallel_kl
+
+SIGNS = {"reward_divergence": -1.0, "penalize_divergence": 1.0}
+
+
+@dataclass(frozen=True)
+class EvidenceKL:
+    loss: Tensor  # scalar, differentiable w.r.t. the full-input logits
+    kl_per_token: dict[str, Tensor]  # modality -> fp32 [...] KL, 0 off its evidence tokens
+    kl_mean: dict[str, Tensor]  # modality -> detached mean KL over its evidence tokens
+    n_evidence: dict[str, int]  # modality -> number of evidence tokens
+
+
+def evidence_masked_kl(
+    full_logits: Tensor,
+    masked_logits: Mapping[str, Tensor],
+    evidence_masks: Mapping[str, Tensor],
+    *,
+    gamma: float = 5e-4,
+    sign: Literal["reward_divergence", "penalize_divergence"] = "reward_divergence",
+    entropy: Tensor | None = None,
+    eta: float = 0.0,
+    temperature: float = 1.0,
+    vocab_size: int | None = None,
+    group: dist.ProcessGroup | None = None,
+    backend: Backend = "auto",
+) -> EvidenceKL:
+    """The Omni-Perception loss term (module doc), built on `vocab_parallel_kl` in reverse mode
+    with the full-input policy as the student and each masked-modality policy as the teacher.
+
+    Args:
+        full_logits: [..., V_local] logits of the full-input forward (requires grad).
+        masked_logits: modality -> logits of the forward with that modality masked (no grad;
+            they are detached here), same shape as `full_logits`.
+        evidence_masks: modality -> bool [...] marking that modality's evidence tokens; same keys.
+        gamma, sign: weight and sign of the KL term.
+        entropy, eta: optional per-token entropy [...] and its weight.
+        temperature, vocab_size, group, backend: as in `vocab_parallel_kl`.
+    """
+    if sign not in SIGNS:
+        fail("sign", f"must be one of {tuple(SIGNS)}, got {sign!r}")
+    if set(masked_logits) != set(evidence_masks):
+        fail("evidence_masks", f"modalities {sorted(evidence_masks)} differ from masked_logits {sorted(masked_logits)}")
+    if not masked_logits:
+        fail("masked_logits", "needs at least one modality")
+    kl_per_token, kl_mean, n_evidence = {}, {}, {}
+    kl_sum = full_logits.new_zeros((), dtype=torch.float32)
+    for modality, masked in masked_logits.items():
+        if not isinstance(masked, Tensor) or masked.shape != full_logits.shape:
+            fail(f"masked_logits[{modality!r}]", f"must be a tensor shaped like full_logits {tuple(full_logits.shape)}, "
+                 f"got {tuple(getattr(masked, 'shape', ())) or type(masked).__name__}")
+        mask = evidence_masks[modality]
+        kl = vocab_parallel_kl(
+            full_logits, masked.detach(), mode="reverse", temperature=temperature, vocab_size=vocab_size,
+            row_mask=mask, group=group, backend=backend,
+        )
+        n = int(mask.sum())
+        mean = kl.sum() / n if n > 0 else kl.sum() * 0.0
+        kl_per_token[modality], kl_mean[modality], n_evidence[modality] = kl, mean.detach(), n
+        kl_sum = kl_sum + mean
+    loss = SIGNS[sign] * gamma * kl_sum
+    if eta:
+        loss = loss + eta * _mean_entropy_on_evidence(entropy, evidence_masks)
+    return EvidenceKL(loss=loss, kl_per_token=kl_per_token, kl_mean=kl_mean, n_evidence=n_evidence)
+
+
+def _mean_entropy_on_evidence(entropy: Tensor | None, evidence_masks: Mapping[str, Tensor]) -> Tensor:
+    any_evidence = torch.stack([m for m in evidence_masks.values()]).any(dim=0)
+    if entropy is None:
+        fail("entropy", "is required when eta != 0")
+    if entropy.shape != any_evidence.shape:
+        fail("entropy", f"shape {tuple(entropy.shape)} must equal the evidence masks' {tuple(any_evidence.shape)}")
+    n = int(any_evidence.sum())
+    return (entropy * any_evidence).sum() / n if n else entropy.sum() * 0.0
