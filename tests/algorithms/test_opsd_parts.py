@@ -83,10 +83,12 @@ def test_completion_rows_align_the_same_tokens():
 def test_misaligned_completion_names_sample_and_first_mismatch():
     student = batch_of([[1, 2, 7, 8, 9]], [2])
     teacher = batch_of([[1, 2, 40, 7, 3, 9]], [3])
-    with pytest.raises(AlignmentError, match=r"sample s0: 3 vs 3 tokens, first mismatch at completion token 1: student 8, teacher 3"):
+    mismatch = r"sample s0: 3 vs 3 tokens, first mismatch at completion token 1: student 8, teacher 3"
+    with pytest.raises(AlignmentError, match=mismatch):
         completion_rows(student, teacher)
     shorter = batch_of([[1, 2, 40, 7, 8]], [3])
-    with pytest.raises(AlignmentError, match=r"3 vs 2 tokens, first mismatch at completion token 2: student 9, teacher end of completion"):
+    ended = r"3 vs 2 tokens, first mismatch at completion token 2: student 9, teacher end of completion"
+    with pytest.raises(AlignmentError, match=ended):
         completion_rows(student, shorter)
 
 

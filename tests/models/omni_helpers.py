@@ -88,7 +88,8 @@ def _sample_tokens(generator, audio_frames: int, use_audio_in_video: bool, lead:
     frame_tokens = GRID[1] * GRID[2] // 4
     if use_audio_in_video:
         # 2-second chunks of 25 positions per second: frame 0 (t = 0), all audio (t < 50), frame 1 (t = 50).
-        body = [VISION_START, AUDIO_START] + [VIDEO] * frame_tokens + [AUDIO] * n_audio + [VIDEO] * frame_tokens + [AUDIO_END, VISION_END]
+        body = ([VISION_START, AUDIO_START] + [VIDEO] * frame_tokens + [AUDIO] * n_audio + [VIDEO] * frame_tokens
+                + [AUDIO_END, VISION_END])
         return _text(generator, lead) + body + _text(generator, tail)
     video = [VISION_START] + [VIDEO] * (GRID[0] * frame_tokens) + [VISION_END]
     audio = [AUDIO_START] + [AUDIO] * n_audio + [AUDIO_END]

@@ -132,7 +132,8 @@ def test_megatron_folder_without_model_config(converted_thinker, tmp_path):
     "edit, message",
     [
         (("num_layers:", "num_layerz:"), r"omni_model.yaml: unknown key model.num_layerz"),
-        (("ffn_hidden_size: 128", "ffn_hidden_size: 96"), r"does not hold the model .*omni_model.yaml describes: .*linear_fc1.weight"),
+        (("ffn_hidden_size: 128", "ffn_hidden_size: 96"),
+         r"does not hold the model .*omni_model.yaml describes: .*linear_fc1.weight"),
     ],
     ids=["unknown-key", "weights-of-another-shape"],
 )

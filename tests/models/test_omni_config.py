@@ -17,9 +17,11 @@ def test_defaults_fit_the_default_decoder():
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda o: setattr(o.vision, "out_hidden_size", 32), r"omni.vision.out_hidden_size \(32\) must equal model.hidden_size \(64\)"),
+        (lambda o: setattr(o.vision, "out_hidden_size", 32),
+         r"omni.vision.out_hidden_size \(32\) must equal model.hidden_size \(64\)"),
         (lambda o: setattr(o.audio, "output_dim", 48), r"omni.audio.output_dim \(48\) must equal model.hidden_size"),
-        (lambda o: setattr(o.vision, "num_heads", 3), r"omni.vision.hidden_size \(32\) must be divisible by omni.vision.num_heads"),
+        (lambda o: setattr(o.vision, "num_heads", 3),
+         r"omni.vision.hidden_size \(32\) must be divisible by omni.vision.num_heads"),
         (lambda o: setattr(o.audio, "encoder_attention_heads", 5), r"omni.audio.d_model \(32\) must be divisible"),
         (lambda o: setattr(o.vision, "fullatt_block_indexes", [1, 2]), r"omni.vision.fullatt_block_indexes \[2\] outside 0..1"),
         (lambda o: setattr(o.tokens, "video", 151656), r"omni.tokens.video \(151656\) must lie in 0..model.vocab_size-1 \(511\)"),

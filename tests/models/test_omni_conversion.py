@@ -79,7 +79,8 @@ def test_sharded_full_checkpoint_with_thinker_prefix(converted_thinker, megatron
     folder = tmp_path / "full"
     folder.mkdir()
     keys = sorted(source)
-    halves = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2], "model-00002-of-00002.safetensors": keys[len(keys) // 2 :]}
+    half = len(keys) // 2
+    halves = {"model-00001-of-00002.safetensors": keys[:half], "model-00002-of-00002.safetensors": keys[half:]}
     weight_map = {}
     for name, part in halves.items():
         tensors = {f"thinker.{k}": source[k] for k in part}

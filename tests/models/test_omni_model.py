@@ -96,7 +96,8 @@ def test_kv_cache_decoding_matches_the_full_forward(omni_model, batch):
 def test_placeholder_count_must_match_the_encoder_output(omni_model, batch):
     ids = batch.input_ids.clone()
     ids[0, int((ids[0] == VIDEO).nonzero()[0])] = 5
-    with pytest.raises(PlaceholderMismatch, match=r"input_ids hold 15 video placeholder tokens \(id 102\) but the video encoder produced 16"):
+    mismatch = r"input_ids hold 15 video placeholder tokens \(id 102\) but the video encoder produced 16"
+    with pytest.raises(PlaceholderMismatch, match=mismatch):
         forward(omni_model, batch, input_ids=ids)
 
 
@@ -142,7 +143,8 @@ def test_towers_are_replicated_in_the_sharded_state_dict(omni_model):
     tower_q = sharded["visual.blocks.0.attn.q.weight"]
     assert tower_q.key == "visual.blocks.0.attn.q.weight" and tower_q.replica_id == (0, 0, 0)
     assert tower_q.global_shape == tower_q.local_shape == (32, 32)
-    assert sharded["language_model.decoder.layers.0.self_attention.linear_qkv.weight"].key.startswith("language_model.decoder.layers")
+    qkv = sharded["language_model.decoder.layers.0.self_attention.linear_qkv.weight"]
+    assert qkv.key.startswith("language_model.decoder.layers")
 
 
 def test_padded_vocabulary_is_kept_out_of_the_softmax(spec, batch, megatron_world):
@@ -181,7 +183,8 @@ def test_one_training_step_through_megatron_ddp_and_optimizer(spec, batch, megat
         loss = chunk(**microbatch.model_inputs(), labels=labels)
         return loss, partial(masked_token_sum, loss_mask=microbatch.attention_mask)
 
-    metrics = optimizer_step(chunks, optimizer, scheduler, [batch], forward_step, batch.input_ids.shape[1], batch.input_ids.shape[0])
+    metrics = optimizer_step(chunks, optimizer, scheduler, [batch], forward_step,
+                             batch.input_ids.shape[1], batch.input_ids.shape[0])
     assert torch.isfinite(torch.tensor(metrics["lm_loss"])) and metrics["skipped"] == 0
     moved = {name for name, p in model.named_parameters() if not torch.equal(p.detach(), before[name])}
     assert "audio_tower.layers.0.fc1.weight" in moved

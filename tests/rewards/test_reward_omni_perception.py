@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from megatron_omni.eval.mep_bench import KeywordClaimExtractor
+from megatron_omni.rewards.config import RewardConfig
 from megatron_omni.rewards.cue_recovery import classify_sentences, cue_scores
 from megatron_omni.rewards.emotion_wheel_f1 import emotion_wheel_f1
-from megatron_omni.rewards.config import RewardConfig
 from megatron_omni.rewards.omni_perception import OmniPerceptionReward
 from megatron_omni.text.lexicon import EmotionWheelLexicon
 
