@@ -92,6 +92,14 @@ class Variant:
     writes_input: bool = False
 
 
+def random_logits(args, tokens: int, vocab: int, gen):
+    """[tokens, vocab] logits of standard deviation 2, made in the benchmark's dtype directly so no
+    fp32 [tokens x vocab] temporary inflates the peak."""
+    import torch
+
+    return torch.randn((tokens, vocab), generator=gen, device=args.device, dtype=getattr(torch, args.dtype)).mul_(2.0)
+
+
 def kernel_bench_parser(description: str, default_tokens: dict, default_vocab: dict) -> argparse.ArgumentParser:
     """The options every kernel benchmark takes; `default_*` map "cuda" / "cpu" to lists."""
     import torch

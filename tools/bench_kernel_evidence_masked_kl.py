@@ -15,7 +15,7 @@ against eager. Variants: fused, eager, compiled.
 from __future__ import annotations
 
 import torch
-from bench_common import Variant, kernel_bench_parser, run_kernel_bench
+from bench_common import Variant, kernel_bench_parser, random_logits, run_kernel_bench
 
 from megatron_omni.kernels import evidence_masked_kl
 from megatron_omni.kernels.evidence_kl.reference import evidence_masked_kl_reference
@@ -26,13 +26,8 @@ BYTES_PER_ELEMENT = {"forward": 4 * len(MODALITIES), "forward+backward": 10 * le
 
 def make_inputs(args, tokens: int, vocab: int) -> tuple:
     gen = torch.Generator(device=args.device).manual_seed(0)
-    dtype = getattr(torch, args.dtype)
-
-    def logits():
-        return torch.randn((tokens, vocab), generator=gen, device=args.device, dtype=dtype).mul_(2.0)
-
-    full = logits().requires_grad_()
-    masked = {m: logits() for m in MODALITIES}
+    full = random_logits(args, tokens, vocab, gen).requires_grad_()
+    masked = {m: random_logits(args, tokens, vocab, gen) for m in MODALITIES}
     masks = {m: torch.rand(tokens, generator=gen, device=args.device) < args.evidence_fraction for m in MODALITIES}
     return full, masked, masks
 

@@ -13,7 +13,7 @@ ratios against eager. Variants: fused, eager, compiled.
 from __future__ import annotations
 
 import torch
-from bench_common import Variant, kernel_bench_parser, run_kernel_bench
+from bench_common import Variant, kernel_bench_parser, random_logits, run_kernel_bench
 
 from megatron_omni.kernels import logprob_entropy_reference, vocab_parallel_logprob_entropy
 
@@ -22,7 +22,7 @@ BYTES_PER_ELEMENT = {"forward": 2, "forward+backward": 6}  # bf16 logits
 
 def make_inputs(args, tokens: int, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator(device=args.device).manual_seed(0)
-    logits = torch.randn((tokens, vocab), generator=gen, device=args.device, dtype=getattr(torch, args.dtype)).mul_(2.0)
+    logits = random_logits(args, tokens, vocab, gen)
     targets = torch.randint(0, vocab, (tokens,), generator=gen, device=args.device)
     return logits.requires_grad_(), targets
 

@@ -13,7 +13,7 @@ eager. Variants: fused, eager, compiled.
 from __future__ import annotations
 
 import torch
-from bench_common import Variant, kernel_bench_parser, run_kernel_bench
+from bench_common import Variant, kernel_bench_parser, random_logits, run_kernel_bench
 
 from megatron_omni.kernels import topk_tail_kl, topk_tail_kl_reference
 
@@ -22,9 +22,7 @@ BYTES_PER_ELEMENT = {"forward": 4, "forward+backward": 8}  # bf16 inputs
 
 def make_inputs(args, tokens: int, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator(device=args.device).manual_seed(0)
-    dtype = getattr(torch, args.dtype)
-    student = torch.randn((tokens, vocab), generator=gen, device=args.device, dtype=dtype).mul_(2.0)
-    teacher = torch.randn((tokens, vocab), generator=gen, device=args.device, dtype=dtype).mul_(2.0)
+    student, teacher = random_logits(args, tokens, vocab, gen), random_logits(args, tokens, vocab, gen)
     return student.requires_grad_(), teacher
 
 

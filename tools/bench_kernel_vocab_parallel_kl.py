@@ -14,7 +14,7 @@ against eager. Variants: fused, fused_inplace (`inplace_backward=True`), eager, 
 from __future__ import annotations
 
 import torch
-from bench_common import Variant, kernel_bench_parser, run_kernel_bench
+from bench_common import Variant, kernel_bench_parser, random_logits, run_kernel_bench
 
 from megatron_omni.kernels import kl_reference, vocab_parallel_kl
 
@@ -23,10 +23,7 @@ BYTES_PER_ELEMENT = {"forward": 4, "forward+backward": 10}  # bf16 inputs
 
 def make_inputs(args, tokens: int, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator(device=args.device).manual_seed(0)
-    dtype = getattr(torch, args.dtype)
-    # Made in the target dtype directly so no fp32 [tokens x vocab] temporary inflates the peak.
-    student = torch.randn((tokens, vocab), generator=gen, device=args.device, dtype=dtype).mul_(2.0)
-    teacher = torch.randn((tokens, vocab), generator=gen, device=args.device, dtype=dtype).mul_(2.0)
+    student, teacher = random_logits(args, tokens, vocab, gen), random_logits(args, tokens, vocab, gen)
     return student.requires_grad_(), teacher
 
 
