@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(str(error)) from None
     if own:
         print(f"[demo] no MER lexicon given (--wheel-dir / {WHEEL_ENV}): scoring with the toy set's own emotion "
-              f"wheel {wheel}; the released lexicon comes from {RELEASED_SOURCE}, and figures differ with it", flush=True)
+              f"wheel {wheel} (it places the toy labels as the released lexicon does); the released lexicon comes from "
+              f"{RELEASED_SOURCE}", flush=True)
     else:
         print(f"[demo] MER emotion-wheel lexicon: {wheel}", flush=True)
     demo = RUNS[args.algorithm]

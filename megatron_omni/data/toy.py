@@ -32,7 +32,7 @@ from megatron_omni.data.toy_media import FaceStyle, Look, VoiceStyle, render_fra
 from megatron_omni.data.toy_wheel import TOY_WHEEL_DIRNAME, write_toy_emotion_wheel
 from megatron_omni.data.video import VideoConfig
 
-TOY_VERSION = 2  # 2: the set's own emotion wheel (toy_emotion_wheel/)
+TOY_VERSION = 3  # 2: the set's own emotion wheel (toy_emotion_wheel/); 3: toy labels placed as the released lexicon places them
 FRAME_SIZE = 112
 FPS = 10
 SAMPLING_RATE = 16000

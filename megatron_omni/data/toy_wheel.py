@@ -1,4 +1,4 @@
-"""The toy data set's own emotion-wheel lexicon: under two hundred words in the MER release's file format.
+"""The toy data set's own emotion-wheel lexicon: about two hundred words in the MER release's file format.
 
     folder = write_toy_emotion_wheel("data_toy/toy_emotion_wheel")
     lexicon = EmotionWheelLexicon.from_dir(folder)
@@ -8,11 +8,12 @@ the project; this one lets the toy set be scored with nothing outside the reposi
 same files with the same columns: ``format.csv`` (``name,format``: a base word and its inflected
 forms), ``synonym.xlsx`` (``word_run1, synonym_run1 ... word_run8, synonym_run8``: a wheel word and
 its synonyms, per run) and ``wheel1.xlsx`` .. ``wheel5.xlsx`` (``level1, level2, level3``, a blank
-cell repeating the cell above). Every label word of the toy set (``EMOTIONS[...].words``) is on
-every wheel or a synonym of a word that is, so it maps on all five wheels at both levels; the
-wheels group the six toy emotions like the released ones do: wheels 1, 3 and 5 keep all six apart,
-wheel 2 files calm under happy and wheel 4 surprise under fear. Level-1 class names are those of
-the released wheels (``megatron_omni.eval.valence.LEVEL1_VALENCE`` knows them all). The files are
+cell repeating the cell above). Every label word of the toy set (``EMOTIONS[...].words``) sits where
+the released lexicon places it: the same level-1 and level-2 class on each wheel, and no class where
+the released lexicon has none (``tests/data/test_data_toy_wheel.py`` checks it against the released
+files). Rewards and F_s of answers made of toy label words are therefore the released lexicon's,
+and so are the demo's figures. Level-1 class names are those of the released wheels
+(``megatron_omni.eval.valence.LEVEL1_VALENCE`` knows them all). The files are
 byte-identical on every call (fixed workbook dates and zip entry times).
 """
 from __future__ import annotations
@@ -36,85 +37,84 @@ RELEASED_SOURCE = "MERTools (https://github.com/zeroQiaoba/MERTools), folder MER
 
 Wheel = dict[str, dict[str, tuple[str, ...]]]  # level1 -> level2 -> level3 words
 
-# Five wheels, level1 -> level2 -> level3; the toy label words (happy/joyful/cheerful, sad/miserable/
+# Five wheels, level1 -> level2 -> level3. Every toy label word (happy/joyful/cheerful, sad/miserable/
 # depressed, angry/furious/annoyed, surprised/astonished/amazed, worried/anxious/nervous,
-# calm/relaxed/peaceful) sit in one level-1 family each.
+# calm/relaxed/peaceful) sits where the released MER lexicon places it: the same level-1 and level-2
+# class on each wheel, and absent from the wheels where the released lexicon cannot place it
+# (cheerful on wheel4, relaxed on wheels 1-2, surprised and amazed on wheel5). Rewards and F_s on the
+# toy answers are then the released lexicon's. Within a level-1 family, a level-2 class named like a
+# label word comes before the class that holds that word, so the word's own row decides its class.
 WHEELS: tuple[Wheel, ...] = (
-    {  # wheel1: six families, one per toy emotion
-        "happy": {"joyful": ("cheerful", "delighted"), "proud": ("confident", "hopeful")},
-        "peaceful": {"calm": ("relaxed", "serene"), "content": ("satisfied", "thankful")},
-        "sad": {"depressed": ("miserable", "hopeless"), "lonely": ("isolated", "abandoned")},
-        "mad": {"angry": ("furious", "enraged"), "frustrated": ("annoyed", "irritated")},
-        "surprised": {"amazed": ("astonished", "awed"), "startled": ("shocked", "stunned")},
-        "scared": {"anxious": ("worried", "nervous"), "frightened": ("terrified", "panicked")},
+    {  # wheel1
+        "happy": {"joyful": ("happy",), "accepted": ("joyful", "cheerful"), "peaceful": ("calm", "peaceful")},
+        "sad": {"depressed": ("sad", "miserable", "depressed"), "lonely": ("isolated", "abandoned")},
+        "mad": {"anger": ("angry", "furious"), "frustrated": ("annoyed", "irritated")},
+        "surprised": {"amazed": ("surprised", "astonished", "amazed"), "startled": ("shocked", "stunned")},
+        "scared": {"anxious": ("worried", "anxious", "nervous"), "frightened": ("terrified", "panicked")},
     },
-    {  # wheel2: calm is a kind of happy
-        "happy": {"cheerful": ("joyful", "playful"), "content": ("satisfied", "thankful"),
-                  "peaceful": ("calm", "relaxed")},
-        "sad": {"miserable": ("depressed", "gloomy"), "hurt": ("disappointed", "lonely")},
-        "angry": {"furious": ("enraged", "hateful"), "annoyed": ("irritated", "frustrated")},
-        "surprised": {"amazed": ("astonished", "awed"), "confused": ("puzzled", "bewildered")},
-        "fearful": {"anxious": ("worried", "nervous"), "scared": ("frightened", "terrified")},
+    {  # wheel2
+        "happy": {"content": ("happy",), "accepted": ("joyful", "cheerful"), "peaceful": ("calm", "peaceful")},
+        "sad": {"depressed": ("sad", "depressed"), "despair": ("miserable", "hopeless")},
+        "angry": {"aggressive": ("angry", "furious", "annoyed"), "hateful": ("hostile", "spiteful")},
+        "surprised": {"amazed": ("surprised", "astonished", "amazed"), "confused": ("puzzled", "bewildered")},
+        "fearful": {"anxious": ("worried", "anxious", "nervous"), "frightened": ("terrified", "panicked")},
     },
-    {  # wheel3: no "miserable" (reached through its synonym "sorrowful")
-        "joyful": {"cheerful": ("happy", "delighted"), "excited": ("energetic", "thrilled")},
-        "peaceful": {"content": ("calm", "relaxed"), "thoughtful": ("serene", "pensive")},
-        "sad": {"depressed": ("gloomy", "sorrowful"), "guilty": ("ashamed", "remorseful")},
-        "mad": {"angry": ("furious", "hostile"), "irritated": ("annoyed", "frustrated")},
-        "scared": {"anxious": ("worried", "nervous"), "helpless": ("insecure", "overwhelmed")},
-        "surprised": {"astonished": ("amazed", "awed"), "startled": ("shocked", "stunned")},
+    {  # wheel3
+        "joyful": {"cheerful": ("happy", "joyful", "cheerful"), "excited": ("energetic", "thrilled")},
+        "peaceful": {"content": ("calm", "relaxed", "peaceful"), "thoughtful": ("serene", "pensive")},
+        "sad": {"depressed": ("sad", "depressed"), "ashamed": ("miserable", "guilty")},
+        "mad": {"angry": ("angry", "furious", "annoyed"), "hostile": ("hateful", "spiteful")},
+        "powerful": {"aware": ("surprised", "amazed"), "proud": ("confident", "hopeful")},
+        "scared": {"anxious": ("worried", "anxious", "nervous"), "confused": ("astonished", "puzzled")},
     },
-    {  # wheel4: surprise is a kind of fear; no "cheerful" (reached through its synonym "happy")
-        "joy": {"happy": ("joyful", "delighted"), "playful": ("silly", "amused")},
-        "peaceful": {"calm": ("relaxed", "serene"), "safe": ("secure", "protected")},
-        "sad": {"disappointed": ("depressed", "miserable"), "lonely": ("isolated", "abandoned")},
-        "anger": {"mad": ("angry", "furious"), "irritated": ("annoyed", "frustrated")},
-        "fear": {"worried": ("anxious", "nervous"), "surprised": ("astonished", "amazed")},
+    {  # wheel4
+        "joy": {"acceptance": ("happy", "joyful"), "calm": ("calm", "relaxed", "peaceful")},
+        "sad": {"disappointed": ("sad", "depressed"), "bored": ("miserable", "indifferent")},
+        "anger": {"aggressive": ("angry", "furious"), "irritated": ("annoyed", "frustrated")},
+        "fear": {"surprised": ("surprised", "startled"), "worried": ("worried", "anxious", "nervous")},
+        "genius": {"in awe": ("astonished", "amazed"), "inspired": ("creative", "curious")},
     },
-    {  # wheel5: no "relaxed" (reached through its synonym "serene")
-        "joyful": {"excited": ("cheerful", "happy"), "playful": ("energetic", "amused")},
-        "peaceful": {"content": ("calm", "serene"), "thoughtful": ("pensive", "reflective")},
-        "sad": {"depressed": ("miserable", "gloomy"), "lonely": ("isolated", "abandoned")},
-        "mad": {"angry": ("furious", "enraged"), "frustrated": ("annoyed", "irritated")},
-        "scared": {"anxious": ("worried", "nervous"), "insecure": ("helpless", "inadequate")},
-        "surprised": {"amazed": ("astonished", "in awe"), "confused": ("puzzled", "bewildered")},
+    {  # wheel5
+        "powerful": {"proud": ("happy", "joyful", "cheerful"), "confident": ("hopeful", "courageous")},
+        "peaceful": {"content": ("calm", "peaceful"), "thoughtful": ("relaxed", "pensive")},
+        "sad": {"depressed": ("sad", "miserable", "depressed"), "lonely": ("isolated", "abandoned")},
+        "mad": {"angry": ("angry", "furious", "annoyed"), "frustrated": ("irritated", "exasperated")},
+        "scared": {"anxious": ("worried", "anxious", "nervous"), "rejected": ("astonished", "inadequate")},
     },
 )
 
-# Wheel word -> its synonyms (synonym.xlsx). Synonyms stay inside the word's level-1 family. Only
-# three are themselves wheel words, each bridging a toy label to a wheel that lacks it: "happy" ->
-# cheerful, "sorrowful" -> miserable, "serene" -> relaxed (the alphabetically first candidate on a
-# wheel decides, so a label present on a wheel still maps through itself).
+# Wheel word -> its synonyms (synonym.xlsx). No synonym is itself a wheel word, so every wheel word
+# maps through itself alone; the synonyms only add forms that map like their word.
 SYNONYMS: dict[str, tuple[str, ...]] = {
-    # happy / joy / joyful
-    "happy": ("glad", "pleased", "cheerful"), "joyful": ("joyous", "elated"), "cheerful": ("upbeat", "merry"),
-    "delighted": ("overjoyed",), "proud": ("honored",), "confident": ("assured",), "hopeful": ("optimistic",),
+    # happy / joy / joyful / powerful
+    "happy": ("glad", "pleased"), "joyful": ("joyous", "elated"), "cheerful": ("upbeat", "merry"),
+    "joy": ("gladness",), "accepted": ("welcomed",), "acceptance": ("approval",), "content": ("fulfilled",),
     "excited": ("eager", "enthusiastic"), "energetic": ("lively",), "thrilled": ("exhilarated",),
-    "joy": ("gladness",), "playful": ("mischievous",), "silly": ("goofy",), "amused": ("entertained",),
+    "powerful": ("strong",), "proud": ("honored",), "confident": ("assured",), "hopeful": ("optimistic",),
+    "courageous": ("brave",), "aware": ("alert",), "genius": ("brilliant",), "in awe": ("awestruck",),
+    "inspired": ("moved",), "creative": ("inventive",), "curious": ("inquisitive",),
     # peaceful
     "peaceful": ("tranquil", "at peace"), "calm": ("composed", "at ease"), "relaxed": ("laid-back", "easygoing"),
-    "serene": ("placid", "relaxed"), "content": ("fulfilled",), "satisfied": ("gratified",),
-    "thankful": ("grateful",), "thoughtful": ("contemplative",), "pensive": ("meditative",),
-    "reflective": ("introspective",), "safe": ("sheltered",), "secure": ("untroubled",), "protected": ("guarded",),
+    "serene": ("placid",), "thoughtful": ("contemplative",), "pensive": ("meditative",),
     # sad
     "sad": ("unhappy", "downcast", "upset"), "depressed": ("despondent", "dejected"), "miserable": ("wretched",),
-    "hopeless": ("despairing",), "gloomy": ("glum",), "sorrowful": ("mournful", "miserable"),
-    "lonely": ("lonesome",), "isolated": ("alone",), "abandoned": ("deserted",), "hurt": ("wounded",),
-    "disappointed": ("let down",), "guilty": ("at fault",), "ashamed": ("shamefaced",), "remorseful": ("regretful",),
+    "despair": ("despondency",), "hopeless": ("despairing",), "ashamed": ("shamefaced",), "guilty": ("at fault",),
+    "bored": ("weary",), "indifferent": ("apathetic",), "disappointed": ("let down",),
+    "lonely": ("lonesome",), "isolated": ("alone",), "abandoned": ("deserted",),
     # mad / angry / anger
     "mad": ("cross", "fuming"), "angry": ("irate", "indignant"), "furious": ("livid", "raging"),
-    "enraged": ("incensed",), "frustrated": ("exasperated", "fed up"), "annoyed": ("irked", "bothered"),
-    "irritated": ("vexed",), "hateful": ("spiteful",), "hostile": ("antagonistic",), "anger": ("wrath", "rage"),
+    "anger": ("wrath", "rage"), "aggressive": ("combative",), "annoyed": ("irked", "bothered"),
+    "irritated": ("vexed",), "frustrated": ("fed up",), "exasperated": ("infuriated",), "hostile": ("antagonistic",),
+    "hateful": ("resentful",), "spiteful": ("vindictive",),
     # surprised
     "surprised": ("taken aback", "caught off guard"), "amazed": ("astounded", "wonderstruck"),
-    "astonished": ("dumbfounded", "flabbergasted"), "awed": ("awestruck",), "in awe": ("awestruck",),
-    "startled": ("jolted",), "shocked": ("staggered",), "stunned": ("speechless",), "confused": ("perplexed",),
-    "puzzled": ("baffled",), "bewildered": ("disoriented",),
+    "astonished": ("dumbfounded", "flabbergasted"), "startled": ("jolted",), "shocked": ("staggered",),
+    "stunned": ("speechless",), "confused": ("perplexed",), "puzzled": ("baffled",), "bewildered": ("disoriented",),
     # scared / fearful / fear
     "scared": ("afraid",), "fearful": ("apprehensive",), "fear": ("dread", "fright"),
     "anxious": ("uneasy", "tense"), "worried": ("troubled", "concerned"), "nervous": ("jittery", "on edge"),
-    "frightened": ("alarmed",), "terrified": ("petrified",), "panicked": ("frantic",), "helpless": ("powerless",),
-    "insecure": ("unsure",), "overwhelmed": ("swamped",), "inadequate": ("unworthy",),
+    "frightened": ("alarmed",), "terrified": ("petrified",), "panicked": ("frantic",),
+    "rejected": ("spurned",), "inadequate": ("unworthy",),
 }
 
 # Base word -> its other forms (format.csv); every base also lists itself.
@@ -142,8 +142,10 @@ These files are NOT the released MER emotion-wheel lexicon. They are a small lex
 megatron_omni.data.toy_wheel for the generated toy data set only: it covers the toy set's label
 words (happy, sad, angry, surprised, worried, calm and two close words of each) plus a few
 synonyms and inflections, {words} base words in all (the released one has about 1,250), so
-that the toy set can be scored with nothing outside the repository. Figures computed with it
-are not comparable to figures computed with the released lexicon (MER-UniBench and the like).
+that the toy set can be scored with nothing outside the repository. Each toy label word sits where
+the released lexicon places it, so answers made of toy label words score as with the released
+lexicon; any other word maps differently or not at all. Use the released lexicon for real data
+(MER-UniBench and the like).
 
 The files have the released format: format.csv (name, format), synonym.xlsx (word_run1,
 synonym_run1 ... word_run8, synonym_run8) and wheel1.xlsx .. wheel5.xlsx (level1, level2, level3;
