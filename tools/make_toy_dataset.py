@@ -1,4 +1,5 @@
-"""Write the toy emotion data set: short mp4 clips (face + voice), manifests and a tokenizer.
+"""Write the toy emotion data set: short mp4 clips (face + voice), manifests, a tokenizer and the
+set's own emotion wheel.
 
     python tools/make_toy_dataset.py --out data_toy --num 64 --seed 0
 
@@ -24,7 +25,7 @@ def main(argv=None) -> None:
     paths = make_toy_dataset(args.out, num=args.num, seed=args.seed, vocab_size=args.vocab_size)
     print(f"toy data set ({args.num} clips, seed {args.seed}) in {time.perf_counter() - started:.1f} s:\n"
           f"  train manifest  {paths.train_manifest}\n  test manifest   {paths.test_manifest}\n"
-          f"  tokenizer       {paths.tokenizer_dir}")
+          f"  tokenizer       {paths.tokenizer_dir}\n  emotion wheel   {paths.wheel_dir}")
 
 
 if __name__ == "__main__":
