@@ -5,7 +5,7 @@
 
 1. generates the toy emotion data set (real mp4 clips with faces and voices, once) where the
    training configs put it by default (dataset.toy_dir, data_toy/);
-2. SFT-trains a tiny Qwen2.5-Omni-shaped model on it (two CPU processes, TP=2); for OmniOPSD half
+2. SFT-trains a tiny Qwen2.5-Omni-shaped model on it (two CPU processes, data parallel); for OmniOPSD half
    of the SFT prompts also carry their rationale, so that the model learns to read the reference
    analysis its teacher view will get;
 3. runs OPPO (or OmniOPSD) from that checkpoint (TP=2), scoring the held-out split before and after;

@@ -35,6 +35,11 @@ class OmniTrainConfig(RunConfig):
     reward: RewardConfig = field(default_factory=RewardConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
+    def needs_lexicon(self) -> bool:
+        """The run must score completions: OPPO's rewards, OmniOPSD's GRPO mix, held-out evaluation."""
+        opsd_rewards = self.algorithm == "opsd" and self.opsd.grpo_weight > 0
+        return self.algorithm == "oppo" or opsd_rewards or self.evaluation.at_start or self.evaluation.at_end
+
     def check_across_sections(self, world_size: int | None) -> None:
         super().check_across_sections(world_size)
         validate_omni(self.model, self.omni)
@@ -43,9 +48,7 @@ class OmniTrainConfig(RunConfig):
                 raise ConfigError(f"data.{name}={getattr(self.data, name)!r}: training runs do not use data.{name} yet "
                                   f"(they pad every micro-batch to train.seq_length in the training process); "
                                   f"remove it or set data.{name}={default!r}")
-        opsd_rewards = self.algorithm == "opsd" and self.opsd.grpo_weight > 0
-        needs_lexicon = self.algorithm == "oppo" or opsd_rewards or self.evaluation.at_start or self.evaluation.at_end
-        if needs_lexicon and self.reward.wheel_dir is None:
+        if self.needs_lexicon() and self.reward.wheel_dir is None:
             raise ConfigError("reward.wheel_dir must name the MER emotion-wheel lexicon folder (OPPO rewards, "
                               "opsd.grpo_weight > 0, evaluation)")
         if self.algorithm in ("oppo", "opsd") and self.parallel.virtual_pipeline_model_parallel_size:

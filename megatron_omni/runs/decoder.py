@@ -3,15 +3,13 @@ command line is `megatron_omni.cli.pretrain_decoder`."""
 from __future__ import annotations
 
 import torch.distributed as dist
-from megatron.core import parallel_state
 
 from megatron_omni.algorithms.lm import LanguageModeling
 from megatron_omni.config import ConfigError
-from megatron_omni.data.sampler import ResumableBatchSampler
 from megatron_omni.data.text_corpus import VOCAB_SIZE, TextWindows, generate_sentences
 from megatron_omni.models.decoder import build_decoder
-from megatron_omni.parallel import destroy_parallel, initialize_parallel, set_seed
-from megatron_omni.runs.training_run import TrainingRun
+from megatron_omni.parallel import destroy_parallel
+from megatron_omni.runs.training_run import TrainingRun, data_parallel_sampler, start_layout
 from megatron_omni.training.config import RunConfig
 from megatron_omni.training.model_setup import build_model_chunks
 from megatron_omni.training.optimizer import build_optimizer
@@ -24,18 +22,11 @@ def build_run(cfg: RunConfig) -> TrainingRun:
     cfg.validate(dist.get_world_size())
     if cfg.model.vocab_size < VOCAB_SIZE:
         raise ConfigError(f"model.vocab_size ({cfg.model.vocab_size}) must be >= {VOCAB_SIZE} for the byte-level text corpus")
-    p = cfg.parallel
-    initialize_parallel(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.virtual_pipeline_model_parallel_size)
-    set_seed(cfg.train.seed)
-
+    start_layout(cfg)
     model_chunks = build_model_chunks(cfg, build_decoder)
     optimizer, scheduler = build_optimizer(cfg, model_chunks)
     dataset = TextWindows(generate_sentences(CORPUS_SENTENCES, cfg.train.seed), cfg.train.seq_length)
-    sampler = ResumableBatchSampler(
-        len(dataset), cfg.train.global_batch_size,
-        dp_rank=parallel_state.get_data_parallel_rank(), dp_size=parallel_state.get_data_parallel_world_size(),
-        seed=cfg.train.seed,
-    )
+    sampler = data_parallel_sampler(len(dataset), cfg)
     algorithm = LanguageModeling(dataset, cfg.train.micro_batch_size, mrope=cfg.model.mrope_section is not None)
     return TrainingRun(cfg, model_chunks, optimizer, scheduler, sampler, algorithm)
 

@@ -13,23 +13,21 @@ from pathlib import Path
 
 import torch.distributed as dist
 import yaml
-from megatron.core import parallel_state
 
 from megatron_omni.config import ConfigError, load_config
 from megatron_omni.data import (
     Collator,
     OmniDataset,
     OmniProcessor,
-    ResumableBatchSampler,
     load_manifest,
     load_tokenizer,
     special_token_ids,
 )
 from megatron_omni.data.toy import make_toy_dataset
 from megatron_omni.models.omni import build_omni_model
-from megatron_omni.parallel import destroy_parallel, init_distributed, initialize_parallel, set_seed
+from megatron_omni.parallel import destroy_parallel, init_distributed
 from megatron_omni.runs.config import OmniTrainConfig
-from megatron_omni.runs.training_run import TrainingRun
+from megatron_omni.runs.training_run import TrainingRun, data_parallel_sampler, start_layout
 from megatron_omni.training.model_setup import build_model_chunks
 from megatron_omni.training.optimizer import build_optimizer
 
@@ -53,12 +51,11 @@ def resolve_dataset(cfg: OmniTrainConfig) -> None:
 
 
 def build_reward(cfg: OmniTrainConfig):
-    """The Omni-Perception Reward when the run scores completions (OPPO's rewards, OmniOPSD's
-    logged reward terms or GRPO mix, held-out evaluation); None otherwise. One instance serves
-    the algorithm and the evaluation, so the lexicon and the embedding model load once."""
-    scores = (cfg.algorithm == "oppo" or cfg.evaluation.at_start or cfg.evaluation.at_end
-              or (cfg.algorithm == "opsd" and cfg.reward.wheel_dir is not None))
-    if not scores:
+    """The Omni-Perception Reward when the run scores completions (`needs_lexicon`), or logs
+    OmniOPSD's reward terms because a lexicon is given; None otherwise. One instance serves the
+    algorithm and the evaluation, so the lexicon and the embedding model load once."""
+    logs_opsd_rewards = cfg.algorithm == "opsd" and cfg.reward.wheel_dir is not None
+    if not (cfg.needs_lexicon() or logs_opsd_rewards):
         return None
     from megatron_omni.rewards.omni_perception import OmniPerceptionReward
 
@@ -182,9 +179,7 @@ def prepare_model(cfg: OmniTrainConfig, wrap_ddp: bool = True):
     tokenizer = load_tokenizer(cfg.dataset.tokenizer_dir)
     sync_token_ids(cfg, tokenizer)
     cfg.validate(dist.get_world_size())
-    p = cfg.parallel
-    initialize_parallel(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.virtual_pipeline_model_parallel_size)
-    set_seed(cfg.train.seed)
+    start_layout(cfg)
     processor = OmniProcessor(tokenizer, cfg.data, cfg.omni.position_id_per_seconds, cfg.omni.seconds_per_chunk)
     return tokenizer, processor, initial_model_chunks(cfg, wrap_ddp)
 
@@ -238,12 +233,7 @@ def build_run(cfg: OmniTrainConfig, reward=None) -> OmniRun:
     optimizer, scheduler = build_optimizer(cfg, model_chunks)
     reward = reward if reward is not None else build_reward(cfg)
     algorithm, num_samples = build_algorithm(cfg, tokenizer, processor, model_chunks, reward)
-    sampler = ResumableBatchSampler(
-        num_samples, cfg.train.global_batch_size,
-        dp_rank=parallel_state.get_data_parallel_rank(), dp_size=parallel_state.get_data_parallel_world_size(),
-        seed=cfg.train.seed,
-    )
-    return OmniRun(cfg, model_chunks, optimizer, scheduler, sampler, algorithm,
+    return OmniRun(cfg, model_chunks, optimizer, scheduler, data_parallel_sampler(num_samples, cfg), algorithm,
                    tokenizer=tokenizer, processor=processor, reward=reward)
 
 
