@@ -91,11 +91,13 @@ def _merged_tokens(output) -> torch.Tensor:
     return pooled if pooled is not None else output.last_hidden_state
 
 
-def encode_video(tower: Qwen2_5OmniVisionEncoder, pixel_values_videos: torch.Tensor,
-                 video_grid_thw: torch.Tensor) -> torch.Tensor:
-    """[sum_i t_i*h_i*w_i, C*T*P*P] patches -> [sum_i t_i*h_i*w_i / merge^2, out_hidden] tokens."""
+def encode_vision(tower: Qwen2_5OmniVisionEncoder, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+    """[sum_i t_i*h_i*w_i, C*T*P*P] patches -> [sum_i t_i*h_i*w_i / merge^2, out_hidden] tokens.
+
+    Images (t = 1) and videos take the same tower: one call for a batch's images, one for its
+    videos, as transformers' thinker does."""
     dtype = tower.patch_embed.proj.weight.dtype
-    return _merged_tokens(tower(pixel_values_videos.to(dtype), grid_thw=video_grid_thw))
+    return _merged_tokens(tower(pixel_values.to(dtype), grid_thw=grid_thw))
 
 
 def audio_feature_lengths(input_features: torch.Tensor, feature_attention_mask: torch.Tensor | None) -> torch.Tensor:

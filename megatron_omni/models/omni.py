@@ -2,12 +2,13 @@
 
     model = build_omni_model(cfg, pre_process, post_process, vp_stage, omni=omni_cfg)
     out = model(input_ids, position_ids,                      # position_ids: [3, b, s] TMRoPE
+                pixel_values=..., image_grid_thw=...,         # optional
                 pixel_values_videos=..., video_grid_thw=...,  # optional
                 input_features=..., feature_attention_mask=..., labels=...)
 
 On the first pipeline stage the text embeddings come from the decoder's own vocab-parallel
-embedding ([s, b, h], replicated over TP ranks); the video and audio tokens produced by the
-towers overwrite the placeholder positions; the result enters the decoder as ``decoder_input``.
+embedding ([s, b, h], replicated over TP ranks); the image, video and audio tokens produced by
+the towers overwrite the placeholder positions; the result enters the decoder as ``decoder_input``.
 Later stages receive hidden states through ``set_input_tensor`` as with any GPTModel.
 
 Checkpointing needs no override: MegatronModule's default ``sharded_state_dict`` takes the
@@ -33,7 +34,7 @@ from megatron_omni.models.encoders import (
     build_audio_encoder,
     build_vision_encoder,
     encode_audio,
-    encode_video,
+    encode_vision,
     fp32_buffers,
     restore_buffers,
 )
@@ -111,33 +112,39 @@ class OmniModel(MegatronModule):
     def embed(
         self,
         input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.Tensor | None = None,
         pixel_values_videos: torch.Tensor | None = None,
         video_grid_thw: torch.Tensor | None = None,
         input_features: torch.Tensor | None = None,
         feature_attention_mask: torch.Tensor | None = None,
         modality_mask: ModalityMask | None = None,
     ) -> torch.Tensor:
-        """Text embeddings with video and audio tokens scattered in: [s, b, h] (first stage)."""
+        """Text embeddings with image, video and audio tokens scattered in: [s, b, h] (first stage).
+
+        A "visual" modality mask degrades images and videos alike: both are what the model sees."""
         tokens = self.omni.tokens
         embeddings = self.language_model.embedding(input_ids=input_ids, position_ids=None)
-        if pixel_values_videos is not None:
-            pixels = mask_features(pixel_values_videos, modality_mask, "visual")
-            video = encode_video(self.visual, pixels, video_grid_thw)
-            embeddings = scatter_placeholders(embeddings, input_ids, tokens.video, video, "video")
+        for token_id, what, pixels, grid in (
+            (tokens.image, "image", pixel_values, image_grid_thw),
+            (tokens.video, "video", pixel_values_videos, video_grid_thw),
+        ):
+            if pixels is not None:
+                features = encode_vision(self.visual, mask_features(pixels, modality_mask, "visual"), grid)
+                embeddings = scatter_placeholders(embeddings, input_ids, token_id, features, what)
         if input_features is not None:
             mel = mask_features(input_features, modality_mask, "audio")
             audio = encode_audio(self.audio_tower, mel, feature_attention_mask)
             embeddings = scatter_placeholders(embeddings, input_ids, tokens.audio, audio, "audio")
         for token_id, what, given in (
+            (tokens.image, "image", pixel_values is not None),
             (tokens.video, "video", pixel_values_videos is not None),
             (tokens.audio, "audio", input_features is not None),
-            (tokens.image, "image", False),
         ):
             count = 0 if given else placeholder_count(input_ids, token_id)
             if count:
                 raise PlaceholderMismatch(
                     f"input_ids hold {count} {what} placeholder tokens (id {token_id}) but no {what} inputs were given"
-                    + (" (image inputs are not supported; send images as one-frame videos)" if what == "image" else "")
                 )
         if self.config.sequence_parallel:
             embeddings = tensor_parallel.scatter_to_sequence_parallel_region(embeddings)
@@ -149,6 +156,8 @@ class OmniModel(MegatronModule):
         position_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.Tensor | None = None,
         pixel_values_videos: torch.Tensor | None = None,
         video_grid_thw: torch.Tensor | None = None,
         input_features: torch.Tensor | None = None,
@@ -168,7 +177,8 @@ class OmniModel(MegatronModule):
         decoder_input = None
         if self.pre_process:
             decoder_input = self.embed(
-                input_ids, pixel_values_videos, video_grid_thw, input_features, feature_attention_mask, modality_mask
+                input_ids, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw,
+                input_features, feature_attention_mask, modality_mask,
             )
         return self.language_model(
             input_ids,
