@@ -6,7 +6,8 @@ sample boundaries in ``cu_seqlens`` for megatron-core's ``PackedSeqParams`` (``q
 each sample keeps its own position ids, starting at 0, so attention and RoPE see every sample
 exactly as in the padded layout.
 
-Media follow transformers' Qwen2.5-Omni inputs: ``pixel_values_videos`` concatenated over
+Media follow transformers' Qwen2.5-Omni inputs: ``pixel_values`` concatenated over images with
+``image_grid_thw`` [I, 3]; ``pixel_values_videos`` concatenated over
 videos with ``video_grid_thw`` [V, 3] and ``video_second_per_grid`` [V]; ``input_features``
 [A, mel, T] padded to the longest audio with ``feature_attention_mask`` [A, T]. Their order is
 the order of the placeholders in the token stream.
@@ -45,6 +46,8 @@ class OmniBatch:
     prompt_lengths: list[int]
     cu_seqlens: torch.Tensor | None = None  # int32 [segments + 1] when packed
     max_seqlen: int | None = None
+    pixel_values: torch.Tensor | None = None  # image patches
+    image_grid_thw: torch.Tensor | None = None  # long [I, 3]
     pixel_values_videos: torch.Tensor | None = None
     video_grid_thw: torch.Tensor | None = None  # long [V, 3]
     video_second_per_grid: torch.Tensor | None = None  # float [V]
@@ -63,6 +66,8 @@ class OmniBatch:
     def model_kwargs(self) -> dict:
         """The OmniModel keyword arguments of this batch: media tensors and packing."""
         return {
+            "pixel_values": self.pixel_values,
+            "image_grid_thw": self.image_grid_thw,
             "pixel_values_videos": self.pixel_values_videos,
             "video_grid_thw": self.video_grid_thw,
             "input_features": self.input_features,
@@ -90,11 +95,16 @@ def _round_up(value: int, multiple: int) -> int:
 
 
 def collate_media(samples: Sequence[ProcessedSample]) -> dict[str, torch.Tensor | None]:
+    images = [s.media.image for s in samples if s.media.image is not None]
     videos = [s.media.video for s in samples if s.media.video is not None]
     audios = [s.media.audio_features for s in samples if s.media.audio_features is not None]
-    media: dict[str, torch.Tensor | None] = {"pixel_values_videos": None, "video_grid_thw": None,
+    media: dict[str, torch.Tensor | None] = {"pixel_values": None, "image_grid_thw": None,
+                                             "pixel_values_videos": None, "video_grid_thw": None,
                                              "video_second_per_grid": None, "input_features": None,
                                              "feature_attention_mask": None}
+    if images:
+        media["pixel_values"] = torch.cat([i.pixel_values for i in images])
+        media["image_grid_thw"] = torch.tensor([i.grid_thw for i in images], dtype=torch.long)
     if videos:
         media["pixel_values_videos"] = torch.cat([v.pixel_values for v in videos])
         media["video_grid_thw"] = torch.tensor([v.grid_thw for v in videos], dtype=torch.long)

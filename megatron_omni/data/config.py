@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from megatron_omni.config import ConfigError
 from megatron_omni.data.audio import AudioConfig
+from megatron_omni.data.image import ImageConfig
 from megatron_omni.data.template import PromptConfig
 from megatron_omni.data.video import VideoConfig
 
@@ -14,6 +15,8 @@ from megatron_omni.data.video import VideoConfig
 @dataclass
 class DataConfig:
     video: VideoConfig = field(default_factory=VideoConfig)
+    # Still images go through the video's vision tower; only their size bounds differ.
+    image: ImageConfig = field(default_factory=ImageConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     # A sample with video and audio interleaves them in time chunks on shared TMRoPE time ids
@@ -36,6 +39,8 @@ class DataConfig:
             problems.append(f"{key}.video.fps must be positive, got {self.video.fps}")
         if self.video.min_pixels > self.video.max_pixels:
             problems.append(f"{key}.video.min_pixels ({self.video.min_pixels}) exceeds max_pixels ({self.video.max_pixels})")
+        if self.image.min_pixels > self.image.max_pixels:
+            problems.append(f"{key}.image.min_pixels ({self.image.min_pixels}) exceeds max_pixels ({self.image.max_pixels})")
         if self.video.min_frames > self.video.max_frames:
             problems.append(f"{key}.video.min_frames ({self.video.min_frames}) exceeds max_frames ({self.video.max_frames})")
         if self.pad_to_multiple_of < 1:

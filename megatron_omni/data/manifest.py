@@ -7,8 +7,9 @@ A line follows the RL format of the OPPO reference code plus the fields this pro
      "extracted_clues": {"visual_clues": [...], "audio_clues": [...], "reasoning_emotions": [...]},
      "emo": "happy"}
 
-``audio`` is accepted as another name for ``audio_path``. ``id`` falls back to the stem of the
-media file name. Relative media paths resolve against the manifest's folder. Fields this schema
+``image`` is a still image file (PNG, JPEG, ... anything PIL reads), beside or instead of the
+video. ``audio`` is accepted as another name for ``audio_path``. ``id`` falls back to the stem of
+the media file name. Relative media paths resolve against the manifest's folder. Fields this schema
 does not know (``path``, ``original_index``, ...) are kept in ``OmniSample.extra``.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ from megatron_omni.data.errors import ManifestError
 from megatron_omni.text.jsonl import read_jsonl
 
 CLUE_FIELDS = ("visual_clues", "audio_clues", "reasoning_emotions")
-_KNOWN_FIELDS = {"id", "video", "audio_path", "audio", "subtitle", "openset", "description",
+_KNOWN_FIELDS = {"id", "video", "image", "audio_path", "audio", "subtitle", "openset", "description",
                  "extracted_clues", "emo", "val"}
 
 
@@ -51,6 +52,7 @@ class OmniSample:
     val: float | None = None  # MER-UniBench sentiment value
     source: str = ""  # "manifest.jsonl, line 12", for error messages
     extra: dict[str, Any] = field(default_factory=dict)
+    image: Path | None = None
 
     @property
     def location(self) -> str:
@@ -66,7 +68,8 @@ class OmniSample:
             inside = relative_to is not None and path.is_relative_to(relative_to)
             return str(path.relative_to(relative_to)) if inside else str(path)
 
-        record: dict[str, Any] = {"id": self.id, "video": rel(self.video), "audio_path": rel(self.audio),
+        record: dict[str, Any] = {"id": self.id, "video": rel(self.video), "image": rel(self.image),
+                                  "audio_path": rel(self.audio),
                                   "subtitle": self.subtitle, "openset": list(self.openset),
                                   "description": self.description,
                                   "extracted_clues": self.extracted_clues.to_record(),
@@ -141,12 +144,13 @@ def parse_record(record: Any, where: str, folder: Path) -> OmniSample:
         raise ManifestError(f"{where}: expected a JSON object, got {type(record).__name__}")
     line = _LineReader(record, where)
     video = line.media_path(("video",), folder)
+    image = line.media_path(("image",), folder)
     audio = line.media_path(("audio_path", "audio"), folder)
-    if video is None and audio is None:
-        raise line.fail("video", "a sample needs 'video' or 'audio_path' (neither is given)")
-    sample_id = line.string("id") or (video or audio).stem
+    if video is None and image is None and audio is None:
+        raise line.fail("video", "a sample needs 'video', 'image' or 'audio_path' (none is given)")
+    sample_id = line.string("id") or (video or image or audio).stem
     return OmniSample(
-        id=sample_id, video=video, audio=audio,
+        id=sample_id, video=video, audio=audio, image=image,
         subtitle=line.string("subtitle") or "",
         openset=line.words("openset"),
         description=line.string("description"),

@@ -1,7 +1,8 @@
 """Turn a sample and its decoded media into model inputs: token ids, targets, loss mask, TMRoPE ids.
 
 The prompt is the Qwen2.5-Omni chat template with each medium's placeholder expanded to one token
-per encoder output: ``grid_t * grid_h * grid_w / merge^2`` video tokens, ``num_audio_tokens``
+per encoder output: ``grid_h * grid_w / merge^2`` image tokens (one temporal patch),
+``grid_t * grid_h * grid_w / merge^2`` video tokens, ``num_audio_tokens``
 audio tokens, or, for a video with its own audio, ``<|audio_bos|>`` + video and audio tokens
 interleaved in ``seconds_per_chunk`` chunks + ``<|audio_eos|>`` inside the vision markers, as the
 Qwen2.5-Omni processor does. The SFT target is ``<think>description</think><answer>words</answer>``
@@ -25,7 +26,7 @@ from megatron_omni.data.media import SampleMedia
 from megatron_omni.data.mel import num_audio_tokens
 from megatron_omni.data.rope_index import MediaCursor, RopeIndexSpec, extend_positions, sequence_positions
 from megatron_omni.data.template import format_target, render_prompt
-from megatron_omni.data.tokenizer import AUDIO, AUDIO_BOS, AUDIO_EOS, CONTROL_TOKENS, VIDEO, special_token_ids
+from megatron_omni.data.tokenizer import AUDIO, AUDIO_BOS, AUDIO_EOS, CONTROL_TOKENS, IMAGE, VIDEO, special_token_ids
 
 
 @dataclass
@@ -110,11 +111,13 @@ class OmniProcessor:
             if any(token in value for token in CONTROL_TOKENS):
                 raise DataError(f"{sample.location}: field '{name}' of sample {sample.id} contains a control token")
         text = render_prompt(
-            has_video=media.video is not None,
+            has_image=media.image is not None, has_video=media.video is not None,
             has_audio=media.audio_features is not None and not media.audio_in_video,
             subtitle=sample.subtitle, cfg=self.cfg.prompt,
             privileged_context=sample.description if privileged else None,
         )
+        if media.image is not None:
+            text = text.replace(IMAGE, IMAGE * media.image.num_tokens(self.cfg.video.merge_size), 1)
         if media.video is not None:
             text = text.replace(VIDEO, self.video_placeholder(media), 1)
         if media.audio_features is not None and not media.audio_in_video:
@@ -134,6 +137,7 @@ class OmniProcessor:
     def positions(self, ids: list[int], media: SampleMedia) -> torch.Tensor:
         video = media.video
         cursor = MediaCursor(
+            image_grid_thw=[media.image.grid_thw] if media.image is not None else None,
             video_grid_thw=[video.grid_thw] if video is not None else None,
             second_per_grids=[video.second_per_grid] if video is not None else None,
             audio_seqlens=[media.audio_frames] if media.audio_features is not None else None,

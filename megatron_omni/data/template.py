@@ -1,17 +1,27 @@
 """The Qwen2.5-Omni chat template for emotion reasoning: prompt text and assistant target.
 
 Rendered exactly as the model's own Jinja template renders a system message and a user turn
-whose content is [video] [audio] text (``<|im_start|>role\\n ... <|im_end|>\\n``), followed by the
-generation prompt ``<|im_start|>assistant\\n``. Media appear as one placeholder each
-(``<|vision_bos|><|VIDEO|><|vision_eos|>``, ``<|audio_bos|><|AUDIO|><|audio_eos|>``); the
-processor expands them to the right number of tokens.
+whose content is [image] [video] [audio] text (``<|im_start|>role\\n ... <|im_end|>\\n``), followed
+by the generation prompt ``<|im_start|>assistant\\n``. Media appear as one placeholder each
+(``<|vision_bos|><|IMAGE|><|vision_eos|>``, ``<|vision_bos|><|VIDEO|><|vision_eos|>``,
+``<|audio_bos|><|AUDIO|><|audio_eos|>``); the processor expands them to the right number of tokens.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Iterable
 
-from megatron_omni.data.tokenizer import AUDIO, AUDIO_BOS, AUDIO_EOS, IM_END, IM_START, VIDEO, VISION_BOS, VISION_EOS
+from megatron_omni.data.tokenizer import (
+    AUDIO,
+    AUDIO_BOS,
+    AUDIO_EOS,
+    IM_END,
+    IM_START,
+    IMAGE,
+    VIDEO,
+    VISION_BOS,
+    VISION_EOS,
+)
 
 QWEN_OMNI_SYSTEM_PROMPT = (
     "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving "
@@ -23,6 +33,7 @@ EMOTION_QUESTION = (
     "inside <think> </think>, then give every fitting emotion word, separated by commas, inside "
     "<answer> </answer>."
 )
+IMAGE_PLACEHOLDER = f"{VISION_BOS}{IMAGE}{VISION_EOS}"
 VIDEO_PLACEHOLDER = f"{VISION_BOS}{VIDEO}{VISION_EOS}"
 AUDIO_PLACEHOLDER = f"{AUDIO_BOS}{AUDIO}{AUDIO_EOS}"
 
@@ -48,13 +59,14 @@ def user_text(subtitle: str, cfg: PromptConfig, privileged_context: str | None =
 
 
 def render_prompt(*, has_video: bool, has_audio: bool, subtitle: str, cfg: PromptConfig,
-                  privileged_context: str | None = None) -> str:
+                  privileged_context: str | None = None, has_image: bool = False) -> str:
     """System + user turn + generation prompt, with one placeholder per medium.
 
     ``has_audio`` means a separate audio block; audio carried inside the video (interleaved with
     it) has no placeholder of its own.
     """
-    media = (VIDEO_PLACEHOLDER if has_video else "") + (AUDIO_PLACEHOLDER if has_audio else "")
+    media = ((IMAGE_PLACEHOLDER if has_image else "") + (VIDEO_PLACEHOLDER if has_video else "")
+             + (AUDIO_PLACEHOLDER if has_audio else ""))
     return (
         f"{IM_START}system\n{cfg.system_prompt}{IM_END}\n"
         f"{IM_START}user\n{media}{user_text(subtitle, cfg, privileged_context)}{IM_END}\n"

@@ -53,14 +53,20 @@ class DecodedVideo:
 
 
 @dataclass
-class VideoFeatures:
+class VisionFeatures:
+    """Vision-tower input of one image or video; an image is one temporal patch (grid_t = 1)."""
+
     pixel_values: torch.Tensor  # float32 [grid_t * grid_h * grid_w, 3 * temporal_patch * patch * patch]
     grid_thw: tuple[int, int, int]
-    second_per_grid: float  # seconds covered by one temporal patch
 
     def num_tokens(self, merge_size: int) -> int:
         t, h, w = self.grid_thw
         return t * h * w // merge_size**2
+
+
+@dataclass
+class VideoFeatures(VisionFeatures):
+    second_per_grid: float  # seconds covered by one temporal patch
 
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:

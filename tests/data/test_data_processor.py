@@ -8,6 +8,7 @@ tokenisation, Whisper features -- is transformers' own code.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,11 @@ import pytest
 import torch
 
 from megatron_omni.data.audio import load_audio_file, load_video_audio
-from megatron_omni.data.errors import DataError, SampleTooLongError
-from megatron_omni.data.manifest import OmniSample, load_manifest
+from megatron_omni.data.batch import SkippedSample, pad
+from megatron_omni.data.dataset import OmniDataset
+from megatron_omni.data.errors import DataError, MediaError, SampleTooLongError
+from megatron_omni.data.image import ImageConfig
+from megatron_omni.data.manifest import OmniSample, load_manifest, write_manifest
 from megatron_omni.data.media import SampleMedia, load_media
 from megatron_omni.data.mel import log_mel_spectrogram
 from megatron_omni.data.processor import attach_completion, chunk_lengths
@@ -47,20 +51,28 @@ def clips(toy_set):
     return load_manifest(toy_set.train_manifest)
 
 
-@pytest.mark.parametrize("has_video, has_audio", [(True, True), (True, False), (False, True)])
-def test_prompt_matches_the_published_chat_template(toy_tokenizer, has_video, has_audio):
+@pytest.mark.parametrize("has_image, has_video, has_audio", [
+    (False, True, True), (False, True, False), (False, False, True), (True, True, True), (True, False, True),
+])
+def test_prompt_matches_the_published_chat_template(toy_tokenizer, has_image, has_video, has_audio):
     cfg = PromptConfig()
-    content = ([{"type": "video"}] if has_video else []) + ([{"type": "audio"}] if has_audio else [])
+    content = ([{"type": "image"}] if has_image else []) + ([{"type": "video"}] if has_video else [])
+    content += [{"type": "audio"}] if has_audio else []
     content.append({"type": "text", "text": 'Subtitle: "We did it!"\n' + cfg.question})
     messages = [{"role": "system", "content": [{"type": "text", "text": cfg.system_prompt}]},
                 {"role": "user", "content": content}]
     expected = toy_tokenizer.apply_chat_template(messages, chat_template=QWEN25_OMNI_CHAT_TEMPLATE,
                                                  add_generation_prompt=True, tokenize=False)
-    assert render_prompt(has_video=has_video, has_audio=has_audio, subtitle="We did it!", cfg=cfg) == expected
+    assert render_prompt(has_image=has_image, has_video=has_video, has_audio=has_audio, subtitle="We did it!",
+                         cfg=cfg) == expected
 
 
-def _reference(hf_processor, prompt, frames=None, sample_fps=None, waveform=None, interleave=False):
+def _reference(hf_processor, prompt, frames=None, sample_fps=None, waveform=None, interleave=False, image=None,
+               image_bounds: ImageConfig | None = None):
     kwargs = {}
+    if image is not None:
+        bounds = {"shortest_edge": image_bounds.min_pixels, "longest_edge": image_bounds.max_pixels}
+        kwargs.update(images=[image], images_kwargs={"size": bounds})
     if frames is not None:
         kwargs.update(videos=[frames], videos_kwargs={"fps": sample_fps})
     if waveform is not None:
@@ -72,6 +84,9 @@ def _reference(hf_processor, prompt, frames=None, sample_fps=None, waveform=None
 
 def _check_media(ours, reference):
     media = ours.media
+    if media.image is not None:
+        assert torch.equal(reference["image_grid_thw"][0], torch.tensor(media.image.grid_thw))
+        torch.testing.assert_close(media.image.pixel_values, reference["pixel_values"], atol=1e-5, rtol=0)
     if media.video is not None:
         assert torch.equal(reference["video_grid_thw"][0], torch.tensor(media.video.grid_thw))
         torch.testing.assert_close(media.video.pixel_values, reference["pixel_values_videos"], atol=1e-5, rtol=0)
@@ -84,7 +99,8 @@ def _check_media(ours, reference):
 
 def _check_positions(hf_thinker, ours, reference, interleave):
     positions, delta = hf_thinker.get_rope_index(
-        reference["input_ids"], video_grid_thw=reference.get("video_grid_thw"),
+        reference["input_ids"], image_grid_thw=reference.get("image_grid_thw"),
+        video_grid_thw=reference.get("video_grid_thw"),
         attention_mask=reference["attention_mask"], use_audio_in_video=interleave,
         audio_seqlens=reference["feature_attention_mask"].sum(-1) if "feature_attention_mask" in reference else None,
         second_per_grids=reference.get("video_second_per_grid"))
@@ -145,6 +161,71 @@ def test_video_only_and_audio_only_match_transformers(make_processor, hf_process
     reference = _reference(hf_processor, prompt, waveform=load_audio_file(sample.audio, processor.cfg.audio))
     assert ours.input_ids.tolist() == reference["input_ids"][0].tolist()
     _check_media(ours, reference)
+
+
+def _write_image(path: Path, height: int, width: int, mode: str) -> Path:
+    from PIL import Image
+
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    pixels = np.random.default_rng(height * width).integers(0, 256, (height, width, channels), dtype=np.uint8)
+    Image.fromarray(pixels[..., 0] if channels == 1 else pixels, mode).save(path)
+    return path
+
+
+@pytest.mark.parametrize("name, height, width, mode, with_video", [
+    ("alpha.png", 50, 75, "RGBA", False),  # composited onto white, upscaled to 56 x 84
+    ("gray.jpg", 130, 100, "L", False),  # grey to RGB, downscaled to the 84 x 56 of max_pixels
+    ("exact.png", 56, 56, "RGB", True),  # no resize; beside a video with its interleaved audio
+])
+def test_image_sample_matches_transformers(make_processor, hf_processor, hf_thinker, clips, tmp_path,
+                                           name, height, width, mode, with_video):
+    """A manifest-style sample with an image file and audio (and a video): tokens, pixels and
+    positions equal Qwen2_5OmniProcessor's (with transformers' PIL image processor) on the same file."""
+    from PIL import Image
+
+    bounds = ImageConfig(min_pixels=56 * 56, max_pixels=2 * 56 * 56)
+    processor = make_processor(image=bounds)
+    sample = dataclasses.replace(clips[0], image=_write_image(tmp_path / name, height, width, mode),
+                                 video=clips[0].video if with_video else None)
+    ours = processor.process(sample, load_media(sample, processor.cfg), with_target=False)
+    prompt = render_prompt(has_image=True, has_video=with_video, has_audio=not with_video, subtitle=sample.subtitle,
+                           cfg=processor.cfg.prompt)
+    video = read_video(sample.video, processor.cfg.video) if with_video else None
+    with Image.open(sample.image) as image:
+        reference = _reference(hf_processor, prompt, video.frames.numpy() if video else None,
+                               video.sample_fps if video else None, load_audio_file(sample.audio, processor.cfg.audio),
+                               interleave=with_video, image=image, image_bounds=bounds)
+    assert ours.input_ids.tolist() == reference["input_ids"][0].tolist()
+    assert ours.media.image.grid_thw[0] == 1 and (ours.input_ids == processor.token_ids.image_token_id).sum() > 0
+    _check_media(ours, reference)
+    _check_positions(hf_thinker, ours, reference, interleave=with_video)
+    batch = pad([ours])
+    assert torch.equal(batch.model_kwargs()["pixel_values"], ours.media.image.pixel_values)
+    assert batch.image_grid_thw.tolist() == [list(ours.media.image.grid_thw)]
+
+
+def test_bad_image_names_the_file_and_is_skipped_when_asked(make_processor, toy_set, tmp_path):
+    """An ``image`` manifest field: resolved beside the manifest, written back as given; a file PIL
+    cannot read is a MediaError naming it and the sample, or a skipped sample with skip_bad_samples."""
+    good = _write_image(tmp_path / "face.png", 56, 56, "RGB")
+    (tmp_path / "junk.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(200)))
+    (tmp_path / "cut.png").write_bytes(good.read_bytes()[:120])
+    manifest = tmp_path / "images.jsonl"
+    lines = [{"image": name, "subtitle": "hi"} for name in ("face.png", "junk.png", "cut.png", "missing.png")]
+    manifest.write_text("".join(f"{json.dumps(line)}\n" for line in lines))
+    samples = load_manifest(manifest)
+    assert [s.id for s in samples] == ["face", "junk", "cut", "missing"] and samples[0].image == good
+    assert load_manifest(write_manifest(tmp_path / "again.jsonl", samples)) == [
+        dataclasses.replace(s, source=s.source.replace("images.jsonl", "again.jsonl")) for s in samples]
+    processor = make_processor()
+    for sample, reason in zip(samples[1:], ("cannot decode image", "cannot decode image", "image file not found")):
+        with pytest.raises(MediaError, match=reason) as info:
+            load_media(sample, processor.cfg)
+        assert str(sample.image) in str(info.value) and sample.source in str(info.value)
+    items = OmniDataset(samples, make_processor(skip_bad_samples=True), with_target=False)
+    assert items[0].media.image.grid_thw == (1, 4, 4) and not isinstance(items[0], SkippedSample)
+    for sample, item in zip(samples[1:], list(items)[1:]):
+        assert isinstance(item, SkippedSample) and str(sample.image) in item.reason
 
 
 def test_audio_from_the_video_track(make_processor, clips):
