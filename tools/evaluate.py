@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None, generate: GenerateFn | None = None) -> d
                                       extractor, progress=writes)
         if not writes:
             return {}
-        print(f"generated {report.generated}, already present {report.skipped}", file=sys.stderr)
+        unusable = f", skipped as unusable {report.unusable}" if report.unusable else ""
+        print(f"generated {report.generated}, already present {report.skipped}{unusable}", file=sys.stderr)
 
     if not args.sets:
         raise SystemExit("error: nothing to score; give at least one --set DATASET PREDICTIONS LABELS")

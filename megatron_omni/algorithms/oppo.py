@@ -18,8 +18,8 @@ from megatron.core import parallel_state
 from megatron_omni.algorithms.config import RLRunSections
 from megatron_omni.algorithms.evidence import MODALITIES, evidence_token_masks, token_char_spans
 from megatron_omni.algorithms.grpo import GRPOLoss, group_advantages, kl_beta_at
-from megatron_omni.algorithms.rollouts import collect_rollouts, stopping_at
-from megatron_omni.algorithms.step_common import padded_microbatches
+from megatron_omni.algorithms.rollouts import collect_rollouts, prompt_rules, stopping_at
+from megatron_omni.algorithms.step_common import padded_microbatches, step_samples
 from megatron_omni.data.batch import OmniBatch
 from megatron_omni.kernels import evidence_masked_kl, vocab_parallel_logprob_entropy
 from megatron_omni.models.masking import ModalityMask
@@ -38,14 +38,15 @@ class OPPO:
     def __init__(self, cfg: RLRunSections, prompts, samples, tokenizer, reward, model_chunks, reference_chunks,
                  stop_token_ids: list[int], pad_token_id: int):
         self.cfg = cfg
-        self.prompts = prompts  # OmniDataset of prompts (no targets)
+        o = cfg.oppo
+        self.prompts = step_samples(prompts, prompt_rules(cfg.train, "oppo.sampling", o.sampling,
+                                                          required=(("openset", "the labels of OPPO's reward"),)))
         self.samples = samples  # manifest records (reward labels and cues)
         self.tokenizer = tokenizer
         self.reward = reward
         self.model_chunks = model_chunks
         self.reference_chunks = reference_chunks
         self.pad_token_id = pad_token_id
-        o = cfg.oppo
         self.sampling = stopping_at(o.sampling, stop_token_ids)
         self.loss = GRPOLoss(o.grpo)
         self.group = o.grpo.group_size
@@ -70,7 +71,8 @@ class OPPO:
 
     def prepare(self, indices: list[int], step: int):
         cfg = self.cfg
-        rollouts = collect_rollouts(self.model_chunks, self.prompts, indices, step, self.sampling, self.group,
+        indices, prompts, skip_metrics = self.prompts.load_step(indices)
+        rollouts = collect_rollouts(self.model_chunks, prompts, indices, step, self.sampling, self.group,
                                     cfg.train.seed, cfg.model.vocab_size, self.pad_token_id, self.tokenizer)
         samples = [self.samples[i] for i in rollouts.indices]
         rewards = self.reward.compute(rollouts.texts, samples)
@@ -86,7 +88,7 @@ class OPPO:
         ]
         self._score(microbatches, step)
 
-        metrics = rollouts.metrics(rewards)
+        metrics = {**rollouts.metrics(rewards), **skip_metrics}
         metrics.update({
             "evidence_visual_tokens": float(sum(int(m.evidence["visual"].sum()) for m in microbatches)),
             "evidence_audio_tokens": float(sum(int(m.evidence["audio"].sum()) for m in microbatches)),

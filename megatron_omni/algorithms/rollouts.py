@@ -8,8 +8,10 @@ from dataclasses import dataclass, replace
 import torch
 
 from megatron_omni.data.processor import ProcessedSample, attach_completion
+from megatron_omni.data.skips import SampleRules
 from megatron_omni.generation.generator import SamplingConfig
-from megatron_omni.generation.omni import loaded, rollout_seed, sample_completions
+from megatron_omni.generation.omni import rollout_seed, sample_completions
+from megatron_omni.training.config import TrainConfig
 from megatron_omni.training.model_setup import unwrap
 
 
@@ -40,12 +42,20 @@ def stopping_at(sampling: SamplingConfig, stop_token_ids: list[int]) -> Sampling
     return sampling if sampling.stop_token_ids else replace(sampling, stop_token_ids=list(stop_token_ids))
 
 
-def collect_rollouts(model_chunks, prompts, indices: list[int], step: int, sampling: SamplingConfig, group_size: int,
-                     train_seed: int, vocab_size: int, pad_token_id: int, tokenizer) -> Rollouts:
-    """Sample ``group_size`` completions of each prompt (collective over the model's TP/PP ranks)."""
+def prompt_rules(train: TrainConfig, sampling_key: str, sampling: SamplingConfig,
+                 required: tuple[tuple[str, str], ...]) -> SampleRules:
+    """An RL prompt must leave room for a whole completion in train.seq_length."""
+    budget = (f"train.seq_length ({train.seq_length}) minus {sampling_key}.max_new_tokens "
+              f"({sampling.max_new_tokens}) for the completion")
+    return SampleRules(required=required, max_tokens=train.seq_length - sampling.max_new_tokens, budget=budget)
+
+
+def collect_rollouts(model_chunks, prompts: list[ProcessedSample], indices: list[int], step: int, sampling: SamplingConfig,
+                     group_size: int, train_seed: int, vocab_size: int, pad_token_id: int, tokenizer) -> Rollouts:
+    """Sample ``group_size`` completions of each prompt (collective over the model's TP/PP ranks);
+    ``indices``: the data set index of each prompt."""
     out = Rollouts([], [], [], [], 0.0)
-    for index in indices:
-        prompt = loaded(prompts[index], f"prompt {index}")
+    for index, prompt in zip(indices, prompts):
         completions, tokens_per_second = sample_completions(
             unwrap(model_chunks[0]), prompt, sampling, group_size, rollout_seed(train_seed, step, prompt.sample_id),
             vocab_size, pad_token_id,

@@ -1,12 +1,23 @@
-"""What every algorithm's step shares: micro-batch splitting, the pipeline's fixed sequence
-length, padded micro-batches, and the (token sum, token count, metrics) return megatron's
-schedule expects from a loss function."""
+"""What every algorithm's step shares: its samples (skips, replacements), micro-batch splitting,
+the pipeline's fixed sequence length, padded micro-batches, and the (token sum, token count,
+metrics) return megatron's schedule expects from a loss function."""
 from __future__ import annotations
 
 import torch
 
 from megatron_omni.data.batch import OmniBatch, pad
+from megatron_omni.data.dataset import OmniDataset
 from megatron_omni.data.processor import ProcessedSample
+from megatron_omni.data.skips import SampleRules, SampleSource
+
+
+def step_samples(dataset: OmniDataset, rules: SampleRules) -> SampleSource:
+    """A training algorithm's samples: the data-parallel ranks stop together on too many skips,
+    and the first tensor/pipeline rank of each data-parallel slice prints its skip lines."""
+    from megatron.core import parallel_state
+
+    announce = parallel_state.get_tensor_model_parallel_rank() == 0 and parallel_state.is_pipeline_first_stage()
+    return SampleSource(dataset, rules, group=parallel_state.get_data_parallel_group(), announce=announce)
 
 
 def split_microbatches(items: list, size: int) -> list[list]:

@@ -25,8 +25,12 @@ class DataConfig:
     # A sample without an audio file uses the video's own audio track, when it has one.
     audio_from_video: bool = True
     max_seq_length: int | None = None
-    # Bad media and over-long samples are skipped with a warning and counted instead of raising.
+    # A sample with bad media, without a label the algorithm needs, or over the run's length
+    # budget is reported, counted and replaced (training) or left out (evaluation) instead of
+    # stopping the run; docs/DATA.md "Bad samples".
     skip_bad_samples: bool = False
+    # With skips, the run stops once more than this share of the samples seen so far was skipped.
+    max_skipped_fraction: float = 0.1
     # Micro-batches as one packed THD sequence (cu_seqlens) instead of a padded [b, s] block.
     packing: bool = False
     # Sequence length multiple (tensor/context parallelism need divisible lengths).
@@ -43,6 +47,8 @@ class DataConfig:
             problems.append(f"{key}.image.min_pixels ({self.image.min_pixels}) exceeds max_pixels ({self.image.max_pixels})")
         if self.video.min_frames > self.video.max_frames:
             problems.append(f"{key}.video.min_frames ({self.video.min_frames}) exceeds max_frames ({self.video.max_frames})")
+        if not 0.0 <= self.max_skipped_fraction <= 1.0:
+            problems.append(f"{key}.max_skipped_fraction must lie in [0, 1], got {self.max_skipped_fraction}")
         if self.pad_to_multiple_of < 1:
             problems.append(f"{key}.pad_to_multiple_of must be >= 1, got {self.pad_to_multiple_of}")
         if self.num_workers < 0:

@@ -20,6 +20,8 @@ class OmniDataset(torch.utils.data.Dataset):
 
     With ``skip_bad_samples`` a sample whose media or content is bad comes back as a
     ``SkippedSample`` (the collator drops and reports it); otherwise the error propagates.
+    Training runs and evaluation load through ``data.skips.SampleSource`` instead, which also
+    checks the run's labels and length budget and replaces or leaves out bad samples.
     ``with_target`` adds the SFT answer; ``privileged`` adds the rationale to the prompt (the
     OmniOPSD teacher's view) of that share of the samples: True / 1.0 all of them, a fraction in
     between a fixed subset (by sample id, the same in every epoch and on every rank).
@@ -42,15 +44,19 @@ class OmniDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> ProcessedSample | SkippedSample:
+    def load(self, index: int) -> ProcessedSample:
+        """Sample ``index`` decoded and processed; a `DataError` names the sample."""
         sample = self.samples[index]
+        media = load_media(sample, self.processor.cfg)
+        return self.processor.process(sample, media, with_target=self.with_target, privileged=self.is_privileged(sample))
+
+    def __getitem__(self, index: int) -> ProcessedSample | SkippedSample:
         try:
-            media = load_media(sample, self.processor.cfg)
-            return self.processor.process(sample, media, with_target=self.with_target, privileged=self.is_privileged(sample))
+            return self.load(index)
         except DataError as exc:
             if not self.processor.cfg.skip_bad_samples:
                 raise
-            return SkippedSample(index=index, sample_id=sample.id, reason=str(exc))
+            return SkippedSample(index=index, sample_id=self.samples[index].id, reason=str(exc))
 
 
 @dataclass

@@ -25,6 +25,14 @@ class SampleTooLongError(DataError):
     """A processed sample has more tokens than the configured maximum sequence length."""
 
 
+class MissingLabelError(DataError):
+    """A sample lacks a field that the algorithm reads (the SFT target, the reward's labels, the rationale)."""
+
+
+class TooManySkippedError(DataError):
+    """With data.skip_bad_samples, too many samples were skipped for the run to go on."""
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message: decoder errors carry long native stack dumps."""
     lines = str(exc).strip().splitlines()

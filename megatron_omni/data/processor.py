@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 
 from megatron_omni.data.config import DataConfig
-from megatron_omni.data.errors import DataError, SampleTooLongError
+from megatron_omni.data.errors import DataError, MissingLabelError, SampleTooLongError
 from megatron_omni.data.manifest import OmniSample
 from megatron_omni.data.media import SampleMedia
 from megatron_omni.data.mel import num_audio_tokens
@@ -106,7 +106,7 @@ class OmniProcessor:
     def prompt_text(self, sample: OmniSample, media: SampleMedia, privileged: bool = False) -> str:
         """The chat-template prompt with every placeholder expanded."""
         if privileged and not sample.description:
-            raise DataError(f"{sample.location}: sample {sample.id} has no 'description' for the privileged prompt")
+            raise MissingLabelError(f"{sample.location}: sample {sample.id} has no 'description' for the privileged prompt")
         for name, value in (("subtitle", sample.subtitle), ("description", sample.description or "")):
             if any(token in value for token in CONTROL_TOKENS):
                 raise DataError(f"{sample.location}: field '{name}' of sample {sample.id} contains a control token")
@@ -131,7 +131,7 @@ class OmniProcessor:
     def target_ids(self, sample: OmniSample) -> list[int]:
         if not sample.description or not sample.openset:
             missing = "description" if not sample.description else "openset"
-            raise DataError(f"{sample.location}: sample {sample.id} has no '{missing}' for the SFT target")
+            raise MissingLabelError(f"{sample.location}: sample {sample.id} has no '{missing}' for the SFT target")
         return self._encode(format_target(sample.description, sample.openset)) + [self.token_ids.im_end_token_id]
 
     def positions(self, ids: list[int], media: SampleMedia) -> torch.Tensor:

@@ -14,14 +14,16 @@ from megatron_omni.eval.predictions import PredictionsJsonl
 
 
 class GenerateFn(Protocol):
-    def __call__(self, samples: list[dict], mask_modality: str | None = None) -> list[str]:
-        """One output text per sample; `mask_modality` ('visual' or 'audio') hides that input."""
+    def __call__(self, samples: list[dict], mask_modality: str | None = None) -> list[str | None]:
+        """One output text per sample (None: the sample was skipped, its media could not be
+        used); `mask_modality` ('visual' or 'audio') hides that input."""
 
 
 @dataclass(frozen=True)
 class GenerationReport:
     generated: int
     skipped: int  # already present in the predictions file
+    unusable: int = 0  # left out under data.skip_bad_samples (no prediction is written)
 
 
 def generate_predictions(samples: Sequence[dict], generate: GenerateFn, writer: PredictionsJsonl,
@@ -44,9 +46,12 @@ def generate_predictions(samples: Sequence[dict], generate: GenerateFn, writer: 
         from tqdm import tqdm
 
         batches = tqdm(batches, desc="generate", unit="batch")
+    unusable = 0
     for batch in batches:
         outputs = generate(list(batch))
         if len(outputs) != len(batch):
             raise ValueError(f"generate returned {len(outputs)} outputs for a batch of {len(batch)} samples")
-        writer.append({"id": str(s["id"]), "output": text, "answer": extract(text)} for s, text in zip(batch, outputs))
-    return GenerationReport(generated=len(pending), skipped=len(samples) - len(pending))
+        unusable += outputs.count(None)
+        writer.append({"id": str(s["id"]), "output": text, "answer": extract(text)}
+                      for s, text in zip(batch, outputs) if text is not None)
+    return GenerationReport(generated=len(pending) - unusable, skipped=len(samples) - len(pending), unusable=unusable)

@@ -189,7 +189,7 @@ def masked_faithfulness(samples: Sequence[dict], generate: GenerateFn, extractor
         if len(outputs) != len(samples):
             raise ValueError(f"generate returned {len(outputs)} outputs for {len(samples)} samples")
         about_claims = all_claims = about_sentences = all_sentences = 0
-        for output in outputs:
+        for output in filter(None.__ne__, outputs):  # None: a sample skipped as unusable
             reasoning = reasoning_text(output)
             claims = extractor(reasoning)
             all_claims += len(claims)
@@ -211,5 +211,9 @@ class MEPResult:
 def run_mep_bench(samples: Sequence[dict], generate: GenerateFn, extractor: ClaimExtractor,
                   encoder: SentenceEncoder, threshold: float = 0.6) -> MEPResult:
     outputs = generate(list(samples))
+    answered = [(output, sample) for output, sample in zip(outputs, samples) if output is not None]  # None: skipped
+    if not answered:
+        raise ValueError("no answers to score: every sample was skipped")
+    outputs, samples = [output for output, _ in answered], [sample for _, sample in answered]
     return MEPResult(cue_utilization(outputs, samples, extractor, encoder, threshold),
                      masked_faithfulness(samples, generate, extractor))

@@ -24,13 +24,6 @@ class OmniAdapter:
         self.model.set_input_tensor(tensor)
 
 
-def loaded(item, what: str):
-    """A processed prompt, or an error naming it when its data could not be loaded (skipped)."""
-    if not hasattr(item, "input_ids"):
-        raise RuntimeError(f"{what} could not be loaded: {item.reason}")
-    return item
-
-
 def rollout_seed(train_seed: int, step: int, sample_id: str) -> int:
     """The sampling seed of one prompt at one step: the same on every rank and after a resume."""
     return train_seed * 1_000_003 + step * 7919 + zlib.crc32(sample_id.encode())

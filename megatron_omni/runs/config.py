@@ -51,6 +51,11 @@ class OmniTrainConfig(RunConfig):
         if self.needs_lexicon() and self.reward.wheel_dir is None:
             raise ConfigError("reward.wheel_dir must name the MER emotion-wheel lexicon folder (OPPO rewards, "
                               "opsd.grpo_weight > 0, evaluation)")
+        if self.algorithm in ("oppo", "opsd"):
+            sampling = getattr(self, self.algorithm).sampling
+            if sampling.max_new_tokens >= self.train.seq_length:
+                raise ConfigError(f"{self.algorithm}.sampling.max_new_tokens ({sampling.max_new_tokens}) must be smaller "
+                                  f"than train.seq_length ({self.train.seq_length}): prompt and completion share it")
         if self.algorithm in ("oppo", "opsd") and self.parallel.virtual_pipeline_model_parallel_size:
             raise ConfigError(f"{self.algorithm.upper()} rollouts do not support interleaved pipelines: "
                               "set parallel.virtual_pipeline_model_parallel_size=null")

@@ -33,6 +33,8 @@ class OptimizerConfig:
     lr_decay_style: Literal["constant", "linear", "cosine"] = "cosine"
 
     def validate(self, key: str) -> None:
+        if self.lr < 0:
+            raise ConfigError(f"{key}.lr must be >= 0, got {self.lr}")
         if not 0.0 <= self.min_lr <= self.lr:
             raise ConfigError(f"{key}.min_lr ({self.min_lr}) must lie in [0, {key}.lr ({self.lr})]")
         for name in ("adam_beta1", "adam_beta2"):

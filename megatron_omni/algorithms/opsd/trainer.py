@@ -25,8 +25,8 @@ from megatron_omni.algorithms.grpo import GRPOLoss, group_advantages
 from megatron_omni.algorithms.opsd.alignment import CompletionRows, completion_rows
 from megatron_omni.algorithms.opsd.loss import DistillationLoss
 from megatron_omni.algorithms.opsd.teacher import Teacher
-from megatron_omni.algorithms.rollouts import collect_rollouts, stopping_at
-from megatron_omni.algorithms.step_common import padded_microbatches
+from megatron_omni.algorithms.rollouts import collect_rollouts, prompt_rules, stopping_at
+from megatron_omni.algorithms.step_common import padded_microbatches, step_samples
 from megatron_omni.data.batch import OmniBatch, pad
 from megatron_omni.data.processor import attach_completion
 from megatron_omni.kernels import vocab_parallel_logprob_entropy
@@ -50,14 +50,17 @@ class OmniOPSD:
     def __init__(self, cfg: RLRunSections, prompts, samples, tokenizer, reward, model_chunks, teacher: Teacher,
                  stop_token_ids: list[int], pad_token_id: int):
         self.cfg = cfg
-        self.prompts = prompts  # OmniDataset of prompts (no targets)
+        o = cfg.opsd
+        required = ((("description", "the OmniOPSD teacher's privileged prompt"),) if o.privileged else ())
+        if o.grpo_weight:
+            required += (("openset", "the labels of the opsd.grpo_weight reward"),)
+        self.prompts = step_samples(prompts, prompt_rules(cfg.train, "opsd.sampling", o.sampling, required))
         self.samples = samples  # manifest records (reward labels)
         self.tokenizer = tokenizer
         self.reward = reward  # None: no reward is computed
         self.model_chunks = model_chunks
         self.teacher = teacher
         self.pad_token_id = pad_token_id
-        o = cfg.opsd
         self.sampling = stopping_at(o.sampling, stop_token_ids)
         self.group = o.group_size
         self.tp_group = parallel_state.get_tensor_model_parallel_group()
@@ -74,16 +77,17 @@ class OmniOPSD:
 
     def _teacher_prompt(self, index: int, student_prompt):
         """The privileged prompt of a sample, from the media the student prompt already loaded."""
-        sample = self.prompts.samples[index]
-        return self.prompts.processor.process(sample, student_prompt.media, with_target=False,
-                                              privileged=self.cfg.opsd.privileged)
+        dataset = self.prompts.dataset
+        return dataset.processor.process(dataset.samples[index], student_prompt.media, with_target=False,
+                                         privileged=self.cfg.opsd.privileged)
 
     def prepare(self, indices: list[int], step: int):
         cfg = self.cfg
         self.teacher.update(self.model_chunks, step)
         self.teacher_seconds = 0.0
+        indices, prompts, skip_metrics = self.prompts.load_step(indices)
         started = time.perf_counter()
-        rollouts = collect_rollouts(self.model_chunks, self.prompts, indices, step, self.sampling, self.group,
+        rollouts = collect_rollouts(self.model_chunks, prompts, indices, step, self.sampling, self.group,
                                     cfg.train.seed, cfg.model.vocab_size, self.pad_token_id, self.tokenizer)
         rollout_seconds = time.perf_counter() - started
         rewards, advantages = {}, None
@@ -110,7 +114,7 @@ class OmniOPSD:
         if self.teacher_first:
             self._score_teacher(microbatches, teacher_length)
 
-        metrics = rollouts.metrics(rewards)
+        metrics = {**rollouts.metrics(rewards), **skip_metrics}
         metrics["time_rollout_s"] = rollout_seconds
         extra = sum(tp.prompt_length - p.prompt_length for tp, p in zip(teacher_sequences, rollouts.prompts))
         metrics["teacher_prompt_extra_tokens"] = float(extra / len(teacher_sequences))
