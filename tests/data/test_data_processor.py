@@ -296,3 +296,13 @@ def test_chunk_lengths_follow_the_reference_rule():
     assert chunk_lengths([0.0, 0.0, 37.5, 37.5, 75.0, 75.0], 50) == [4, 2]
     # A jump over a whole chunk closes one chunk per element, as the reference does.
     assert chunk_lengths([0, 120, 130], 50) == [1, 1, 1]
+
+
+def test_image_bounds_are_data_settings():
+    from megatron_omni.config import ConfigError, load_config
+    from megatron_omni.data.config import DataConfig
+
+    cfg = load_config(None, ["image.max_pixels=6272"], cls=DataConfig)
+    assert (cfg.image.min_pixels, cfg.image.max_pixels) == (4 * 28 * 28, 6272)
+    with pytest.raises(ConfigError, match="data.image.min_pixels .* exceeds max_pixels"):
+        load_config(None, ["image.min_pixels=999999999"], cls=DataConfig).validate("data")
