@@ -112,3 +112,15 @@ def test_wrong_placeholder_count_is_an_error(spec):
         sequence_positions(ids, spec, cursor)
     with pytest.raises(ValueError, match="more video blocks"):
         sequence_positions(ids, spec, MediaCursor())
+
+
+def test_images_beside_videos_in_a_padded_batch(hf_processor, hf_thinker, spec):
+    """Images (t = 1, no time scaling) before a video and its separate audio, and alone, in one
+    left-padded batch: each row takes its own images in order."""
+    rng = np.random.default_rng(13)
+    texts = [_prompt(IMAGE_PLACEHOLDER + VIDEO_PLACEHOLDER + AUDIO_PLACEHOLDER), _prompt(IMAGE_PLACEHOLDER, "and?")]
+    images = [_frames(rng, 1, 56, 112)[0], _frames(rng, 1, 84, 56)[0]]
+    inputs = hf_processor(text=texts, images=images, videos=[_frames(rng, 4, 56, 84)], audio=[_audio(rng, 1.3)],
+                          videos_kwargs={"fps": 2.0}, padding=True, return_tensors="pt")
+    assert inputs["image_grid_thw"].tolist() == [[1, 4, 8], [1, 6, 4]]
+    _compare(hf_thinker, spec, inputs, use_audio_in_video=False)
