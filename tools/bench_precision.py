@@ -19,6 +19,7 @@ cannot run here (FP8 without Transformer Engine on CUDA) are reported with the s
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -61,7 +62,8 @@ def run_variant(name: str, args) -> dict[str, float]:
     cfg, t = r.cfg, r.cfg.train
     params = sum(p.numel() for chunk in r.model_chunks for p in chunk.parameters())
     memory = PeakMemory()
-    totals = {"step_s": 0.0, "completion_tokens": 0.0, "trained_tokens": 0.0, "flops": 0.0, "peak_mb": 0.0}
+    totals = {"step_s": 0.0, "completion_tokens": 0.0, "trained_tokens": 0.0, "flops": 0.0, "peak_mb": 0.0,
+              "rollout_tokens_per_s": 0.0}
     for step in range(args.steps + 1):  # step 0 warms up
         memory.reset()
         started = time.perf_counter()
@@ -75,7 +77,8 @@ def run_variant(name: str, args) -> dict[str, float]:
         trained = sequences * t.seq_length
         flops = 2 * params * (prompts + completions + forwards_per_sequence(cfg) * trained) + 6 * params * trained
         if step:
-            for key, value in zip(totals, (elapsed, completions, trained, flops, memory.peak_mb())):
+            for key, value in zip(totals, (elapsed, completions, trained, flops, memory.peak_mb(),
+                                           metrics["rollout_tokens_per_s"])):
                 totals[key] += value / args.steps
         print(f"[bench_precision] {name} step {step}{' (warm-up)' if not step else ''}: {elapsed:.2f} s", flush=True)
     destroy_parallel()
@@ -86,6 +89,7 @@ def run_variant(name: str, args) -> dict[str, float]:
         "model_tflops": totals["flops"] / totals["step_s"] / 1e12,
         "mfu_percent": 100 * totals["flops"] / totals["step_s"] / 1e12 / args.peak_tflops,
         "peak_mb": totals["peak_mb"],
+        "rollout_tokens_per_s": totals["rollout_tokens_per_s"],
         "params_millions": params / 1e6,
     }
 
@@ -102,6 +106,7 @@ def main(argv=None) -> int:
     parser.add_argument("--toy-dir", default="data_toy", help="the toy data set (generated if missing)")
     parser.add_argument("--wheel-dir", help="MER emotion-wheel lexicon folder (default: the toy set's own wheel)")
     parser.add_argument("--override", nargs="*", default=[], help="section.key=value config overrides")
+    parser.add_argument("--json", help="also write each variant's figures to this file")
     args = parser.parse_args(argv)
     follow_live_tensors()
     from megatron_omni.config import ConfigError
@@ -114,6 +119,8 @@ def main(argv=None) -> int:
             print(f"[bench_precision] {name} cannot run here: {exc}", flush=True)
     if not results:
         return 1
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     baseline = next(iter(results.values()))
     print(f"\nOPPO steps, mean of {args.steps}; ratios against {next(iter(results))}:")
     print(f" {'':<26}" + "".join(f"{n:>12}{'ratio':>8}" for n in results))

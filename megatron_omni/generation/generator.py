@@ -6,6 +6,10 @@ decoded together. Logits are gathered over TP (``runtime_gather_output``) and ev
 the same sample from a generator seeded per prompt, so ranks never disagree. Under PP, hidden
 states travel stage to stage with megatron's inference p2p helpers and the sampled tokens are
 broadcast from the last stage.
+
+Everything the decode makes (tokens, masks, log-probs, the sampling generator, pipeline receive
+buffers) lives on `step_device()`: the rank's GPU under NCCL, so sampling never leaves the device.
+The one host read per token is ``done.all()``, which decides in Python whether to stop early.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from megatron.core.inference.communication_utils import (
 from megatron.core.inference.contexts import StaticInferenceContext
 
 from megatron_omni.config import ConfigError
+from megatron_omni.parallel.device import step_device
 
 
 @dataclass
@@ -92,9 +97,10 @@ class Generator:
     def __init__(self, adapter: ModelAdapter, vocab_size: int, hidden_size: int, pad_token_id: int,
                  params_dtype: torch.dtype = torch.float32, suppressed_token_ids: list[int] = ()):
         self.adapter = adapter
+        self.device = step_device()
         self.vocab_size = vocab_size  # real vocabulary: padded logit columns are never sampled
         # Never generated (e.g. media placeholders, which must match the media a prompt carries).
-        self.suppressed = torch.tensor(sorted(set(suppressed_token_ids)), dtype=torch.long)
+        self.suppressed = torch.tensor(sorted(set(suppressed_token_ids)), dtype=torch.long, device=self.device)
         self.hidden_size = hidden_size
         self.pad_token_id = pad_token_id
         self.params_dtype = params_dtype
@@ -106,7 +112,7 @@ class Generator:
         """One forward over the pipeline; returns [b, V] last-token logits on every stage."""
         b, s = tokens.shape
         if not self.first_stage:
-            recv = torch.empty((s, b, self.hidden_size), dtype=self.params_dtype)
+            recv = torch.empty((s, b, self.hidden_size), dtype=self.params_dtype, device=self.device)
             recv_from_prev_pipeline_rank_(recv, self.pp_group)
             self.adapter.set_input_tensor(recv)
         output = self.adapter.forward(tokens, position_ids, ctx, prefill)
@@ -134,13 +140,14 @@ class Generator:
 
     def _generate(self, prompt_tokens, position_ids, group_size, cfg, seed) -> Completions:
         started = time.perf_counter()
+        prompt_tokens, position_ids = prompt_tokens.to(self.device), position_ids.to(self.device)
         prompt_len = prompt_tokens.shape[1]
         total = prompt_len + cfg.max_new_tokens
         if position_ids.shape[-1] < total:
             raise ValueError(f"position_ids cover {position_ids.shape[-1]} positions, need {total}")
         # [3, 1, T] or [1, T] -> the same positions for every completion of the group
         pos = position_ids.expand(*position_ids.shape[:-2], group_size, position_ids.shape[-1])
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator(device=self.device).manual_seed(seed)
         ctx = StaticInferenceContext(max_batch_size=group_size, max_sequence_length=total)
 
         logits = self._run(prompt_tokens, position_ids[..., :prompt_len], ctx, True)
@@ -149,12 +156,12 @@ class Generator:
             values[:prompt_len, 1:] = values[:prompt_len, :1]
         logits = logits.expand(group_size, -1)
 
-        tokens = torch.full((group_size, total), self.pad_token_id, dtype=torch.long)
+        tokens = torch.full((group_size, total), self.pad_token_id, dtype=torch.long, device=self.device)
         tokens[:, :prompt_len] = prompt_tokens
-        mask = torch.zeros((group_size, total), dtype=torch.long)
-        logprobs = torch.zeros((group_size, cfg.max_new_tokens))
-        done = torch.zeros(group_size, dtype=torch.bool)
-        stops = torch.tensor(cfg.stop_token_ids, dtype=torch.long)
+        mask = torch.zeros((group_size, total), dtype=torch.long, device=self.device)
+        logprobs = torch.zeros((group_size, cfg.max_new_tokens), device=self.device)
+        done = torch.zeros(group_size, dtype=torch.bool, device=self.device)
+        stops = torch.tensor(cfg.stop_token_ids, dtype=torch.long, device=self.device)
         steps = 0
         for t in range(cfg.max_new_tokens):
             if cfg.greedy:

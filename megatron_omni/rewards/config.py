@@ -21,7 +21,9 @@ class RewardConfig:
     evidence_threshold: float = 0.5  # cosine a sentence needs to count as visual/audio evidence
     wheel_level: Literal["level1", "level2"] = "level1"  # R_ew's emotion-wheel level
     embedding_model: str | None = None  # local sentence-transformers folder; null: all-MiniLM-L6-v2
-    device: str = "cpu"  # of the sentence-embedding model
+    # Of the sentence-embedding model and the reward tensors; null: the rank's training device
+    # (its GPU under NCCL, else the CPU).
+    device: str | None = None
 
     def validate(self, key: str) -> None:
         for name in ("weight_ew", "weight_format", "weight_perc", "weight_coh"):

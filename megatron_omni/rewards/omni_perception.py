@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from megatron_omni.parallel.device import resolve_device
 from megatron_omni.rewards.config import RewardConfig
 from megatron_omni.rewards.cue_recovery import EvidenceSentence, classify_sentences, recovery_score
 from megatron_omni.rewards.emotion_wheel_f1 import emotion_wheel_f1
@@ -50,7 +51,8 @@ class OmniPerceptionReward:
             raise ValueError("reward.wheel_dir must name the MER emotion-wheel lexicon folder")
         self.config = config
         self.lexicon = lexicon or EmotionWheelLexicon.from_dir(config.wheel_dir)
-        self.encoder = encoder or shared_encoder(config.embedding_model, config.device)
+        self.device = resolve_device(config.device)
+        self.encoder = encoder or shared_encoder(config.embedding_model, str(self.device))
 
     def compute(self, completions: Sequence[str], samples: Sequence[dict]) -> dict[str, torch.Tensor]:
         """{"ew", "format", "perc", "coh", "total"}: float32 tensors of shape [len(completions)]."""
@@ -72,7 +74,7 @@ class OmniPerceptionReward:
             terms["format"].append(format_reward(text))
             terms["perc"].append(recovery_score(embedded, [cache.embed(clues.visual), cache.embed(clues.audio)], tau))
             terms["coh"].append(recovery_score(embedded, [cache.embed(clues.emotions)], tau))
-        rewards = {name: torch.tensor(values, dtype=torch.float32) for name, values in terms.items()}
+        rewards = {name: torch.tensor(values, dtype=torch.float32, device=self.device) for name, values in terms.items()}
         c = self.config
         rewards["total"] = (c.weight_ew * rewards["ew"] + c.weight_format * rewards["format"]
                             + c.weight_perc * rewards["perc"] + c.weight_coh * rewards["coh"])
