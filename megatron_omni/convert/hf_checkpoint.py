@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +61,8 @@ def _shard_files(folder: Path) -> list[str]:
 
 
 class HFCheckpoint:
-    """The thinker tensors of a HF folder, keyed without the ``thinker.`` prefix."""
+    """A HF folder's tensors: the thinker's keyed without the ``thinker.`` prefix, the speech
+    generation's (``talker.*``, ``token2wav.*``) apart. Reads one tensor at a time."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
@@ -72,13 +73,13 @@ class HFCheckpoint:
                 for key in handle.keys():
                     piece = handle.get_slice(key)
                     stored[key] = TensorInfo(name, key, tuple(piece.get_shape()), _SAFETENSORS_DTYPES.get(piece.get_dtype()))
-        self.ignored = sorted(k for k in stored if k.startswith(NON_THINKER_PREFIXES))
-        kept = [k for k in stored if not k.startswith(NON_THINKER_PREFIXES)]
-        prefixed = any(k.startswith(THINKER_PREFIX) for k in kept)
+        self.speech = {k: info for k, info in stored.items() if k.startswith(NON_THINKER_PREFIXES)}
+        kept = [k for k in stored if k not in self.speech]
         # A full checkpoint prefixes every thinker key; a thinker folder prefixes none. Keys that
         # break the pattern stay as they are and surface as unexpected keys.
+        self.prefix = THINKER_PREFIX if any(k.startswith(THINKER_PREFIX) for k in kept) else ""
         self.tensors = {
-            (k[len(THINKER_PREFIX):] if prefixed and k.startswith(THINKER_PREFIX) else k): stored[k] for k in kept
+            (k[len(self.prefix):] if k.startswith(self.prefix) else k): stored[k] for k in kept
         }
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
@@ -87,16 +88,13 @@ class HFCheckpoint:
     def dtypes(self) -> set[torch.dtype | None]:
         return {info.dtype for info in self.tensors.values()}
 
-    def iter_shards(self) -> Iterator[tuple[str, list[str]]]:
-        """(file name, thinker keys stored in it), file by file."""
-        for name in self.files:
-            yield name, [key for key, info in self.tensors.items() if info.file == name]
+    def read(self, info: TensorInfo) -> torch.Tensor:
+        """One tensor; the file is mapped only while it is read, so its pages do not stay resident."""
+        with safe_open(self.folder / info.file, framework="pt") as handle:
+            return handle.get_tensor(info.key)
 
-    def read(self, handle, key: str) -> torch.Tensor:
-        return handle.get_tensor(self.tensors[key].key)
-
-    def open(self, file: str):
-        return safe_open(self.folder / file, framework="pt")
+    def largest_file_bytes(self) -> int:
+        return max((self.folder / name).stat().st_size for name in self.files)
 
 
 def parse_size(text: str | int) -> int:

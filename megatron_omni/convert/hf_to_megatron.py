@@ -1,7 +1,10 @@
-"""Hugging Face Qwen2.5-Omni thinker folder -> model-only Megatron checkpoint."""
+"""Hugging Face Qwen2.5-Omni thinker folder -> model-only Megatron checkpoint, a tensor at a time.
+
+Only the thinker is converted; a full folder's talker / token2wav tensors and spk_dict.pt stay in
+the HF folder, from which ``convert_megatron_to_hf(..., base_model=...)`` takes them back.
+"""
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,11 +15,10 @@ from megatron_omni.convert.errors import ConversionError, check_keys_and_shapes
 from megatron_omni.convert.hf_checkpoint import HFCheckpoint
 from megatron_omni.convert.hf_config import DTYPE_NAMES, read_hf_config
 from megatron_omni.convert.mapping import OmniParamMap
-from megatron_omni.convert.megatron_checkpoint import check_output_dir, save_model_checkpoint
+from megatron_omni.convert.megatron_checkpoint import check_output_dir, save_streamed_model_checkpoint
 from megatron_omni.convert.model_config_file import OmniModelConfig
 from megatron_omni.convert.world import single_process_world
 from megatron_omni.models.decoder import padded_vocab_size
-from megatron_omni.models.omni import OmniModel, build_omni_model
 from megatron_omni.models.omni_config import validate_omni
 
 Log = Callable[[str], None]
@@ -45,9 +47,10 @@ def plan_conversion(hf_dir: str | Path, params_dtype: str | None = None,
     hf_dir = Path(hf_dir)
     cfg, named_dtype = read_hf_config(hf_dir)
     checkpoint = HFCheckpoint(hf_dir)
-    if checkpoint.ignored:
-        log(f"[convert] ignoring {len(checkpoint.ignored)} speech-generation tensors (talker.*, token2wav.*): "
-            "not part of the thinker")
+    if checkpoint.speech:
+        log(f"[convert] {len(checkpoint.speech)} speech-generation tensors (talker.*, token2wav.*) are not part of "
+            f"the thinker and stay in {hf_dir}: tools/convert_megatron_to_hf.py --base-model {hf_dir} puts them "
+            "(and spk_dict.pt) back beside the trained thinker")
     cfg.params_dtype = _weights_dtype(checkpoint, named_dtype, params_dtype)
     try:
         validate_omni(cfg.model, cfg.omni)
@@ -58,35 +61,15 @@ def plan_conversion(hf_dir: str | Path, params_dtype: str | None = None,
     return cfg, checkpoint, param_map
 
 
-def load_hf_weights(model: OmniModel, checkpoint: HFCheckpoint, param_map: OmniParamMap, log: Log = print) -> None:
-    """Copy every HF tensor into the model, shard by shard; fused tensors wait for their parts."""
-    state = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
-    if set(state) != param_map.megatron_names():
-        raise ConversionError(
-            "the mapping does not cover the built model: "
-            f"unmapped {sorted(set(state) - param_map.megatron_names())}, "
-            f"unknown {sorted(param_map.megatron_names() - set(state))}"
-        )
-    by_hf_key = {key: mapping for mapping in param_map.mappings for key in mapping.hf}
-    pending: dict[str, dict[str, torch.Tensor]] = {}
-    casts: Counter = Counter()
-    for number, (file, keys) in enumerate(checkpoint.iter_shards(), start=1):
-        log(f"[convert] reading {file} ({number}/{len(checkpoint.files)}): {len(keys)} tensors")
-        with checkpoint.open(file) as handle:
-            for key in keys:
-                mapping = by_hf_key[key]
-                parts = pending.setdefault(mapping.megatron, {})
-                parts[key] = checkpoint.read(handle, key)
-                if len(parts) < len(mapping.hf):
-                    continue
-                del pending[mapping.megatron]
-                value = param_map.to_megatron(mapping, [parts[k] for k in mapping.hf])
-                target = state[mapping.megatron]
-                if value.dtype != target.dtype:
-                    casts[f"{value.dtype} -> {target.dtype}"] += 1
-                target.copy_(value)
-    for cast, count in casts.items():
-        log(f"[convert] cast {count} tensors {cast}")
+def thinker_tensors(checkpoint: HFCheckpoint, param_map: OmniParamMap) -> Callable[[str], torch.Tensor]:
+    """megatron state-dict name -> its tensor, read from the HF shards (fused tensors from their parts)."""
+    by_name = {mapping.megatron: mapping for mapping in param_map.mappings}
+
+    def tensor(name: str) -> torch.Tensor:
+        mapping = by_name[name]
+        return param_map.to_megatron(mapping, [checkpoint.read(checkpoint.tensors[key]) for key in mapping.hf])
+
+    return tensor
 
 
 def convert_hf_to_megatron(
@@ -95,15 +78,15 @@ def convert_hf_to_megatron(
     """Convert a HF thinker folder (or a full Qwen2.5-Omni folder) into ``out_dir``.
 
     ``params_dtype`` ("fp32", "bf16", "fp16") defaults to the dtype config.json names. Nothing is
-    written unless every check passes; ``out_dir`` appears only once complete.
+    written unless every check passes; ``out_dir`` appears only once complete. Each tensor is read,
+    converted and written on its own: memory stays at a layer, whatever the model's size.
     """
     hf_dir = Path(hf_dir)
     out_dir = check_output_dir(out_dir, overwrite)
     cfg, checkpoint, param_map = plan_conversion(hf_dir, params_dtype, log)
     with single_process_world():
-        log(f"[convert] building the model ({cfg.model.num_layers} decoder layers, {cfg.params_dtype})")
-        model = build_omni_model(cfg.to_config(), omni=cfg.omni, initialize=False)
-        load_hf_weights(model, checkpoint, param_map, log)
-        log(f"[convert] saving the Megatron checkpoint to {out_dir}")
-        save_model_checkpoint(out_dir, [model], cfg, assets_from=hf_dir, overwrite=overwrite)
+        log(f"[convert] writing {out_dir} ({cfg.model.num_layers} decoder layers, {cfg.params_dtype}) "
+            f"from {len(checkpoint.files)} safetensors file(s)")
+        save_streamed_model_checkpoint(out_dir, cfg, thinker_tensors(checkpoint, param_map), param_map.megatron_names(),
+                                       assets_from=hf_dir, overwrite=overwrite)
     return out_dir

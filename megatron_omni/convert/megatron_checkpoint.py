@@ -9,7 +9,9 @@ Layout::
       hf_assets/                tokenizer, processor and generation files of the source model
 
 The whole folder is written under a hidden temporary name and renamed when complete, so a failed
-save never leaves a partial ``out_dir`` behind.
+save never leaves a partial ``out_dir`` behind. A training run's ``train.save_dir`` carries the
+same two description files beside its ``iter_*`` folders (`describe_run_checkpoints`), so the
+exporter reads either.
 """
 from __future__ import annotations
 
@@ -19,11 +21,25 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 
+from megatron_omni.convert.dist_streaming import save_streamed
 from megatron_omni.convert.errors import ConversionError
-from megatron_omni.convert.model_config_file import OmniModelConfig, write_model_config
-from megatron_omni.training.checkpoint import COMPLETE, latest_checkpoint, load_checkpoint, save_checkpoint
+from megatron_omni.convert.model_config_file import (
+    MODEL_CONFIG_FILE,
+    OmniModelConfig,
+    model_config_path,
+    write_model_config,
+)
+from megatron_omni.training.checkpoint import (
+    _write_manifest,  # the manifest load_checkpoint verifies, for folders written here
+    complete_checkpoints,
+    iteration_dir,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 ASSETS_DIR = "hf_assets"
 # Files of a Hugging Face model folder that are not weights or the model config.
@@ -105,10 +121,13 @@ def save_model_checkpoint(
         save_checkpoint(tmp, 0, model_chunks, None, run_state={"model_only": True})
         if rank0:
             # Weights only: RNG states restored from here would clobber the loading run's seeds.
-            shutil.rmtree(checkpoint_iteration_dir(tmp) / "rng")
+            shutil.rmtree(iteration_dir(tmp, 0) / "rng")
             write_model_config(tmp, model_config)
             if assets_from is not None:
                 copy_assets(Path(assets_from), tmp / ASSETS_DIR)
+        dist.barrier()
+        # A single-process save (the converters) re-lists the files without the RNG states.
+        _write_manifest(iteration_dir(tmp, 0), 0)
     except BaseException:
         if rank0:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -120,14 +139,42 @@ def save_model_checkpoint(
     return out_dir
 
 
-def checkpoint_iteration_dir(checkpoint: str | Path) -> Path:
-    """The complete ``iter_*`` folder of a checkpoint folder (or the given ``iter_*`` folder)."""
+def save_streamed_model_checkpoint(out_dir: str | Path, model_config: OmniModelConfig, tensor, mapped: set[str],
+                                   assets_from: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Single-process: the folder `save_model_checkpoint` writes, with each weight produced by
+    ``tensor(state-dict name)`` (names: ``mapped``) while it is written, so no model is resident."""
+    with atomic_output_dir(out_dir, overwrite) as tmp:
+        folder = iteration_dir(tmp, 0)
+        folder.mkdir()
+        save_streamed(folder, model_config, tensor, mapped)
+        torch.save({"step": 0, "layout": {"tp": 1, "pp": 1, "world": 1}, "model_only": True}, folder / "run_state.pt")
+        _write_manifest(folder, 0)
+        (tmp / "latest").write_text(folder.name)
+        write_model_config(tmp, model_config)
+        if assets_from is not None:
+            copy_assets(Path(assets_from), tmp / ASSETS_DIR)
+    return Path(out_dir)
+
+
+def checkpoint_iteration_dir(checkpoint: str | Path, iteration: int | None = None) -> Path:
+    """The complete ``iter_*`` folder to read: ``checkpoint`` itself when it is one, else the given
+    ``iteration`` of the checkpoint folder (a model-only folder or a training ``train.save_dir``),
+    else its latest complete one."""
     checkpoint = Path(checkpoint)
-    if (checkpoint / COMPLETE).is_file():
+    if checkpoint in complete_checkpoints(checkpoint.parent):
+        if iteration is not None and checkpoint != iteration_dir(checkpoint.parent, iteration):
+            raise ConversionError(f"{checkpoint} is iteration {checkpoint.name}, not the requested {iteration}")
         return checkpoint
+    complete = complete_checkpoints(checkpoint)
+    if iteration is not None:
+        wanted = iteration_dir(checkpoint, iteration)
+        if wanted not in complete:
+            raise ConversionError(f"{checkpoint}: no complete checkpoint of iteration {iteration}; complete ones: "
+                                  f"{[p.name for p in complete] or 'none'}")
+        return wanted
     found = latest_checkpoint(checkpoint)
     if found is None:
-        raise ConversionError(f"{checkpoint}: no complete checkpoint (no iter_*/{COMPLETE} folder)")
+        raise ConversionError(f"{checkpoint}: no complete checkpoint (no iter_* folder with a manifest)")
     return found
 
 
@@ -136,3 +183,27 @@ def load_model_checkpoint(checkpoint: str | Path, model_chunks: list) -> Path:
     folder = checkpoint_iteration_dir(checkpoint)
     load_checkpoint(folder, model_chunks, None)
     return folder
+
+
+def describe_run_checkpoints(save_dir: str | Path, model_config: OmniModelConfig, init_from: str | Path | None,
+                             tokenizer_dir: str | Path | None) -> None:
+    """Write omni_model.yaml and hf_assets/ into a training run's ``save_dir`` (rank 0, at run start).
+
+    A run that starts from a converted checkpoint takes both from there, so the export names the
+    source model's files; any other run writes its own model description and its tokenizer's files.
+    """
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        config_file = model_config_path(init_from) if init_from else None
+    except FileNotFoundError:  # initial weights of another kind: the run's own description
+        config_file = None
+    if config_file is not None:
+        shutil.copy2(config_file, save_dir / MODEL_CONFIG_FILE)
+        if (config_file.parent / ASSETS_DIR).is_dir():
+            shutil.rmtree(save_dir / ASSETS_DIR, ignore_errors=True)
+            shutil.copytree(config_file.parent / ASSETS_DIR, save_dir / ASSETS_DIR)
+        return
+    write_model_config(save_dir, model_config)
+    if tokenizer_dir is not None:
+        copy_assets(Path(tokenizer_dir), save_dir / ASSETS_DIR)

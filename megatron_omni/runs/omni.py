@@ -210,6 +210,13 @@ def save_run_config(cfg: OmniTrainConfig) -> None:
     for folder in {cfg.output_dir, cfg.train.save_dir} - {None}:
         Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / "run_config.yaml").write_text(text)
+    if cfg.train.save_dir is not None:
+        # The model description and source files tools/convert_megatron_to_hf.py exports with.
+        from megatron_omni.convert import OmniModelConfig
+        from megatron_omni.convert.megatron_checkpoint import describe_run_checkpoints
+
+        description = OmniModelConfig(model=cfg.model, omni=cfg.omni, params_dtype=cfg.precision.params_dtype)
+        describe_run_checkpoints(cfg.train.save_dir, description, cfg.init_from, cfg.dataset.tokenizer_dir)
 
 
 @dataclass

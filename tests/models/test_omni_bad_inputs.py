@@ -110,11 +110,11 @@ def test_existing_output_is_not_overwritten_unless_asked(converted_thinker, tmp_
 
 
 def test_failed_save_leaves_no_partial_folder(converted_thinker, tmp_path, megatron_session, monkeypatch):
-    def disk_full(save_dir, *args, **kwargs):
-        (save_dir / "half-written").write_text("x")
+    def disk_full(folder, *args, **kwargs):
+        (folder / "half-written").write_text("x")
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(megatron_checkpoint, "save_checkpoint", disk_full)
+    monkeypatch.setattr(megatron_checkpoint, "save_streamed", disk_full)
     with pytest.raises(OSError, match="No space left"):
         convert_hf_to_megatron(converted_thinker.hf_dir, tmp_path / "out", log=lambda _: None)
     assert_nothing_written(tmp_path / "out")

@@ -74,7 +74,7 @@ def test_bf16_checkpoint_keeps_its_dtype(megatron_world, tmp_path):
 
 def test_sharded_full_checkpoint_with_thinker_prefix(converted_thinker, megatron_world, tmp_path):
     """A released-style folder: 'thinker.' keys over an index of shards, plus talker/token2wav
-    weights that are ignored with a message; converts to exactly the same weights."""
+    weights left in the folder with a message; without a base model the export is the thinker."""
     source = read_folder(converted_thinker.hf_dir)
     folder = tmp_path / "full"
     folder.mkdir()
@@ -97,8 +97,8 @@ def test_sharded_full_checkpoint_with_thinker_prefix(converted_thinker, megatron
 
     logs = []
     convert_hf_to_megatron(folder, tmp_path / "megatron", log=logs.append)
-    assert any("ignoring 2 speech-generation tensors" in line for line in logs)
-    assert sum("reading model-0000" in line for line in logs) == 2
+    assert any("2 speech-generation tensors" in line and f"--base-model {folder}" in line for line in logs)
+    assert any("from 2 safetensors file(s)" in line for line in logs)
     assert sorted(p.name for p in (tmp_path / "megatron" / "hf_assets").iterdir()) == sorted(assets)
     out = convert_megatron_to_hf(tmp_path / "megatron", tmp_path / "back", log=lambda _: None)
     assert_bit_identical(read_folder(out), source)
