@@ -56,6 +56,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="run-config override for --checkpoint, e.g. parallel.tensor_model_parallel_size=2")
     parser.add_argument("--config", help="the run's YAML config (default: <checkpoint>/run_config.yaml)")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="score a set whose predictions file is empty or names none of its samples "
+                             "(missing predictions count as empty answers); otherwise that is an error")
+    parser.add_argument("--last-wins", action="store_true",
+                        help="accept a predictions file that names a sample twice, keeping the last prediction")
     return parser.parse_args(argv)
 
 
@@ -77,6 +82,18 @@ def _dataset_kind(name: str) -> tuple[str, str, object]:
         raise SystemExit(f"error: --set {name}: unknown data set; known: {sorted(DATASETS)} (or NAME@KIND)")
     spec = DATASETS[name.lower()]
     return spec.title, spec.kind, spec.load_labels
+
+
+def check_predictions_match(name: str, predictions_path: str, predictions: dict, labels_path: str, labels) -> None:
+    """An empty predictions file, or one naming none of the labelled samples, scores 0 without
+    saying why (a wrong file or a different naming): an error unless --allow-missing."""
+    if not predictions:
+        raise SystemExit(f"error: --set {name}: {predictions_path} holds no predictions "
+                         f"(--allow-missing scores it anyway)")
+    if not any(sample in predictions for sample in labels):
+        raise SystemExit(f"error: --set {name}: none of the {len(predictions)} predictions in {predictions_path} "
+                         f"names one of the {len(labels)} samples of {labels_path} (e.g. prediction "
+                         f"{next(iter(predictions))!r}, label {next(iter(labels), None)!r}; --allow-missing scores it anyway)")
 
 
 def main(argv: list[str] | None = None, generate: GenerateFn | None = None) -> dict:
@@ -127,7 +144,9 @@ def main(argv: list[str] | None = None, generate: GenerateFn | None = None) -> d
             labels = load_released(Path(labels_path))
         else:
             raise SystemExit(f"error: --set {name}: a custom data set needs JSONL manifest labels")
-        predictions = load_predictions(predictions_path, extractor)
+        predictions = load_predictions(predictions_path, extractor, last_wins=args.last_wins)
+        if not args.allow_missing:
+            check_predictions_match(name, predictions_path, predictions, labels_path, labels)
         results.append(score_dataset(title, kind, labels, predictions, lexicon, valence))
 
     summary = results_summary(results)

@@ -101,7 +101,7 @@ class SampleSource:
         """Evaluation: stop once more than the allowed share of the samples seen so far was skipped."""
         self.total_seen, self.total_skipped = self.seen, self.skipped
         if self._over_limit():
-            raise TooManySkippedError(self._stop_message("more than data.max_skipped_fraction of the samples were skipped"))
+            raise TooManySkippedError(self._stop_message("too many samples were skipped"))
 
     def load_step(self, indices: list[int]) -> tuple[list[int], list[ProcessedSample], dict[str, float]]:
         """This rank's samples of a training step, bad ones replaced: (indices used, samples, metrics)."""
@@ -133,12 +133,11 @@ class SampleSource:
         self.total_seen += int(counts[0])
         self.total_skipped += int(counts[1])
         if counts[2] or counts[3]:
-            problem = ("more than data.max_skipped_fraction of the samples seen so far were skipped" if counts[2]
-                       else "a step found no usable sample")
+            problem = "too many samples were skipped" if counts[2] else "a step found no usable sample"
             raise TooManySkippedError(self._stop_message(problem))
         return used, items, {"skipped_samples": float(counts[1]), "skipped_samples_total": float(self.total_skipped)}
 
     def _stop_message(self, problem: str) -> str:
         kinds = "; ".join(f"{count} {kind} (e.g. {self.examples[kind]})" for kind, count in self.kinds.most_common())
-        return (f"stopping: {problem}: {self.total_skipped} of {self.total_seen} samples seen so far were skipped "
-                f"(data.max_skipped_fraction={self.max_fraction}); on this rank {kinds}")
+        return (f"stopping: {problem} ({self.total_skipped} of {self.total_seen} samples seen so far, "
+                f"data.max_skipped_fraction={self.max_fraction}); skipped on this rank: {kinds}")

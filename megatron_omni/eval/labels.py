@@ -6,11 +6,12 @@ Every loader returns {sample name: label}: an emotion word (basic-emotion sets),
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
 
-from megatron_omni.text.jsonl import read_jsonl
+from megatron_omni.text.jsonl import read_jsonl, utf8_text
 from megatron_omni.text.wordlists import parse_emotion_words
 
 # Index -> class name of the integer-coded releases (MELD label.npz, IEMOCAP label_4way.npz).
@@ -95,14 +96,11 @@ def load_valence_labels(path: str | Path, corpus: str = "test_corpus") -> dict[s
 def load_openset_csv(path: str | Path) -> dict[str, list[str]]:
     """Open-set labels from a CSV with columns `name` and `openset` (e.g. ovlabel.csv)."""
     path = Path(path)
-    if not path.is_file():
-        raise LabelFileError(f"label file not found: {path}")
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in ("name", "openset") if c not in (reader.fieldnames or [])]
-        if missing:
-            raise LabelFileError(f"{path}: header lacks column(s) {missing}; found {reader.fieldnames}")
-        return {row["name"]: parse_emotion_words(row["openset"]) for row in reader}
+    reader = csv.DictReader(io.StringIO(utf8_text(path, LabelFileError), newline=""))
+    missing = [c for c in ("name", "openset") if c not in (reader.fieldnames or [])]
+    if missing:
+        raise LabelFileError(f"{path}: header lacks column(s) {missing}; found {reader.fieldnames}")
+    return {row["name"]: parse_emotion_words(row["openset"]) for row in reader}
 
 
 MANIFEST_FIELDS = {"openset": "openset", "discrete": "emo", "sentiment": "val"}

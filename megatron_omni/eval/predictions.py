@@ -12,6 +12,7 @@ Raw text goes through the given extractor (by default the `<answer>` parser).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Callable, Iterable
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from megatron_omni.eval.answers import AnswerWordExtractor
-from megatron_omni.text.jsonl import read_jsonl
+from megatron_omni.text.jsonl import drop_partial_last_line, read_jsonl, utf8_text
 from megatron_omni.text.wordlists import parse_emotion_words
 
 WordExtractor = Callable[[str], list[str]]
@@ -49,7 +50,21 @@ def _name_of(record: dict, where: str) -> str:
     raise PredictionFileError(f"{where}: no sample name field (one of {_NAME_FIELDS})")
 
 
-def load_predictions(path: str | Path, extract: WordExtractor | None = None) -> dict[str, list[str]]:
+def _unique(pairs: Iterable[tuple[str, str, list[str]]], last_wins: bool) -> dict[str, list[str]]:
+    """{name: words} of (where, name, words); a name given twice is an error unless ``last_wins``."""
+    out: dict[str, list[str]] = {}
+    first: dict[str, str] = {}
+    for where, name, words in pairs:
+        if name in first and not last_wins:
+            raise PredictionFileError(f"{where}: sample {name!r} again (first at {first[name]}); "
+                                      f"--last-wins keeps the last prediction of each name")
+        first.setdefault(name, where)
+        out[name] = words
+    return out
+
+
+def load_predictions(path: str | Path, extract: WordExtractor | None = None, last_wins: bool = False) -> dict[str, list[str]]:
+    """{sample name: emotion words}; a name that appears twice is an error unless ``last_wins``."""
     path = Path(path)
     extract = extract or AnswerWordExtractor()
     if not path.is_file():
@@ -63,15 +78,16 @@ def load_predictions(path: str | Path, extract: WordExtractor | None = None) -> 
             names, items = archive["filenames"].tolist(), archive["fileitems"].tolist()
         if len(names) != len(items):
             raise PredictionFileError(f"{path}: {len(names)} filenames but {len(items)} fileitems")
-        return {str(name): parse_emotion_words(item) for name, item in zip(names, items)}
+        return _unique(((f"{path}, entry {i}", str(name), parse_emotion_words(item))
+                        for i, (name, item) in enumerate(zip(names, items))), last_wins)
     if suffix == ".csv":
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            return {_name_of(row, f"{path}, line {reader.line_num}"): _words_of(row, extract, f"{path}, line {reader.line_num}")
-                    for row in reader}
+        reader = csv.DictReader(io.StringIO(utf8_text(path, PredictionFileError), newline=""))
+        rows = ((f"{path}, line {reader.line_num}", row) for row in reader)
+        return _unique(((where, _name_of(row, where), _words_of(row, extract, where)) for where, row in rows),
+                       last_wins)
     if suffix in (".jsonl", ".json"):
-        return {_name_of(record, where): _words_of(record, extract, where)
-                for where, record in read_jsonl(path, PredictionFileError)}
+        return _unique(((where, _name_of(record, where), _words_of(record, extract, where))
+                        for where, record in read_jsonl(path, PredictionFileError)), last_wins)
     raise PredictionFileError(f"{path}: unsupported predictions format {suffix!r} (use .npz, .csv or .jsonl)")
 
 
@@ -88,16 +104,7 @@ class PredictionsJsonl:
         self.read_only = read_only
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._drop_partial_last_line()
-
-    def _drop_partial_last_line(self) -> None:
-        if not self.path.is_file():
-            return
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            keep = data.rfind(b"\n") + 1
-            with open(self.path, "r+b") as handle:
-                handle.truncate(keep)
+            drop_partial_last_line(self.path)
 
     def records(self) -> list[dict]:
         if not self.path.is_file():

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from megatron_omni.text.jsonl import drop_partial_last_line
 from megatron_omni.training.config import LoggingConfig
 
 
@@ -26,7 +27,9 @@ class MetricsLogger:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
         if cfg.metrics_jsonl:
-            # Append: a resumed run continues the same file; records carry their step.
+            # Append: a resumed run continues the same file; records carry their step. A line cut
+            # short by a crash is dropped first (its step is logged again after the resume).
+            drop_partial_last_line(out / "metrics.jsonl")
             self.jsonl = open(out / "metrics.jsonl", "a")
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -61,7 +64,13 @@ class MetricsLogger:
         if self.tb:
             self.tb.close()
         if self.wandb:
+            import wandb
+
             self.wandb.finish()
+            # finish() only informs the W&B service that the run is done; the service closes (and
+            # flushes) the run's files later. teardown() waits for the service to exit, so the
+            # offline run-*.wandb file is complete when close() returns.
+            wandb.teardown()
             self.wandb = None
         if self.bar:
             self.bar.close()

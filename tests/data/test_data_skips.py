@@ -4,6 +4,10 @@ counted and replaced by the next loadable sample, and too many of them stop the 
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +16,7 @@ from megatron_omni.data.errors import DataError, MediaError, MissingLabelError, 
 from megatron_omni.data.manifest import load_manifest, write_manifest
 from megatron_omni.data.skips import SampleRules, SampleSource
 
+REPO = Path(__file__).resolve().parents[2]
 OPENSET = SampleRules(required=(("openset", "the reward"),))
 
 
@@ -64,7 +69,7 @@ def test_too_many_skips_stop_with_what_was_skipped_and_why(manifest, make_proces
     with pytest.raises(TooManySkippedError) as info:
         src.load_step([1, 4])  # 1 of 3 seen skipped: more than 0.1 even if the next two load
     message = str(info.value)
-    assert "more than data.max_skipped_fraction" in message and "1 of 3 samples seen so far were skipped" in message
+    assert "too many samples were skipped (1 of 3 samples seen so far, data.max_skipped_fraction=0.1)" in message
     assert "1 bad media (e.g. " in message and "gone.mp4" in message
 
 
@@ -72,7 +77,7 @@ def test_a_step_without_any_usable_sample_stops(tmp_path, clips, make_processor)
     gone = write_manifest(tmp_path / "gone.jsonl", [dataclasses.replace(c, video=tmp_path / f"{c.id}.mp4") for c in clips])
     src = source(gone, make_processor, skip_bad_samples=True, max_skipped_fraction=1.0)
     # Sample 1 is the step's own: the search passes over it.
-    with pytest.raises(TooManySkippedError, match="a step found no usable sample: 5 of 5 samples seen so far"):
+    with pytest.raises(TooManySkippedError, match=r"a step found no usable sample \(5 of 5 samples seen so far"):
         src.load_step([0, 1])
 
 
@@ -92,7 +97,30 @@ def test_evaluation_leaves_skipped_samples_out(manifest, make_processor, capsys)
     src.check()  # 1 of 2
     assert "(bad media)" in capsys.readouterr().out
     assert src.load_one(1) is None
-    with pytest.raises(TooManySkippedError, match="2 of 3 samples seen so far were skipped"):
+    with pytest.raises(TooManySkippedError, match=r"too many samples were skipped \(2 of 3 samples seen so far"):
         src.check()
     with pytest.raises(DataError):
         source(manifest, make_processor, SampleRules()).load_one(1)
+
+
+def test_sft_job_whose_media_all_fail_stops_with_the_message(tmp_path, toy_set):
+    """The real training entry on a manifest with a wrong media root: it stops at the first step,
+    naming what was skipped, instead of training on nothing (lm_loss 0) and exiting 0."""
+    moved = [dataclasses.replace(c, video=tmp_path / "elsewhere" / c.video.name, audio=tmp_path / "elsewhere" / c.audio.name)
+             for c in load_manifest(toy_set.train_manifest)]
+    manifest = write_manifest(tmp_path / "moved.jsonl", moved)
+    out = tmp_path / "run"
+    proc = subprocess.run([
+        sys.executable, "-m", "megatron_omni.cli.train", "--config", "examples/configs/toy_omni_sft.yaml",
+        "model.hidden_size=64", "model.ffn_hidden_size=128", "model.mrope_section=[2, 3, 3]", "model.num_layers=1",
+        "omni.vision.out_hidden_size=64", "omni.audio.output_dim=64", f"dataset.train_manifest={manifest}",
+        f"dataset.tokenizer_dir={toy_set.tokenizer_dir}", "data.skip_bad_samples=true", "train.steps=2",
+        "train.global_batch_size=2", "train.micro_batch_size=1", "optimizer.lr_warmup_steps=0", f"output_dir={out}",
+        f"train.save_dir={out / 'ckpt'}", "logging.progress_bar=false", "logging.tensorboard=false",
+    ], cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    first = moved[[c.id for c in moved].index(proc.stdout.split("[data] skipped sample ")[1].split()[0])]
+    assert f"(bad media): {first.video} (sample {first.id} at {manifest}, line" in proc.stdout
+    assert "TooManySkippedError: stopping: too many samples were skipped (1 of 1 samples seen so far" in proc.stderr
+    assert "skipped on this rank: 1 bad media" in proc.stderr
+    assert not (out / "ckpt" / "latest").exists() and not (out / "metrics.jsonl").read_text()

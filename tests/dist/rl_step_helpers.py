@@ -1,5 +1,7 @@
 """Shared by the RL torchrun suites (OPPO, OmniOPSD): a tiny toy run's config, one step's metrics
-and gradients, the comparison with the single-process step, and the stop-and-resume check."""
+and gradients, the comparison with the single-process step, the stop-and-resume check, and a step
+whose first prompt is skipped."""
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -8,6 +10,8 @@ import torch.distributed as dist
 from parallel_helpers import LetterReward, assert_close_rel, full_tensors
 
 from megatron_omni.config import load_config
+from megatron_omni.data.manifest import load_manifest, write_manifest
+from megatron_omni.data.sampler import ResumableBatchSampler
 from megatron_omni.parallel import init_distributed
 from megatron_omni.runs.config import OmniTrainConfig
 from megatron_omni.runs.omni import build_run, run
@@ -47,6 +51,19 @@ def one_step(cfg: OmniTrainConfig, group_size: int):
     metrics.update(run_microbatches(r.model_chunks, microbatches, r.algorithm.forward_step,
                                     r.cfg.train.seq_length, r.cfg.train.micro_batch_size * group_size))
     return metrics, full_tensors(r.model_chunks, "grad")
+
+
+def one_step_without(config, work: Path, field: str, group_size: int) -> tuple[dict, str]:
+    """Step 0 of ``config(1, 1)`` under data.skip_bad_samples on the toy manifest (built by an earlier
+    step in ``work``) whose first prompt of the step lacks ``field``: (metrics, that prompt's id)."""
+    samples = load_manifest(work / "toy" / "train.jsonl")
+    seed, batch = config(1, 1).train.seed, config(1, 1).train.global_batch_size
+    first = ResumableBatchSampler(len(samples), batch, seed=seed).indices_at(0)[0]
+    samples[first] = dataclasses.replace(samples[first], **{field: type(getattr(samples[first], field))()})
+    manifest = write_manifest(work / f"without_{field}.jsonl", samples)
+    cfg = config(1, 1, **{"dataset.train_manifest": manifest, "dataset.tokenizer_dir": work / "toy" / "tokenizer",
+                          "data.skip_bad_samples": True, "data.max_skipped_fraction": 0.5})
+    return one_step(cfg, group_size)[0], samples[first].id
 
 
 def single_process_step(reference: Path, step) -> dict:

@@ -15,7 +15,15 @@ import pytest
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
-from rl_step_helpers import check_resumes_exactly, check_step_matches, one_step, single_process_step, start_world, tiny_config
+from rl_step_helpers import (
+    check_resumes_exactly,
+    check_step_matches,
+    one_step,
+    one_step_without,
+    single_process_step,
+    start_world,
+    tiny_config,
+)
 
 from megatron_omni.algorithms.opsd.config import DistillationLossConfig
 from megatron_omni.algorithms.opsd.loss import DistillationLoss
@@ -90,3 +98,12 @@ def test_stopped_run_with_ema_teacher_resumes_exactly():
     # A fast EMA (0.5) and a larger learning rate make the teacher move visibly between steps.
     ema = partial(config, 2, 1, **{"opsd.teacher": "ema", "opsd.ema_decay": 0.5, "optimizer.lr": 1e-3, "optimizer.min_lr": 1e-3})
     check_resumes_exactly(ema, WORK / "resume", ("distill_kl", "reward_total", "policy_loss", "grad_norm"))
+
+
+def test_a_prompt_without_description_is_skipped_and_replaced(reference, capsys):
+    if dist.get_world_size() > 1:
+        pytest.skip("runs in the one-process launch")
+    metrics, bad = one_step_without(config, WORK, "description", group_size=2)
+    assert metrics["skipped_samples"] == 1 and metrics["skipped_samples_total"] == 1
+    out = capsys.readouterr().out
+    assert f"[data] skipped sample {bad} (missing label): " in out and "has no 'description' (the OmniOPSD teacher's" in out

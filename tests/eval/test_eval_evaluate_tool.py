@@ -120,3 +120,68 @@ def test_unknown_dataset_is_rejected(tmp_path, fixture_wheel_dir):
     with pytest.raises(SystemExit, match="unknown data set"):
         evaluate_tool.main(["--wheel-dir", str(fixture_wheel_dir), "--out-dir", str(tmp_path),
                             "--set", "mer2099", "p.npz", "l.npz"])
+
+
+def _openset_set(tmp_path, predictions: bytes, suffix=".jsonl"):
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text('{"id": "a", "openset": ["upset"]}\n{"id": "b", "openset": ["thrilling"]}\n', encoding="utf-8")
+    path = tmp_path / f"preds{suffix}"
+    path.write_bytes(predictions)
+    return path, ["--set", "toy@openset", str(path), str(labels)]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", r"preds.jsonl holds no predictions \(--allow-missing scores it anyway\)"),
+    (b'{"id": "x", "answer": "upset"}\n', r"none of the 1 predictions in .*preds.jsonl names one of the 2 samples of "
+                                          r".*labels.jsonl \(e.g. prediction 'x', label 'a'"),
+])
+def test_predictions_that_match_nothing_are_an_error_unless_allowed(tmp_path, fixture_wheel_dir, content, message):
+    _, scored = _openset_set(tmp_path, content)
+    argv = ["--wheel-dir", str(fixture_wheel_dir), "--out-dir", str(tmp_path / "out"), *scored]
+    with pytest.raises(SystemExit, match=message):
+        evaluate_tool.main(argv)
+    (result,) = evaluate_tool.main([*argv, "--allow-missing"])["datasets"]
+    assert result["score"] == 0 and result["missing_predictions"] == 2
+
+
+@pytest.mark.parametrize("suffix, content, offset", [
+    (".jsonl", b'{"id": "a", "answer": "upset"}\n{"id": "b", "answer": "caf\xe9"}\n', 31 + 26),
+    (".csv", b"name,answer\na,upset\n\xff,calm\n", 20),
+])
+def test_non_utf8_predictions_name_the_file_and_byte_offset(tmp_path, suffix, content, offset):
+    path, _ = _openset_set(tmp_path, content, suffix)
+    assert content[offset] >= 0x80 and content[:offset].decode("utf-8")
+    with pytest.raises(ValueError, match=rf"{path}: not UTF-8 text at byte offset {offset} \(line [23]\)"):
+        load_predictions(path)
+
+
+def test_non_utf8_labels_name_the_file(tmp_path):
+    labels = tmp_path / "ovlabel.csv"
+    labels.write_bytes(b"name,openset\nsample_1,\xe9mu\n")
+    with pytest.raises(ValueError, match=rf"{labels}: not UTF-8 text at byte offset 22 \(line 2\)"):
+        DATASETS["ovmerdplus"].load_labels(labels)
+
+
+def test_duplicate_names_are_an_error_unless_last_wins(tmp_path, fixture_wheel_dir):
+    path, scored = _openset_set(tmp_path, b'{"id": "a", "answer": "calm"}\n{"id": "b", "answer": "thrilling"}\n'
+                                          b'{"id": "a", "answer": "upset"}\n')
+    with pytest.raises(ValueError, match=rf"{path}, line 3: sample 'a' again \(first at {path}, line 1\); --last-wins"):
+        load_predictions(path)
+    assert load_predictions(path, last_wins=True) == {"a": ["upset"], "b": ["thrilling"]}
+    argv = ["--wheel-dir", str(fixture_wheel_dir), "--out-dir", str(tmp_path / "out"), *scored]
+    with pytest.raises(ValueError, match="again"):
+        evaluate_tool.main(argv)
+    assert _scores(evaluate_tool.main([*argv, "--last-wins"]))["toy"] == 1.0  # both right once 'a' is its last
+
+
+def test_samples_skipped_by_generation_get_no_prediction(tmp_path, fixture_wheel_dir, capsys):
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text('{"id": "a", "openset": ["upset"]}\n{"id": "b", "openset": ["thrilling"]}\n', encoding="utf-8")
+    predictions = tmp_path / "preds.jsonl"
+    argv = ["--wheel-dir", str(fixture_wheel_dir), "--out-dir", str(tmp_path / "out"), "--manifest", str(manifest),
+            "--generate-into", str(predictions), "--set", "toy@openset", str(predictions), str(manifest)]
+    (result,) = evaluate_tool.main(argv, generate=lambda samples, mask_modality=None: [
+        None if s["id"] == "b" else "<answer>upset</answer>" for s in samples])["datasets"]
+    assert [json.loads(line)["id"] for line in predictions.read_text().splitlines()] == ["a"]
+    assert result["missing_predictions"] == 1
+    assert "generated 1, already present 0, skipped as unusable 1" in capsys.readouterr().err
