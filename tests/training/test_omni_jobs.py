@@ -1,10 +1,14 @@
-"""The omni training job and the evaluation tool end to end: a short SFT run under torchrun
-saves a checkpoint; tools/evaluate.py generates from it (resumably) and scores the answers."""
+"""The omni training job, the evaluation tool and the exporter end to end: a short TP=2 SFT run
+under torchrun saves a checkpoint; tools/evaluate.py generates from it (resumably) and scores the
+answers; tools/convert_megatron_to_hf.py exports it to a transformers thinker with the same logits."""
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "eval"))
@@ -21,19 +25,28 @@ def run(cmd, **env):
     return proc
 
 
-def test_sft_job_then_evaluate_from_checkpoint(tmp_path):
-    out = tmp_path / "sft"
-    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1",
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory):
+    """A two-step SFT run at TP=2; its folder (toy data in toy/)."""
+    root = tmp_path_factory.mktemp("sft_job")
+    out = root / "sft"
+    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
          "-m", "megatron_omni.cli.train", "--config", "examples/configs/toy_omni_sft.yaml", *TINY,
-         f"dataset.toy_dir={tmp_path / 'toy'}", "dataset.toy_num_clips=6", "train.steps=2",
+         "parallel.tensor_model_parallel_size=2",
+         f"dataset.toy_dir={root / 'toy'}", "dataset.toy_num_clips=6", "train.steps=2",
          "optimizer.lr_warmup_steps=0", "train.global_batch_size=2", "train.micro_batch_size=1",
          f"output_dir={out}", f"train.save_dir={out / 'ckpt'}", "logging.progress_bar=false"])
+    return root
+
+
+def test_sft_job_then_evaluate_from_checkpoint(sft_run, tmp_path):
+    out = sft_run / "sft"
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2] and all(m["lm_loss"] > 0 for m in metrics)
     assert (out / "ckpt" / "run_config.yaml").is_file() and (out / "ckpt" / "latest").is_file()
 
     wheel = write_fixture_lexicon(tmp_path / "wheel")
-    test_manifest = tmp_path / "toy" / "test.jsonl"
+    test_manifest = sft_run / "toy" / "test.jsonl"
     preds, results = tmp_path / "preds.jsonl", tmp_path / "results"
     cmd = [sys.executable, "tools/evaluate.py", "--wheel-dir", str(wheel), "--out-dir", str(results),
            "--manifest", str(test_manifest), "--generate-into", str(preds), "--checkpoint", str(out / "ckpt"),
@@ -56,3 +69,30 @@ def test_sft_job_then_evaluate_from_checkpoint(tmp_path):
     tp2_answers = [json.loads(line) for line in tp2_preds.read_text().splitlines()]
     assert len(tp2_answers) == len(ids)
     assert {r["id"]: r["output"] for r in tp2_answers} == answers
+
+
+def test_sft_checkpoint_exports_with_the_trained_logits(sft_run, tmp_path):
+    """The run's save_dir exports directly (omni_model.yaml and hf_assets were written at run start);
+    transformers' thinker on the export gives the megatron model's logits."""
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+    from megatron_omni.convert import convert_megatron_to_hf, load_model_checkpoint, read_model_config
+    from megatron_omni.convert.world import single_process_world
+    from megatron_omni.models.omni import build_omni_model
+    from megatron_omni.parallel import set_seed
+
+    save_dir = sft_run / "sft" / "ckpt"
+    assert (save_dir / "omni_model.yaml").is_file() and (save_dir / "hf_assets" / "tokenizer_config.json").is_file()
+    out = convert_megatron_to_hf(save_dir, tmp_path / "hf", log=lambda _: None)  # the latest: iteration 2
+    spec = read_model_config(save_dir)
+    input_ids = torch.randint(0, spec.model.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    position_ids = torch.arange(12).expand(3, 2, 12)
+    with single_process_world(), torch.no_grad():
+        set_seed(0)  # megatron's RNG tracker; eval mode draws nothing from it
+        model = build_omni_model(spec.to_config(), omni=spec.omni, initialize=False).eval()
+        load_model_checkpoint(save_dir, [model])
+        expected = model(input_ids=input_ids, position_ids=position_ids)[..., : spec.model.vocab_size]
+    hf = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(out).eval()
+    with torch.no_grad():
+        actual = hf(input_ids=input_ids, position_ids=position_ids, attention_mask=torch.ones_like(input_ids)).logits
+    torch.testing.assert_close(actual, expected, atol=1e-4, rtol=0)
