@@ -7,33 +7,94 @@ Layout of a save folder::
       iter_0000040/           dist_checkpointing files (model, optimizer), common state
         run_state.pt          step, scheduler, sampler position, ... (rank 0)
         rng/rank00000.pt      each rank's RNG states (restored when the layout matches)
-        COMPLETE              marker: the folder is whole
+        COMPLETE              the manifest: every other file's size and CRC-32, written last
 
 A save goes to ``tmp.iter_...`` and is renamed when every rank has finished, so a crash mid-write
 leaves the previous checkpoint as the newest complete one. Model and optimizer tensors are stored
 by their global shape, so a checkpoint saved at one TP/PP layout loads at another.
+
+Integrity. The manifest is written after every rank's files and before the rename; a load first
+checks every file against it (the ranks share the files out and agree on the result), then loads.
+A checkpoint that fails either way is reported with its path and `load_latest` takes the next
+older complete one; all ranks decide together, so they always load the same one. The checksum is
+zlib's CRC-32, streamed: it runs at disk speed, releases the GIL and catches truncation and torn
+or zeroed blocks, which is what crashes and full disks produce (nothing here defends against
+deliberate tampering, which would need a cryptographic hash at several times the cost).
+
+The checkpoint helper. megatron-core's ``filesystem_async`` writer hands its results back through
+a queue served by a ``multiprocessing`` manager process that it starts at the first save and keeps
+for the whole run. Left to megatron it sits in the trainer's process group, so the SIGTERM that
+torchrun sends to each worker's group on shutdown (and SLURM to every process of a step) kills it,
+and the save in progress dies with ``BrokenPipeError``. `start_writer_helper` starts that process
+itself instead (before megatron would; the training loop does it at start, so that the first save
+after a SIGTERM does not also wait for a fresh interpreter): in a session of its own, ignoring
+SIGTERM and SIGINT, and killed by the kernel when the trainer dies (``PR_SET_PDEATHSIG``), so
+neither a preemption signal nor ``kill -9`` of the trainer leaves a broken save or an orphan behind
+(multiprocessing's resource tracker exits by itself once the trainer and the helper are gone; a
+helper still starting up when the trainer dies exits as soon as it has). Keeping the asynchronous
+machinery working was preferred to a separate synchronous save path at preemption: one save path,
+the same files, and preemption saves as fast as periodic ones.
 """
 from __future__ import annotations
 
+import ctypes
+import errno
+import json
+import math
 import os
 import random
 import re
 import shutil
+import signal
+import zlib
+from multiprocessing.managers import SyncManager
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 from megatron.core import dist_checkpointing, parallel_state
+from megatron.core.dist_checkpointing.dict_utils import nested_values
+from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
+from megatron.core.dist_checkpointing.strategies import filesystem_async
+from torch.distributed.checkpoint import CheckpointException
 
 from megatron_omni.training.model_setup import unwrap
 
 _ITER = re.compile(r"^iter_(\d{7})$")
 COMPLETE = "COMPLETE"
+_CHUNK = 8 << 20
+_PR_SET_PDEATHSIG = 1
+# torch.distributed.checkpoint's CheckpointException (a rank's failure inside a collective save or
+# load) derives from BaseException, not Exception.
+_FAILURES = (Exception, CheckpointException)
 
 
 class CheckpointError(RuntimeError):
     pass
+
+
+def _shelter_helper(trainer_pid: int) -> None:
+    """Runs first in the writer helper: out of the trainer's session and signals, dead with it."""
+    os.setsid()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != trainer_pid:  # the trainer died before the line above took effect
+        os._exit(1)
+
+
+def start_writer_helper() -> None:
+    """Start the manager process behind megatron's write-results queue ourselves (module docstring)."""
+    if not hasattr(filesystem_async, "_results_queue"):
+        raise CheckpointError("megatron.core.dist_checkpointing.strategies.filesystem_async has no _results_queue: "
+                              "this megatron-core version creates its checkpoint helper differently")
+    if filesystem_async._results_queue is not None:
+        return
+    manager = SyncManager(ctx=mp.get_context("spawn"))
+    manager.start(initializer=_shelter_helper, initargs=(os.getpid(),))
+    filesystem_async._results_queue = manager.Queue()  # the proxy keeps the manager (and its finalizer)
 
 
 def _layout() -> dict:
@@ -88,6 +149,92 @@ def iteration_dir(save_dir: str | Path, step: int) -> Path:
     return Path(save_dir) / f"iter_{step:07d}"
 
 
+def _checksum(path: Path) -> int:
+    crc = 0
+    with path.open("rb") as fh:
+        while block := fh.read(_CHUNK):
+            crc = zlib.crc32(block, crc)
+    return crc
+
+
+def _share(items: list) -> list:
+    """This rank's share of ``items`` (every rank takes every world-size-th one)."""
+    return items[dist.get_rank()::dist.get_world_size()]
+
+
+def _gathered(local: list) -> list:
+    """Concatenation of every rank's ``local`` list, on every rank."""
+    lists = [None] * dist.get_world_size()
+    dist.all_gather_object(lists, local)
+    return [item for part in lists for item in part]
+
+
+def _write_manifest(folder: Path, step: int) -> None:
+    """Collective: the ranks checksum a share of the files each; rank 0 writes the manifest."""
+    names = [sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())] if dist.get_rank() == 0 else [None]
+    dist.broadcast_object_list(names, src=0)
+    entries = _gathered([(name, (folder / name).stat().st_size, _checksum(folder / name)) for name in _share(names[0])])
+    if dist.get_rank() == 0:
+        files = {name: {"size": size, "crc32": crc} for name, size, crc in sorted(entries)}
+        (folder / COMPLETE).write_text(json.dumps({"step": step, "checksum": "crc32", "files": files}, indent=1))
+
+
+def _verify(folder: Path) -> str | None:
+    """Collective: what is wrong with ``folder``'s files against its manifest (None: nothing)."""
+    try:
+        files = json.loads((folder / COMPLETE).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"{folder / COMPLETE}: unreadable manifest ({type(exc).__name__}: {exc})"
+    problems = []
+    for name, want in _share(sorted(files.items())):
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+        elif path.stat().st_size != want["size"]:
+            problems.append(f"{path}: {path.stat().st_size} bytes, the manifest says {want['size']}")
+        elif _checksum(path) != want["crc32"]:
+            problems.append(f"{path}: checksum mismatch")
+    problems = _gathered(problems)
+    return "; ".join(problems) if problems else None
+
+
+def _bytes_to_save(state: dict, seen: set | None = None) -> int:
+    """What a save writes, estimated from the state: every sharded tensor (those factories build
+    included) once at its global shape, plus the other tensors this rank holds."""
+    total, seen = 0, set() if seen is None else seen
+    for value in nested_values(state):
+        if isinstance(value, ShardedTensorFactory):
+            total += _bytes_to_save(value.build(), seen)
+        elif isinstance(value, ShardedTensor):
+            if value.key not in seen:
+                seen.add(value.key)
+                total += math.prod(value.global_shape) * value.dtype.itemsize
+        elif isinstance(value, torch.Tensor):
+            total += value.numel() * value.element_size()
+    return total
+
+
+def _causes(exc: BaseException):
+    """``exc``, what it was raised from, and the rank failures a CheckpointException wraps."""
+    while exc is not None:
+        yield exc
+        if isinstance(exc, CheckpointException):
+            for failure, _ in exc.failures.values():
+                yield from _causes(failure)
+        exc = exc.__cause__ or exc.__context__
+
+
+def _out_of_space(exc: BaseException) -> bool:
+    return any((isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left" in str(e) for e in _causes(exc))
+
+
+def _reason(exc: BaseException) -> str:
+    """One line: the innermost failure (a CheckpointException's first rank failure, not its traceback)."""
+    inner = [e for e in _causes(exc) if not isinstance(e, CheckpointException)] or [exc]
+    text = " ".join(f"{type(inner[-1]).__name__}: {inner[-1]}".split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
 def save_checkpoint(save_dir, step: int, model_chunks, optimizer, run_state: dict, keep_last: int | None = None,
                     extra_models: dict | None = None) -> Path:
     """Collective: every rank calls it. ``run_state`` is picklable rank-0 state (scheduler, sampler...);
@@ -100,14 +247,28 @@ def save_checkpoint(save_dir, step: int, model_chunks, optimizer, run_state: dic
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist.barrier()
-    dist_checkpointing.save(_sharded_state_dict(model_chunks, optimizer, False, extra_models), str(tmp))
-    (tmp / "rng").mkdir(exist_ok=True)
-    torch.save({"layout": _layout(), **_rng_state()}, tmp / "rng" / f"rank{rank:05d}.pt")
+    start_writer_helper()
+    state = _sharded_state_dict(model_chunks, optimizer, False, extra_models)
+    needed = _bytes_to_save(state)
+    try:
+        dist_checkpointing.save(state, str(tmp))
+        (tmp / "rng").mkdir(exist_ok=True)
+        torch.save({"layout": _layout(), **_rng_state()}, tmp / "rng" / f"rank{rank:05d}.pt")
+        if rank == 0:
+            torch.save({"step": step, "layout": _layout(), **run_state}, tmp / "run_state.pt")
+        dist.barrier()
+        _write_manifest(tmp, step)
+    except _FAILURES as exc:
+        # torch.save's writer reports a full disk without errno ("unexpected pos 704 vs 598"): a
+        # device with less room left than the checkpoint needs counts as full too.
+        full = _out_of_space(exc) or shutil.disk_usage(save_dir).free < needed
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed save must not keep its space
+        if full:
+            raise CheckpointError(
+                f"no space left on the device of {save_dir} saving step {step}: the checkpoint needs about "
+                f"{needed:,} bytes, {shutil.disk_usage(save_dir).free:,} are free there") from exc
+        raise
     if rank == 0:
-        torch.save({"step": step, "layout": _layout(), **run_state}, tmp / "run_state.pt")
-    dist.barrier()
-    if rank == 0:
-        (tmp / COMPLETE).write_text(str(step))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         latest_tmp = save_dir / "latest.tmp"
@@ -121,7 +282,7 @@ def save_checkpoint(save_dir, step: int, model_chunks, optimizer, run_state: dic
 
 
 def complete_checkpoints(save_dir) -> list[Path]:
-    """Complete checkpoint folders, oldest first."""
+    """Complete checkpoint folders (with a manifest), oldest first."""
     save_dir = Path(save_dir)
     if not save_dir.is_dir():
         return []
@@ -129,29 +290,39 @@ def complete_checkpoints(save_dir) -> list[Path]:
     return sorted(found, key=lambda p: p.name)
 
 
-def latest_checkpoint(save_dir) -> Path | None:
-    """The folder named by ``latest`` if it is complete, else the newest complete one."""
-    save_dir = Path(save_dir)
+def _candidates(save_dir: Path) -> list[Path]:
+    """Complete checkpoints in the order they are tried: the one ``latest`` names, then newest first."""
+    newest_first = complete_checkpoints(save_dir)[::-1]
     pointer = save_dir / "latest"
     if pointer.is_file():
         named = save_dir / pointer.read_text().strip()
-        if (named / COMPLETE).is_file():
-            return named
+        if named in newest_first:
+            return [named] + [p for p in newest_first if p != named]
         print(f"[checkpoint] {named} named by {pointer} is incomplete; looking for an older one", flush=True)
-    complete = complete_checkpoints(save_dir)
-    return complete[-1] if complete else None
+    return newest_first
 
 
-def load_checkpoint(ckpt_dir, model_chunks, optimizer, extra_models: dict | None = None) -> dict:
-    """Collective: load model (and optimizer) in place; returns the rank-0 run state.
+def latest_checkpoint(save_dir) -> Path | None:
+    """The folder named by ``latest`` if it is complete, else the newest complete one."""
+    found = _candidates(Path(save_dir))
+    return found[0] if found else None
 
-    RNG states are restored only when the parallel layout equals the saved one (per-rank streams
-    have no meaning across layouts).
-    """
-    ckpt_dir = Path(ckpt_dir)
-    if not (ckpt_dir / COMPLETE).is_file():
-        raise CheckpointError(f"{ckpt_dir} is not a complete checkpoint (no {COMPLETE} marker)")
-    state = dist_checkpointing.load(_sharded_state_dict(model_chunks, optimizer, True, extra_models), str(ckpt_dir))
+
+def remove_stale_tmp(save_dir) -> None:
+    """Collective: delete the unfinished saves (``tmp.*``) an earlier run left in ``save_dir``."""
+    save_dir = Path(save_dir)
+    if dist.get_rank() == 0 and save_dir.is_dir():
+        for stale in sorted(save_dir.glob("tmp.*")) + sorted(save_dir.glob("latest.tmp")):
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+            print(f"[checkpoint] removed {stale}, an unfinished save of an earlier run", flush=True)
+    dist.barrier()
+
+
+def _load_checkpoint(ckpt_dir: Path, model_chunks, optimizer, extra_models: dict | None) -> dict:
+    try:
+        state = dist_checkpointing.load(_sharded_state_dict(model_chunks, optimizer, True, extra_models), str(ckpt_dir))
+    except _FAILURES as exc:
+        raise CheckpointError(f"{ckpt_dir}: dist_checkpointing load failed ({_reason(exc)})") from exc
     if len(model_chunks) == 1:
         unwrap(model_chunks[0]).load_state_dict(state["model"])
     else:
@@ -163,10 +334,62 @@ def load_checkpoint(ckpt_dir, model_chunks, optimizer, extra_models: dict | None
             unwrap(chunk).load_state_dict({k[len(prefix):]: v for k, v in state[f"{name}{i}"].items()})
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])
-    run_state = torch.load(ckpt_dir / "run_state.pt", weights_only=False)
+    run_state = _torch_load(ckpt_dir / "run_state.pt")
     rng_file = ckpt_dir / "rng" / f"rank{dist.get_rank():05d}.pt"
     if rng_file.is_file():
-        rng = torch.load(rng_file, weights_only=False)
+        rng = _torch_load(rng_file)
         if rng.pop("layout") == _layout():
             _set_rng_state(rng)
     return run_state
+
+
+def _torch_load(path: Path):
+    try:
+        return torch.load(path, weights_only=False)
+    except Exception as exc:  # EOFError, UnpicklingError, PytorchStreamReader's RuntimeError, OSError 22 ...
+        raise CheckpointError(f"{path}: {_reason(exc)}") from exc
+
+
+def load_checkpoint(ckpt_dir, model_chunks, optimizer, extra_models: dict | None = None) -> dict:
+    """Collective: verify ``ckpt_dir`` against its manifest, load model (and optimizer) in place;
+    returns the rank-0 run state. Raises `CheckpointError` naming the file on every rank when any
+    rank finds a problem.
+
+    RNG states are restored only when the parallel layout equals the saved one (per-rank streams
+    have no meaning across layouts).
+    """
+    ckpt_dir = Path(ckpt_dir)
+    if not (ckpt_dir / COMPLETE).is_file():
+        raise CheckpointError(f"{ckpt_dir} is not a complete checkpoint (no {COMPLETE} manifest)")
+    problem = _verify(ckpt_dir)
+    if problem:
+        raise CheckpointError(problem)
+    try:
+        run_state, failure = _load_checkpoint(ckpt_dir, model_chunks, optimizer, extra_models), []
+    except CheckpointError as exc:
+        run_state, failure = None, [str(exc)]
+    failures = _gathered(failure)
+    if failures:
+        raise CheckpointError("; ".join(failures))
+    return run_state
+
+
+def load_latest(save_dir, model_chunks, optimizer, extra_models: dict | None = None) -> tuple[Path, dict] | None:
+    """Collective: load the newest usable checkpoint of ``save_dir``: (its folder, the run state),
+    or None when there is none. One that fails verification or loading is reported in one line and
+    the next older complete one is tried; all ranks try the same ones (rank 0's listing)."""
+    candidates = [_candidates(Path(save_dir)) if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(candidates, src=0)
+    failures = []
+    for i, ckpt in enumerate(candidates[0]):
+        try:
+            return ckpt, load_checkpoint(ckpt, model_chunks, optimizer, extra_models)
+        except CheckpointError as exc:
+            failures.append(str(exc))
+            older = candidates[0][i + 1] if i + 1 < len(candidates[0]) else None
+            if dist.get_rank() == 0:
+                then = f"loading the next older complete one, {older}" if older else "no older complete one is left"
+                print(f"[checkpoint] unusable checkpoint {ckpt}: {exc}; {then}", flush=True)
+    if failures:
+        raise CheckpointError(f"no usable checkpoint in {save_dir}: " + " | ".join(failures))
+    return None

@@ -9,6 +9,7 @@ trains besides the policy (an EMA teacher), saved and resumed with the checkpoin
 """
 from __future__ import annotations
 
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -18,7 +19,8 @@ import torch
 import torch.distributed as dist
 
 from megatron_omni.data.sampler import ResumableBatchSampler
-from megatron_omni.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from megatron_omni.parallel.device import step_device
+from megatron_omni.training.checkpoint import load_latest, remove_stale_tmp, save_checkpoint, start_writer_helper
 from megatron_omni.training.config import RunConfig
 from megatron_omni.training.metrics import MetricsLogger
 from megatron_omni.training.step import optimizer_step
@@ -41,7 +43,10 @@ class StopRequest:
     """SIGTERM (SLURM preemption, torchrun shutdown) asks the run to checkpoint and stop.
 
     The handler only sets a flag; the loop agrees on it across ranks after each step (one tiny
-    all-reduce), so every rank saves the same step and leaves together.
+    all-reduce on the training group's device), so every rank saves the same step and leaves
+    together. The launcher waits ``TORCH_ELASTIC_SHUTDOWN_TIMEOUT`` seconds (torchrun's default 30)
+    after passing SIGTERM on before it kills the ranks: that step and its save must fit in it, and
+    `check_grace` says when they did not.
     """
 
     def __init__(self):
@@ -56,12 +61,23 @@ class StopRequest:
         self.requested = True
 
     def agreed(self) -> bool:
-        flag = torch.tensor([1.0 if self.requested else 0.0])
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=step_device())
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
     def __exit__(self, *exc):
         signal.signal(signal.SIGTERM, self._previous)
+
+    @staticmethod
+    def check_grace(step_s: float, save_s: float) -> bool:
+        """Warn (rank 0) when a step plus a save took longer than the launcher's grace time; True then."""
+        grace = float(os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", 30))
+        if step_s + save_s <= grace:
+            return False
+        _say(f"[train] warning: a step ({step_s:.1f} s) and a checkpoint ({save_s:.1f} s) take longer than the {grace:g} s "
+             "the launcher waits after SIGTERM before it kills the ranks: a preempted run would lose the steps since its "
+             "last checkpoint. Raise TORCH_ELASTIC_SHUTDOWN_TIMEOUT and SLURM's --signal lead time (docs/OPERATIONS.md)")
+        return True
 
 
 def checkpointed_models(algorithm) -> dict:
@@ -70,12 +86,15 @@ def checkpointed_models(algorithm) -> dict:
 
 def resume_if_possible(cfg: RunConfig, model_chunks, optimizer, scheduler, sampler: ResumableBatchSampler,
                        extra_models: dict) -> TrainState:
-    """Load the newest complete checkpoint from ``train.load_dir`` (or ``train.save_dir``)."""
+    """Load the newest usable checkpoint from ``train.load_dir`` (or ``train.save_dir``), after
+    removing the unfinished saves an earlier run left in ``train.save_dir``."""
+    if cfg.train.save_dir:
+        remove_stale_tmp(cfg.train.save_dir)
     folder = cfg.train.load_dir or cfg.train.save_dir
-    ckpt = latest_checkpoint(folder) if folder else None
-    if ckpt is None:
+    found = load_latest(folder, model_chunks, optimizer, extra_models) if folder else None
+    if found is None:
         return TrainState()
-    run_state = load_checkpoint(ckpt, model_chunks, optimizer, extra_models)
+    ckpt, run_state = found
     scheduler.load_state_dict(run_state["scheduler"])
     sampler.load_state_dict(run_state["sampler"])
     _say(f"[train] resumed from {ckpt} at step {run_state['step']}")
@@ -87,15 +106,18 @@ def train(cfg: RunConfig, model_chunks, optimizer, scheduler, sampler: Resumable
     t = cfg.train
     extra_models = checkpointed_models(algorithm)
     state = resume_if_possible(cfg, model_chunks, optimizer, scheduler, sampler, extra_models)
+    if t.save_dir:
+        start_writer_helper()
     rank0 = dist.get_rank() == 0
     logger = MetricsLogger(cfg.output_dir, cfg.logging, t.steps, state.step, enabled=rank0, config=cfg.to_dict())
     history = []
 
-    saved_at = None
+    saved_at, step_s, warned = None, 0.0, False
 
     def save():
-        nonlocal saved_at
+        nonlocal saved_at, warned
         if t.save_dir and saved_at != state.step:
+            started = time.perf_counter()
             save_checkpoint(
                 t.save_dir, state.step, model_chunks, optimizer,
                 {"scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
@@ -103,6 +125,7 @@ def train(cfg: RunConfig, model_chunks, optimizer, scheduler, sampler: Resumable
                 keep_last=t.keep_last_checkpoints, extra_models=extra_models,
             )
             saved_at = state.step
+            warned = warned or stop.check_grace(step_s, time.perf_counter() - started)
 
     with StopRequest() as stop:
         try:
@@ -120,7 +143,7 @@ def train(cfg: RunConfig, model_chunks, optimizer, scheduler, sampler: Resumable
                 else:
                     state.nonfinite_in_a_row = 0
                 metrics["nonfinite_total"] = float(state.nonfinite_total)
-                metrics["step_time_s"] = time.perf_counter() - started
+                metrics["step_time_s"] = step_s = time.perf_counter() - started
                 history.append({"step": state.step, **metrics})
                 if state.step % t.log_interval == 0:
                     logger.log(state.step, metrics)

@@ -151,6 +151,10 @@ def test_sbatch_script(tmp_path, name, config, mode):
         found |= ranks
         commands.append(command)
     assert found == {(rank, 4, rank % 2, "node7:29555") for rank in range(4)}
+    if mode == "node":  # torchrun's grace time after SIGTERM ends before SLURM's SIGKILL
+        lead = int(re.search(r"^#SBATCH --signal=TERM@(\d+)$", script.read_text(), re.M)[1])
+        argv = tasks[0]["argv"]
+        assert 0 < int(argv[argv.index("--shutdown-timeout") + 1]) < lead
     trainer = ["-m", "megatron_omni.cli.train", "--config", config,
                f"output_dir={tmp_path / 'logs' / name}", f"train.save_dir={tmp_path / 'ckpt'}", "train.steps=3"]
     assert commands == [trainer] * len(tasks)
