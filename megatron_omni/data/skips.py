@@ -128,7 +128,7 @@ class SampleSource:
             items.append(item)
         over = self._over_limit()
         counts = torch.tensor([self.seen - seen, self.skipped - skipped, float(over), float(exhausted)], dtype=torch.float64)
-        if self.group is not None:
+        if self.group is not None and self.skip:  # without skips a bad sample has raised already
             dist.all_reduce(counts, group=self.group)
         self.total_seen += int(counts[0])
         self.total_skipped += int(counts[1])
@@ -139,5 +139,6 @@ class SampleSource:
 
     def _stop_message(self, problem: str) -> str:
         kinds = "; ".join(f"{count} {kind} (e.g. {self.examples[kind]})" for kind, count in self.kinds.most_common())
+        kinds = kinds or "none (another data-parallel rank's samples)"
         return (f"stopping: {problem} ({self.total_skipped} of {self.total_seen} samples seen so far, "
                 f"data.max_skipped_fraction={self.max_fraction}); skipped on this rank: {kinds}")

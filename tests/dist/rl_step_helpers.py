@@ -2,6 +2,7 @@
 and gradients, the comparison with the single-process step, the stop-and-resume check, and a step
 whose first prompt is skipped."""
 import dataclasses
+import math
 from pathlib import Path
 
 import pytest
@@ -53,17 +54,22 @@ def one_step(cfg: OmniTrainConfig, group_size: int):
     return metrics, full_tensors(r.model_chunks, "grad")
 
 
-def one_step_without(config, work: Path, field: str, group_size: int) -> tuple[dict, str]:
+def check_prompt_without_is_replaced(config, work: Path, field: str, reader: str, group_size: int, capsys) -> None:
     """Step 0 of ``config(1, 1)`` under data.skip_bad_samples on the toy manifest (built by an earlier
-    step in ``work``) whose first prompt of the step lacks ``field``: (metrics, that prompt's id)."""
+    step in ``work``) whose first prompt of the step lacks ``field``: printed, counted, replaced."""
     samples = load_manifest(work / "toy" / "train.jsonl")
     seed, batch = config(1, 1).train.seed, config(1, 1).train.global_batch_size
     first = ResumableBatchSampler(len(samples), batch, seed=seed).indices_at(0)[0]
+    bad = samples[first].id
     samples[first] = dataclasses.replace(samples[first], **{field: type(getattr(samples[first], field))()})
     manifest = write_manifest(work / f"without_{field}.jsonl", samples)
     cfg = config(1, 1, **{"dataset.train_manifest": manifest, "dataset.tokenizer_dir": work / "toy" / "tokenizer",
                           "data.skip_bad_samples": True, "data.max_skipped_fraction": 0.5})
-    return one_step(cfg, group_size)[0], samples[first].id
+    metrics, _ = one_step(cfg, group_size)
+    assert metrics["skipped_samples"] == 1 and metrics["skipped_samples_total"] == 1
+    out = capsys.readouterr().out
+    assert f"[data] skipped sample {bad} (missing label): " in out and f"has no '{field}' ({reader})" in out
+    assert metrics["completion_length"] > 0 and all(math.isfinite(v) for v in metrics.values())
 
 
 def single_process_step(reference: Path, step) -> dict:

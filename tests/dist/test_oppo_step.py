@@ -7,22 +7,14 @@ its launcher fixture, oppo_reference, is the x1 launch). The reward is a small d
 stand-in with the reward module's interface: the equivalence is about parallelism, and the real
 reward is covered in tests/rewards.
 """
-import math
 import os
 from functools import partial
 from pathlib import Path
 
 import pytest
+import rl_step_helpers
 import torch.distributed as dist
-from rl_step_helpers import (
-    check_resumes_exactly,
-    check_step_matches,
-    one_step,
-    one_step_without,
-    single_process_step,
-    start_world,
-    tiny_config,
-)
+from rl_step_helpers import check_resumes_exactly, check_step_matches, one_step, single_process_step, start_world, tiny_config
 
 WORK = Path(os.environ.get("OPPO_WORK", "/nonexistent"))
 OPPO = ["oppo.grpo.group_size=2", "oppo.sampling.max_new_tokens=6", "oppo.sampling.temperature=1.0"]
@@ -63,8 +55,4 @@ def test_stopped_run_resumes_exactly():
 def test_a_prompt_without_openset_labels_is_skipped_and_replaced(reference, capsys):
     if dist.get_world_size() > 1:
         pytest.skip("runs in the one-process launch")
-    metrics, bad = one_step_without(config, WORK, "openset", group_size=2)
-    assert metrics["skipped_samples"] == 1 and metrics["skipped_samples_total"] == 1
-    out = capsys.readouterr().out
-    assert f"[data] skipped sample {bad} (missing label): " in out and "has no 'openset' (the labels of OPPO's reward)" in out
-    assert metrics["completion_length"] > 0 and math.isfinite(metrics["policy_loss"])
+    rl_step_helpers.check_prompt_without_is_replaced(config, WORK, "openset", "the labels of OPPO's reward", 2, capsys)
