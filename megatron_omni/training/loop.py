@@ -46,7 +46,7 @@ class StopRequest:
     all-reduce on the training group's device), so every rank saves the same step and leaves
     together. The launcher waits ``TORCH_ELASTIC_SHUTDOWN_TIMEOUT`` seconds (torchrun's default 30)
     after passing SIGTERM on before it kills the ranks: that step and its save must fit in it, and
-    `check_grace` says when they did not.
+    `over_grace` says when they did not.
     """
 
     def __init__(self):
@@ -69,15 +69,14 @@ class StopRequest:
         signal.signal(signal.SIGTERM, self._previous)
 
     @staticmethod
-    def check_grace(step_s: float, save_s: float) -> bool:
-        """Warn (rank 0) when a step plus a save took longer than the launcher's grace time; True then."""
+    def over_grace(step_s: float, save_s: float) -> str | None:
+        """The warning when a step plus a save take longer than the launcher's grace time, else None."""
         grace = float(os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", 30))
         if step_s + save_s <= grace:
-            return False
-        _say(f"[train] warning: a step ({step_s:.1f} s) and a checkpoint ({save_s:.1f} s) take longer than the {grace:g} s "
-             "the launcher waits after SIGTERM before it kills the ranks: a preempted run would lose the steps since its "
-             "last checkpoint. Raise TORCH_ELASTIC_SHUTDOWN_TIMEOUT and SLURM's --signal lead time (docs/OPERATIONS.md)")
-        return True
+            return None
+        return (f"[train] warning: a step ({step_s:.1f} s) and a checkpoint ({save_s:.1f} s) take longer than the {grace:g} s "
+                "the launcher waits after SIGTERM before it kills the ranks: a preempted run would lose the steps since its "
+                "last checkpoint. Raise TORCH_ELASTIC_SHUTDOWN_TIMEOUT and SLURM's --signal lead time (docs/OPERATIONS.md)")
 
 
 def checkpointed_models(algorithm) -> dict:
@@ -125,7 +124,10 @@ def train(cfg: RunConfig, model_chunks, optimizer, scheduler, sampler: Resumable
                 keep_last=t.keep_last_checkpoints, extra_models=extra_models,
             )
             saved_at = state.step
-            warned = warned or stop.check_grace(step_s, time.perf_counter() - started)
+            warning = None if warned else stop.over_grace(step_s, time.perf_counter() - started)
+            if warning:
+                _say(warning)
+                warned = True
 
     with StopRequest() as stop:
         try:

@@ -147,3 +147,14 @@ def test_sigterm_to_the_launchers_and_kill_9_lose_nothing(tmp_path, reference):
     assert resumed_line(out, STEPS - 2) in last.stdout
     assert f"removed {ckpt / f'tmp.iter_{STEPS:07d}'}, an unfinished save of an earlier run" in last.stdout
     assert losses(out) == reference
+
+
+
+def test_a_step_and_a_save_longer_than_the_launchers_grace_time_are_reported(monkeypatch):
+    from megatron_omni.training.loop import StopRequest
+
+    monkeypatch.setenv("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "10")
+    assert StopRequest.over_grace(4.0, 6.0) is None
+    warning = StopRequest.over_grace(4.0, 6.5)
+    assert "a step (4.0 s) and a checkpoint (6.5 s) take longer than the 10 s" in warning
+    assert "Raise TORCH_ELASTIC_SHUTDOWN_TIMEOUT" in warning
