@@ -126,6 +126,16 @@ def test_a_changed_byte_is_a_checksum_mismatch(saved, tmp_path, capsys):
     assert f"{shard}: checksum mismatch" in capsys.readouterr().out
 
 
+def test_a_checkpoint_from_before_manifests_loads_unverified(saved, tmp_path, capsys):
+    run, folder, weights = saved
+    copy = tmp_path / "ckpt"
+    shutil.copytree(folder, copy)
+    (copy / "iter_0000002" / "COMPLETE").write_text("2")  # what saves wrote before the manifest
+    assert run.load(copy)[0] == copy / "iter_0000002"
+    assert all(torch.equal(weights[2][n], w) for n, w in run.weights().items())
+    assert f"{copy / 'iter_0000002'} has no manifest (an older save): loading it unverified" in capsys.readouterr().out
+
+
 def test_no_usable_checkpoint_is_an_error_naming_each(saved, tmp_path):
     run, folder, _ = saved
     copy = tmp_path / "ckpt"
