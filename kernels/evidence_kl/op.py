@@ -33,7 +33,8 @@ class EvidenceKL:
     loss: Tensor  # scalar, differentiable w.r.t. the full-input logits
     kl_per_token: dict[str, Tensor]  # modality -> fp32 [...] KL, 0 off its evidence tokens
     kl_mean: dict[str, Tensor]  # modality -> detached mean KL over its evidence tokens
-    n_evidence: dict[str, int]  # modality -> number of evidence tokens
+    # modality -> number of evidence tokens, a 0-d tensor on the logits' device (reading it syncs)
+    n_evidence: dict[str, Tensor]
 
 
 def evidence_masked_kl(
@@ -79,8 +80,10 @@ def evidence_masked_kl(
             full_logits, masked.detach(), mode="reverse", temperature=temperature, vocab_size=vocab_size,
             row_mask=mask, group=group, backend=backend,
         )
-        n = int(mask.sum())
-        mean = kl.sum() / n if n > 0 else kl.sum() * 0.0
+        # No host read of the count: the masked rows' KL is zero, so a sample without evidence
+        # gives 0 / 1 = 0 without a branch that would synchronise the GPU.
+        n = mask.sum()
+        mean = kl.sum() / n.clamp(min=1)
         kl_per_token[modality], kl_mean[modality], n_evidence[modality] = kl, mean.detach(), n
         kl_sum = kl_sum + mean
     loss = SIGNS[sign] * gamma * kl_sum
@@ -95,5 +98,4 @@ def _mean_entropy_on_evidence(entropy: Tensor | None, evidence_masks: Mapping[st
         fail("entropy", "is required when eta != 0")
     if entropy.shape != any_evidence.shape:
         fail("entropy", f"shape {tuple(entropy.shape)} must equal the evidence masks' {tuple(any_evidence.shape)}")
-    n = int(any_evidence.sum())
-    return (entropy * any_evidence).sum() / n if n else entropy.sum() * 0.0
+    return (entropy * any_evidence).sum() / any_evidence.sum().clamp(min=1)

@@ -147,8 +147,8 @@ class OPPO:
                 # division by the global token count give the token-weighted mean over micro-batches.
                 total = total + term.loss * count.float()
                 for m in MODALITIES:
-                    evidence = torch.tensor(float(term.n_evidence[m]))
-                    metrics[f"perception_kl_{m}"] = torch.stack([term.kl_mean[m] * term.n_evidence[m], evidence])
+                    evidence = term.n_evidence[m].float()
+                    metrics[f"perception_kl_{m}"] = torch.stack([term.kl_mean[m] * evidence, evidence])
                 metrics["perception_loss"] = torch.stack([term.loss.detach() * count.float(), count.float()])
             return total, count, metrics
 

@@ -85,9 +85,18 @@ class OmniBatch:
                                max_seqlen_q=self.max_seqlen, max_seqlen_kv=self.max_seqlen)
 
     def to(self, device) -> "OmniBatch":
+        """This batch on ``device``. To a GPU the tensors go through pinned host memory with
+        non-blocking copies, so the transfer overlaps the work already queued on the GPU."""
+        device = torch.device(device)
+        to_gpu = device.type == "cuda"
+
+        def move(value: torch.Tensor) -> torch.Tensor:
+            if to_gpu and value.device.type == "cpu":
+                return value.pin_memory().to(device, non_blocking=True)
+            return value.to(device)
+
         tensors = {f.name: getattr(self, f.name) for f in fields(self)}
-        return replace(self, **{name: value.to(device) for name, value in tensors.items()
-                                if isinstance(value, torch.Tensor)})
+        return replace(self, **{name: move(value) for name, value in tensors.items() if isinstance(value, torch.Tensor)})
 
 
 def _round_up(value: int, multiple: int) -> int:

@@ -10,6 +10,8 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from megatron_omni.parallel.device import step_device
+
 # forward_step(batch, model_chunk) -> (output_tensor, loss_func);
 # loss_func(output) -> (token-sum loss, token count, {name: scalar or [sum, count] tensor})
 ForwardStep = Callable
@@ -80,6 +82,11 @@ def _reduce_metrics(outputs: list[dict]) -> dict[str, float]:
         for name in outputs[0]:
             values = torch.stack([o[name].detach().double().reshape(-1) for o in outputs])
             local[name] = values.sum(0) if values.shape[1] == 2 else values.mean(0).reshape(1)
+        if local:
+            # One device-to-host copy for all of them: pickled CUDA tensors would arrive on the
+            # sender's GPU index, not the receiver's.
+            on_host = torch.cat(list(local.values())).cpu().split([v.numel() for v in local.values()])
+            local = dict(zip(local, on_host))
     holder = [local]
     dist.broadcast_object_list(
         holder,
@@ -89,16 +96,17 @@ def _reduce_metrics(outputs: list[dict]) -> dict[str, float]:
     names = sorted(holder[0])
     if not names:
         return {}
-    flat = torch.cat([holder[0][n] for n in names])
+    flat = torch.cat([holder[0][n] for n in names]).to(step_device())
     dp_group = parallel_state.get_data_parallel_group()
     dist.all_reduce(flat, group=dp_group)
+    reduced = flat.tolist()  # the step's one read of its metrics
     metrics, i = {}, 0
     for name in names:
         if holder[0][name].numel() == 2:
-            metrics[name] = (flat[i] / flat[i + 1].clamp(min=1)).item()
+            metrics[name] = reduced[i] / max(reduced[i + 1], 1.0)
             i += 2
         else:
-            metrics[name] = (flat[i] / dist.get_world_size(dp_group)).item()
+            metrics[name] = reduced[i] / dist.get_world_size(dp_group)
             i += 1
     return metrics
 
@@ -112,7 +120,7 @@ def _grads_finite(model_chunks) -> bool:
     if grads:
         bad = torch.stack([~torch.isfinite(g).all() for g in grads]).any().float().reshape(1)
     else:
-        bad = torch.zeros(1, device=torch.cuda.current_device() if torch.cuda.is_available() else "cpu")
+        bad = torch.zeros(1, device=step_device())
     dist.all_reduce(bad, op=dist.ReduceOp.MAX)
     return not bool(bad.item())
 

@@ -32,4 +32,4 @@ class DistillationLoss:
 
     def __call__(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor):
         per_token = self.per_token(student_logits, teacher_logits)
-        return token_sum_loss(per_token.sum(), torch.tensor(float(per_token.numel())), "distill_kl")
+        return token_sum_loss(per_token.sum(), per_token.new_tensor(float(per_token.numel())), "distill_kl")
