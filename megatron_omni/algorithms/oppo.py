@@ -23,6 +23,7 @@ from megatron_omni.algorithms.step_common import padded_microbatches, step_sampl
 from megatron_omni.data.batch import OmniBatch
 from megatron_omni.kernels import evidence_masked_kl, vocab_parallel_logprob_entropy
 from megatron_omni.models.masking import ModalityMask
+from megatron_omni.parallel.device import step_device
 from megatron_omni.training.step import forward_only
 
 
@@ -81,17 +82,19 @@ class OPPO:
         seq = cfg.train.seq_length
         evidence = [self._evidence(ids, text, sample, p.prompt_length, seq)
                     for ids, text, sample, p in zip(rollouts.completion_ids, rollouts.texts, samples, rollouts.prompts)]
+        device = step_device()
         microbatches = [
-            RLMicroBatch(batch=batch, advantages=advantages[chunk],
-                         evidence={m: torch.stack([evidence[i][m] for i in chunk]) for m in MODALITIES})
+            RLMicroBatch(batch=batch.to(device), advantages=advantages[chunk].to(device),
+                         evidence={m: torch.stack([evidence[i][m] for i in chunk]).to(device) for m in MODALITIES})
             for chunk, batch in padded_microbatches(rollouts.sequences(), cfg.train.micro_batch_size * self.group, seq)
         ]
         self._score(microbatches, step)
 
         metrics = {**rollouts.metrics(rewards), **skip_metrics}
         metrics.update({
-            "evidence_visual_tokens": float(sum(int(m.evidence["visual"].sum()) for m in microbatches)),
-            "evidence_audio_tokens": float(sum(int(m.evidence["audio"].sum()) for m in microbatches)),
+            # Counted on the host copies: no device read.
+            "evidence_visual_tokens": float(sum(int(e["visual"].sum()) for e in evidence)),
+            "evidence_audio_tokens": float(sum(int(e["audio"].sum()) for e in evidence)),
             "kl_beta": self.beta,
         })
         return microbatches, metrics

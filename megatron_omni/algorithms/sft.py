@@ -8,6 +8,7 @@ from megatron_omni.algorithms.lm import masked_token_sum
 from megatron_omni.algorithms.step_common import check_length, split_microbatches, step_samples
 from megatron_omni.data.batch import OmniBatch
 from megatron_omni.data.skips import SampleRules
+from megatron_omni.parallel.device import step_device
 
 
 class SFT:
@@ -19,7 +20,8 @@ class SFT:
 
     def prepare(self, indices: list[int], step: int):
         _, samples, metrics = self.source.load_step(indices)
-        batches = [check_length(self.collator(chunk), self.seq_length)
+        device = step_device()
+        batches = [check_length(self.collator(chunk), self.seq_length).to(device)
                    for chunk in split_microbatches(samples, self.micro_batch_size)]
         return batches, metrics
 

@@ -8,6 +8,7 @@ from megatron_omni.data.batch import pad
 from megatron_omni.data.rope_index import extend_positions
 from megatron_omni.generation.generator import Generator, SamplingConfig
 from megatron_omni.models.masking import ModalityMask
+from megatron_omni.parallel.device import step_device
 
 
 class OmniAdapter:
@@ -31,7 +32,7 @@ def rollout_seed(train_seed: int, step: int, sample_id: str) -> int:
 
 def prompt_media(prompt) -> dict:
     """The OmniModel media arguments of one processed prompt (a padded batch of one)."""
-    return pad([prompt]).model_kwargs()
+    return pad([prompt]).to(step_device()).model_kwargs()
 
 
 def sample_completions(model, prompt, sampling: SamplingConfig, group_size: int, seed: int, vocab_size: int,

@@ -21,6 +21,9 @@ class CompletionRows:
     student: torch.Tensor  # [N, 2] long
     teacher: torch.Tensor  # [N, 2] long
 
+    def to(self, device) -> "CompletionRows":
+        return CompletionRows(self.student.to(device), self.teacher.to(device))
+
     def select(self, logits: torch.Tensor, view: str) -> torch.Tensor:
         """[b, s, V_local] logits -> [N, V_local] rows of ``view`` ("student" or "teacher")."""
         rows = getattr(self, view)

@@ -30,6 +30,7 @@ from megatron_omni.algorithms.step_common import padded_microbatches, step_sampl
 from megatron_omni.data.batch import OmniBatch, pad
 from megatron_omni.data.processor import attach_completion
 from megatron_omni.kernels import vocab_parallel_logprob_entropy
+from megatron_omni.parallel.device import step_device
 from megatron_omni.training.step import forward_only
 
 # Teacher sequences longer than train.seq_length are padded to a multiple of this (one shape for
@@ -103,13 +104,15 @@ class OmniOPSD:
         # The student's shape when the privileged prompt fits: the same computation for the same input.
         longest = max(s.length for s in teacher_sequences)
         teacher_length = max(cfg.train.seq_length, -(-longest // TEACHER_PAD_MULTIPLE) * TEACHER_PAD_MULTIPLE)
-        microbatches = []
+        microbatches, device = [], step_device()
         for chunk, batch in padded_microbatches(rollouts.sequences(), cfg.train.micro_batch_size * self.group,
                                                 cfg.train.seq_length):
             teacher_batch = pad([teacher_sequences[i] for i in chunk], teacher_length)
+            # Aligned on the host copies (it reads token ids), then everything moves to the device.
+            rows = completion_rows(batch, teacher_batch, self.tokenizer)
             microbatches.append(DistillMicroBatch(
-                batch=batch, teacher_batch=teacher_batch, rows=completion_rows(batch, teacher_batch, self.tokenizer),
-                advantages=advantages[chunk] if advantages is not None else None,
+                batch=batch.to(device), teacher_batch=teacher_batch.to(device), rows=rows.to(device),
+                advantages=advantages[chunk].to(device) if advantages is not None else None,
             ))
         if self.teacher_first:
             self._score_teacher(microbatches, teacher_length)
