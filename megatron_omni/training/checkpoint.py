@@ -46,6 +46,7 @@ import random
 import re
 import shutil
 import signal
+import sys
 import threading
 import zlib
 from multiprocessing.managers import SyncManager
@@ -81,7 +82,8 @@ def _shelter_helper(trainer_pid: int) -> None:
     os.setsid()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if sys.platform.startswith("linux"):  # elsewhere an orphaned helper stays until it is killed
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != trainer_pid:  # the trainer died before the line above took effect
         os._exit(1)
 
