@@ -19,7 +19,7 @@ from megatron_omni.algorithms.config import RLRunSections
 from megatron_omni.algorithms.evidence import MODALITIES, evidence_token_masks, token_char_spans
 from megatron_omni.algorithms.grpo import GRPOLoss, group_advantages, kl_beta_at
 from megatron_omni.algorithms.rollouts import collect_rollouts, prompt_rules, stopping_at
-from megatron_omni.algorithms.step_common import padded_microbatches, step_samples
+from megatron_omni.algorithms.step_common import move_chunks, on_step_device, padded_microbatches, step_samples
 from megatron_omni.data.batch import OmniBatch
 from megatron_omni.kernels import evidence_masked_kl, vocab_parallel_logprob_entropy
 from megatron_omni.models.masking import ModalityMask
@@ -31,8 +31,18 @@ from megatron_omni.training.step import forward_only
 class RLMicroBatch:
     batch: OmniBatch
     advantages: torch.Tensor  # [b]
-    evidence: dict[str, torch.Tensor]  # modality -> bool [b, s] over label positions
-    scores: dict = field(default_factory=dict)  # filled by the scoring forwards (last stage only)
+    evidence: dict[str, torch.Tensor]  # modality -> bool [b, s] over label positions, completion tokens only
+    # "completion" and each modality -> long [n, 2] (batch row, position) of its True positions in
+    # row-major order: the rows the scoring forwards keep (their count is known on the host).
+    rows: dict[str, torch.Tensor]
+    # Filled by the scoring forwards (last stage only): "ref_logprobs" fp32 [n_completion];
+    # "masked" modality -> [n_m, V_local] masked-input logits at that modality's evidence rows.
+    scores: dict = field(default_factory=dict)
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """[n, 2] (row, position) of a [b, s] bool mask's True entries, in row-major order."""
+    return mask.nonzero()
 
 
 class OPPO:
@@ -47,6 +57,8 @@ class OPPO:
         self.reward = reward
         self.model_chunks = model_chunks
         self.reference_chunks = reference_chunks
+        if o.offload_reference:
+            move_chunks(reference_chunks, torch.device("cpu"))
         self.pad_token_id = pad_token_id
         self.sampling = stopping_at(o.sampling, stop_token_ids)
         self.loss = GRPOLoss(o.grpo)
@@ -70,6 +82,12 @@ class OPPO:
             out[m][rows] = token_masks[m]
         return out
 
+    def state_dict(self) -> dict:
+        return {"samples": self.prompts.state_dict()}  # the skip counts, checkpointed
+
+    def load_state_dict(self, state: dict) -> None:
+        self.prompts.load_state_dict(state["samples"])
+
     def prepare(self, indices: list[int], step: int):
         cfg = self.cfg
         indices, prompts, skip_metrics = self.prompts.load_step(indices)
@@ -83,11 +101,14 @@ class OPPO:
         evidence = [self._evidence(ids, text, sample, p.prompt_length, seq)
                     for ids, text, sample, p in zip(rollouts.completion_ids, rollouts.texts, samples, rollouts.prompts)]
         device = step_device()
-        microbatches = [
-            RLMicroBatch(batch=batch.to(device), advantages=advantages[chunk].to(device),
-                         evidence={m: torch.stack([evidence[i][m] for i in chunk]).to(device) for m in MODALITIES})
-            for chunk, batch in padded_microbatches(rollouts.sequences(), cfg.train.micro_batch_size * self.group, seq)
-        ]
+        microbatches = []
+        for chunk, batch in padded_microbatches(rollouts.sequences(), cfg.train.micro_batch_size * self.group, seq):
+            # Masks and their rows are made on the host copies: no device read decides what is kept.
+            completion = batch.loss_mask.bool()
+            masks = {m: torch.stack([evidence[i][m] for i in chunk]) & completion for m in MODALITIES}
+            rows = {name: _positions(mask).to(device) for name, mask in (("completion", completion), *masks.items())}
+            microbatches.append(RLMicroBatch(batch=batch.to(device), advantages=advantages[chunk].to(device),
+                                             evidence={m: mask.to(device) for m, mask in masks.items()}, rows=rows))
         self._score(microbatches, step)
 
         metrics = {**rollouts.metrics(rewards), **skip_metrics}
@@ -112,20 +133,37 @@ class OPPO:
         if self.beta and self.reference_chunks is not None:
             def store_ref(mb, logits):
                 lp, _ = vocab_parallel_logprob_entropy(logits.detach(), mb.batch.labels, group=self.tp_group, vocab_size=vocab)
-                mb.scores["ref_logprobs"] = lp
+                rows = mb.rows["completion"]
+                mb.scores["ref_logprobs"] = lp[rows[:, 0], rows[:, 1]]  # the loss reads completion tokens only
 
-            self._forward_only(self.reference_chunks, microbatches, store_ref)
+            with on_step_device(self.reference_chunks, cfg.oppo.offload_reference) as chunks:
+                self._forward_only(chunks, microbatches, store_ref)
         if cfg.oppo.perception_loss:
             for modality in MODALITIES:
-                mask = ModalityMask(modality, cfg.omni.modality_mask_ratio, seed=cfg.train.seed + step)
-
                 def store_masked(mb, logits, modality=modality):
-                    # Kept as the model produced them (TP-sharded, model dtype): no fp32 copy.
-                    mb.scores.setdefault("masked", {})[modality] = logits.detach()
+                    # The loss reads this modality's evidence rows only; kept as the model produced
+                    # them (TP-sharded, model dtype): no fp32 copy, nothing for a micro-batch without evidence.
+                    rows = mb.rows[modality]
+                    mb.scores.setdefault("masked", {})[modality] = logits.detach()[rows[:, 0], rows[:, 1]]
 
+                if not any(len(mb.rows[modality]) for mb in microbatches):
+                    # No evidence of this modality in the step (the same on every rank of the model):
+                    # its term is 0 without its masked forward.
+                    continue
+                mask = ModalityMask(modality, cfg.omni.modality_mask_ratio, seed=cfg.train.seed + step)
                 self._forward_only(self.model_chunks, microbatches, store_masked, modality_mask=mask)
 
     # ------------------------------------------------------------------ loss
+
+    @staticmethod
+    def _ref_logprobs(mb: RLMicroBatch, logprobs: torch.Tensor) -> torch.Tensor | None:
+        """[b, s] reference log-probs from the completion tokens' kept ones; elsewhere the policy's
+        own (detached), so the k3 KL there is exactly 0 and finite whatever the loss mask does."""
+        kept = mb.scores.pop("ref_logprobs", None)
+        if kept is None:
+            return None
+        rows = mb.rows["completion"]
+        return logprobs.detach().index_put((rows[:, 0], rows[:, 1]), kept)
 
     def forward_step(self, mb: RLMicroBatch, model):
         batch = mb.batch
@@ -137,13 +175,15 @@ class OPPO:
             mask = batch.loss_mask
             total, count, metrics = self.loss(
                 logprobs, logprobs.detach(), mb.advantages, mask,
-                ref_logprobs=mb.scores.get("ref_logprobs"), beta=self.beta,
+                ref_logprobs=self._ref_logprobs(mb, logprobs), beta=self.beta,
             )
             metrics["entropy"] = torch.stack([(entropy.detach() * mask).sum(), mask.sum()])
-            if o.perception_loss and "masked" in mb.scores:
-                evidence = {m: mb.evidence[m] & mask.bool() for m in MODALITIES}
+            if o.perception_loss:
+                # Released as they are read; no rows kept: a modality whose masked forward the step skipped.
+                kept, none = mb.scores.pop("masked", {}), logits.new_empty((0, logits.shape[-1]))
+                masked = {m: kept.get(m, none) for m in MODALITIES}
                 term = evidence_masked_kl(
-                    logits, mb.scores["masked"], evidence, gamma=o.perception_gamma, sign=o.perception_sign,
+                    logits, masked, mb.evidence, gamma=o.perception_gamma, sign=o.perception_sign,
                     entropy=entropy, eta=o.perception_eta, vocab_size=vocab, group=self.tp_group,
                 )
                 # L_op is a mean; weighting it by this micro-batch's tokens makes megatron's

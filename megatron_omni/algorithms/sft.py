@@ -18,6 +18,12 @@ class SFT:
         self.collator = collator
         self.micro_batch_size, self.seq_length = micro_batch_size, seq_length
 
+    def state_dict(self) -> dict:
+        return {"samples": self.source.state_dict()}  # the skip counts, checkpointed
+
+    def load_state_dict(self, state: dict) -> None:
+        self.source.load_state_dict(state["samples"])
+
     def prepare(self, indices: list[int], step: int):
         _, samples, metrics = self.source.load_step(indices)
         device = step_device()

@@ -10,11 +10,12 @@ With skips, training keeps every step's shape (the same number of samples on eve
 every micro-batch, as pipeline stages and rollout groups need): a bad sample is replaced by the
 next loadable sample after it in manifest order that this rank's share of the step does not hold
 yet. The choice depends only on the step's indices and the data, so a resumed run makes it
-again. Each data-parallel rank judges what it has seen: when more than
-``data.max_skipped_fraction`` of its samples since the start of the process were skipped (or
-would be, whatever the rest of the step loads), or no loadable sample is left, every rank stops
-the run together (one small all-reduce per step) with a `TooManySkippedError` saying what was
-skipped and why. Evaluation leaves a bad sample out and judges the share after each batch.
+again. The share is judged on the samples every data-parallel rank has seen since the run began
+(the counts are checkpointed, `state_dict`), plus what this rank's step has loaded: when more
+than ``data.max_skipped_fraction`` of them were skipped (or would be, whatever the rest of the
+step loads), or no loadable sample is left, every rank stops the run together (one small
+all-reduce per step) with a `TooManySkippedError` saying what was skipped and why. Evaluation
+leaves a bad sample out and judges the share after each batch.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import torch.distributed as dist
 from megatron_omni.data.dataset import OmniDataset
 from megatron_omni.data.errors import DataError, MediaError, MissingLabelError, SampleTooLongError, TooManySkippedError
 from megatron_omni.data.processor import ProcessedSample
+from megatron_omni.parallel.device import step_device
 
 _KINDS = ((MediaError, "bad media"), (MissingLabelError, "missing label"), (SampleTooLongError, "over the length budget"))
 
@@ -56,10 +58,18 @@ class SampleSource:
         self.dataset, self.rules = dataset, rules
         self.skip, self.max_fraction = cfg.skip_bad_samples, cfg.max_skipped_fraction
         self.group, self.announce = group, announce
-        self.seen = self.skipped = 0  # this process's, since it started
-        self.kinds: Counter[str] = Counter()
+        # Training: the group's counts before this step plus this rank's in the step (evaluation:
+        # this process's).
+        self.seen = self.skipped = 0
+        self.kinds: Counter[str] = Counter()  # this process's, for the stop message
         self.examples: dict[str, str] = {}  # kind -> its first reason
-        self.total_seen = self.total_skipped = 0  # over the group's ranks
+        self.total_seen = self.total_skipped = 0  # over the group's ranks, since the run began
+
+    def state_dict(self) -> dict:
+        return {"seen": self.total_seen, "skipped": self.total_skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.total_seen, self.total_skipped = state["seen"], state["skipped"]
 
     def load(self, index: int) -> ProcessedSample:
         """Sample ``index`` under the rules; raises a `DataError` naming the sample."""
@@ -105,7 +115,7 @@ class SampleSource:
 
     def load_step(self, indices: list[int]) -> tuple[list[int], list[ProcessedSample], dict[str, float]]:
         """This rank's samples of a training step, bad ones replaced: (indices used, samples, metrics)."""
-        seen, skipped = self.seen, self.skipped
+        self.seen, self.skipped = seen, skipped = self.total_seen, self.total_skipped
         taken = set(indices)  # a replacement is none of the step's own samples
         used: list[int] = []
         items: list[ProcessedSample] = []
@@ -127,15 +137,18 @@ class SampleSource:
             used.append(chosen)
             items.append(item)
         over = self._over_limit()
-        counts = torch.tensor([self.seen - seen, self.skipped - skipped, float(over), float(exhausted)], dtype=torch.float64)
+        counts = [self.seen - seen, self.skipped - skipped, float(over), float(exhausted)]
         if self.group is not None and self.skip:  # without skips a bad sample has raised already
-            dist.all_reduce(counts, group=self.group)
-        self.total_seen += int(counts[0])
-        self.total_skipped += int(counts[1])
-        if counts[2] or counts[3]:
-            problem = "too many samples were skipped" if counts[2] else "a step found no usable sample"
+            reduced = torch.tensor(counts, dtype=torch.float64, device=step_device())
+            dist.all_reduce(reduced, group=self.group)
+            counts = reduced.tolist()  # the stop decision is made in Python
+        step_seen, step_skipped, over_anywhere, exhausted_anywhere = (int(c) for c in counts)
+        self.total_seen += step_seen
+        self.total_skipped += step_skipped
+        if over_anywhere or exhausted_anywhere:
+            problem = "too many samples were skipped" if over_anywhere else "a step found no usable sample"
             raise TooManySkippedError(self._stop_message(problem))
-        return used, items, {"skipped_samples": float(counts[1]), "skipped_samples_total": float(self.total_skipped)}
+        return used, items, {"skipped_samples": float(step_skipped), "skipped_samples_total": float(self.total_skipped)}
 
     def _stop_message(self, problem: str) -> str:
         kinds = "; ".join(f"{count} {kind} (e.g. {self.examples[kind]})" for kind, count in self.kinds.most_common())

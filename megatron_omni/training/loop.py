@@ -5,7 +5,9 @@ An algorithm object has two methods:
       (collation; for RL: rollouts, rewards and the no-grad scoring forwards);
   forward_step(micro_batch, model) -> (output, loss_func): the megatron forward step.
 and optionally checkpointed_models() -> {name: model chunks}: further models the algorithm
-trains besides the policy (an EMA teacher), saved and resumed with the checkpoint.
+trains besides the policy (an EMA teacher), saved and resumed with the checkpoint, and
+state_dict() / load_state_dict(state): its host-side state (the counts of skipped samples), the
+same on every rank, saved with rank 0's run state.
 """
 from __future__ import annotations
 
@@ -84,7 +86,7 @@ def checkpointed_models(algorithm) -> dict:
 
 
 def resume_if_possible(cfg: RunConfig, model_chunks, optimizer, scheduler, sampler: ResumableBatchSampler,
-                       extra_models: dict) -> TrainState:
+                       algorithm: Algorithm, extra_models: dict) -> TrainState:
     """Load the newest usable checkpoint from ``train.load_dir`` (or ``train.save_dir``), after
     removing the unfinished saves an earlier run left in ``train.save_dir``."""
     if cfg.train.save_dir:
@@ -96,6 +98,8 @@ def resume_if_possible(cfg: RunConfig, model_chunks, optimizer, scheduler, sampl
     ckpt, run_state = found
     scheduler.load_state_dict(run_state["scheduler"])
     sampler.load_state_dict(run_state["sampler"])
+    if run_state.get("algorithm") is not None and hasattr(algorithm, "load_state_dict"):
+        algorithm.load_state_dict(run_state["algorithm"])
     _say(f"[train] resumed from {ckpt} at step {run_state['step']}")
     return TrainState(step=run_state["step"], nonfinite_total=run_state.get("nonfinite_total", 0))
 
@@ -104,7 +108,7 @@ def train(cfg: RunConfig, model_chunks, optimizer, scheduler, sampler: Resumable
     """Run ``cfg.train.steps`` optimizer steps (continuing a resumed run); returns this run's metrics."""
     t = cfg.train
     extra_models = checkpointed_models(algorithm)
-    state = resume_if_possible(cfg, model_chunks, optimizer, scheduler, sampler, extra_models)
+    state = resume_if_possible(cfg, model_chunks, optimizer, scheduler, sampler, algorithm, extra_models)
     if t.save_dir:
         start_writer_helper()
     rank0 = dist.get_rank() == 0
@@ -120,7 +124,8 @@ def train(cfg: RunConfig, model_chunks, optimizer, scheduler, sampler: Resumable
             save_checkpoint(
                 t.save_dir, state.step, model_chunks, optimizer,
                 {"scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
-                 "nonfinite_total": state.nonfinite_total},
+                 "nonfinite_total": state.nonfinite_total,
+                 "algorithm": algorithm.state_dict() if hasattr(algorithm, "state_dict") else None},
                 keep_last=t.keep_last_checkpoints, extra_models=extra_models,
             )
             saved_at = state.step

@@ -63,6 +63,21 @@ def test_skipped_samples_are_printed_counted_and_replaced_by_the_next_loadable(m
     assert src.load_step([0, 5])[2] == {"skipped_samples": 0.0, "skipped_samples_total": 2.0}
 
 
+def test_a_resumed_run_counts_on_from_the_checkpointed_state(manifest, make_processor):
+    def run(steps, state=None):
+        src = source(manifest, make_processor, skip_bad_samples=True, max_skipped_fraction=0.7)
+        if state is not None:
+            src.load_state_dict(state)
+        return [src.load_step(indices)[2] for indices in steps], src.state_dict()
+
+    steps = [[1, 2], [0, 5], [3, 4]]
+    whole, _ = run(steps)
+    first, state = run(steps[:1])
+    rest, _ = run(steps[1:], state)
+    assert whole[-1] == {"skipped_samples": 1.0, "skipped_samples_total": 3.0}
+    assert first + rest == whole
+
+
 def test_too_many_skips_stop_with_what_was_skipped_and_why(manifest, make_processor):
     src = source(manifest, make_processor, skip_bad_samples=True, max_skipped_fraction=0.1)
     src.load_step([0, 2])
@@ -121,7 +136,8 @@ def test_sft_job_whose_media_all_fail_stops_with_the_message(tmp_path, toy_set):
     assert proc.returncode != 0
     first = moved[[c.id for c in moved].index(proc.stdout.split("[data] skipped sample ")[1].split()[0])]
     assert f"(bad media): {first.video} (sample {first.id} at {manifest}, line" in proc.stdout
-    assert "TooManySkippedError: stopping: too many samples were skipped (1 of 1 samples seen so far" in proc.stderr
+    assert "data error: stopping: too many samples were skipped (1 of 1 samples seen so far" in proc.stderr
+    assert "Traceback" not in proc.stderr
     assert "skipped on this rank: 1 bad media" in proc.stderr
     metrics = out / "metrics.jsonl"
     assert not (out / "ckpt" / "latest").exists() and not (metrics.is_file() and metrics.read_text())

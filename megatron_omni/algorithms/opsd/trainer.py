@@ -10,7 +10,9 @@ One step, as the loop sees it:
 At PP = 1 the teacher runs inside each micro-batch's forward step, interleaved with the student,
 so only one micro-batch of teacher logits ([completion tokens x V/TP], model dtype) exists at a
 time. With pipeline stages the teacher needs a schedule of its own: it runs one forward-only pass
-over the step's micro-batches first and the last stage keeps just their completion rows.
+over the step's micro-batches first and the last stage keeps just their completion rows. An
+offloaded teacher (opsd.offload_teacher) is scored first the same way at any PP, on the step device
+for that pass only.
 """
 from __future__ import annotations
 
@@ -67,8 +69,11 @@ class OmniOPSD:
         self.tp_group = parallel_state.get_tensor_model_parallel_group()
         self.loss = DistillationLoss(o.loss, cfg.model.vocab_size, self.tp_group)
         self.grpo = GRPOLoss(o.grpo) if o.grpo_weight else None
-        # Pipeline stages need the teacher scored up front (its own forward-only schedule).
-        self.teacher_first = parallel_state.get_pipeline_model_parallel_world_size() > 1
+        if o.offload_teacher:
+            teacher.offload()
+        # Pipeline stages need the teacher scored up front (its own forward-only schedule); so
+        # does an offloaded teacher, on the device for that pass only.
+        self.teacher_first = parallel_state.get_pipeline_model_parallel_world_size() > 1 or o.offload_teacher
         self.teacher_seconds = 0.0  # this step's teacher forwards (read by tools/bench_opsd.py)
 
     def checkpointed_models(self) -> dict:
@@ -81,6 +86,12 @@ class OmniOPSD:
         dataset = self.prompts.dataset
         return dataset.processor.process(dataset.samples[index], student_prompt.media, with_target=False,
                                          privileged=self.cfg.opsd.privileged)
+
+    def state_dict(self) -> dict:
+        return {"samples": self.prompts.state_dict()}  # the skip counts, checkpointed
+
+    def load_state_dict(self, state: dict) -> None:
+        self.prompts.load_state_dict(state["samples"])
 
     def prepare(self, indices: list[int], step: int):
         cfg = self.cfg
@@ -128,8 +139,9 @@ class OmniOPSD:
             mb.teacher_logits = mb.rows.select(logits.detach(), "teacher")
 
         started = time.perf_counter()
-        forward_only(self.teacher.model_chunks(self.model_chunks), microbatches, lambda mb: mb.teacher_batch, store,
-                     teacher_length, self.cfg.train.micro_batch_size * self.group)
+        with self.teacher.scoring(self.model_chunks) as chunks:
+            forward_only(chunks, microbatches, lambda mb: mb.teacher_batch, store, teacher_length,
+                         self.cfg.train.micro_batch_size * self.group)
         self.teacher_seconds += time.perf_counter() - started
 
     # ------------------------------------------------------------------ loss
