@@ -1,8 +1,10 @@
-"""Reading and writing Hugging Face safetensors folders, one shard (one tensor) at a time.
+"""Reading and writing Hugging Face safetensors folders, one tensor at a time.
 
 Reading takes every tensor's shape and dtype from the file headers first, so key and shape
-problems are reported before any weight is read. Writing fills shards up to a size limit and
-names them as transformers does (``model-00001-of-00003.safetensors`` + index).
+problems are reported before any weight is read; a tensor is then read with plain file reads
+straight into its own buffer (no memory map, so no pages of the shard stay resident). Writing
+fills shards up to a size limit and names them as transformers does
+(``model-00001-of-00003.safetensors`` + index).
 """
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from megatron_omni.convert.errors import ConversionError
@@ -26,6 +27,7 @@ THINKER_PREFIX = "thinker."
 NON_THINKER_PREFIXES = ("talker.", "token2wav.")
 
 _SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+_HEADER_LENGTH_BYTES = 8  # a safetensors file starts with the header's length, little-endian
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,24 @@ class TensorInfo:
     key: str  # the key as stored in the file
     shape: tuple[int, ...]
     dtype: torch.dtype | None
+    offset: int  # of the tensor's bytes in the file
+    nbytes: int
+
+
+def _read_header(path: Path) -> dict[str, TensorInfo]:
+    """Every tensor of a safetensors file, from its JSON header."""
+    try:
+        with path.open("rb") as fh:
+            length = int.from_bytes(fh.read(_HEADER_LENGTH_BYTES), "little")
+            header = json.loads(fh.read(length))
+    except (OSError, ValueError) as exc:
+        raise ConversionError(f"{path}: not a safetensors file ({exc})") from None
+    start = _HEADER_LENGTH_BYTES + length
+    return {
+        key: TensorInfo(path.name, key, tuple(entry["shape"]), _SAFETENSORS_DTYPES.get(entry["dtype"]),
+                        start + entry["data_offsets"][0], entry["data_offsets"][1] - entry["data_offsets"][0])
+        for key, entry in header.items() if key != "__metadata__"
+    }
 
 
 def _shard_files(folder: Path) -> list[str]:
@@ -69,10 +89,7 @@ class HFCheckpoint:
         self.files = _shard_files(self.folder)
         stored: dict[str, TensorInfo] = {}
         for name in self.files:
-            with safe_open(self.folder / name, framework="pt") as handle:
-                for key in handle.keys():
-                    piece = handle.get_slice(key)
-                    stored[key] = TensorInfo(name, key, tuple(piece.get_shape()), _SAFETENSORS_DTYPES.get(piece.get_dtype()))
+            stored.update(_read_header(self.folder / name))
         self.speech = {k: info for k, info in stored.items() if k.startswith(NON_THINKER_PREFIXES)}
         kept = [k for k in stored if k not in self.speech]
         # A full checkpoint prefixes every thinker key; a thinker folder prefixes none. Keys that
@@ -89,9 +106,15 @@ class HFCheckpoint:
         return {info.dtype for info in self.tensors.values()}
 
     def read(self, info: TensorInfo) -> torch.Tensor:
-        """One tensor; the file is mapped only while it is read, so its pages do not stay resident."""
-        with safe_open(self.folder / info.file, framework="pt") as handle:
-            return handle.get_tensor(info.key)
+        """One tensor, read into a buffer of its own size."""
+        if info.dtype is None:
+            raise ConversionError(f"{self.folder / info.file}: {info.key} has a dtype this converter does not read")
+        buffer = torch.empty(info.nbytes, dtype=torch.uint8)
+        with (self.folder / info.file).open("rb") as fh:
+            fh.seek(info.offset)
+            if fh.readinto(buffer.numpy()) != info.nbytes:
+                raise ConversionError(f"{self.folder / info.file}: truncated ({info.key} ends past the end of the file)")
+        return buffer.view(info.dtype).reshape(info.shape)
 
     def largest_file_bytes(self) -> int:
         return max((self.folder / name).stat().st_size for name in self.files)
