@@ -45,6 +45,7 @@ SUITES = [
     # TP / PP / TPxPP / interleaved PP / distributed optimizer / resharded checkpoint vs one process.
     Suite("test_parallel_equivalence.py", 4),
     Suite("test_cpu_compat.py", 2),
+    Suite("test_recompute.py", 2),  # decoder recompute at TP=2 / PP=2 and tower recompute vs none
     Suite("test_rollout.py", 4),
     Suite("test_decoder_job.py", 2),
     Suite("test_fault_handling.py", 2),  # NaN steps, SIGTERM (kill -9: tests/training/)

@@ -79,9 +79,53 @@ class PrecisionConfig:
             )
 
 
+@dataclass
+class RecomputeConfig:
+    """Activation recompute: megatron's for the decoder, per-block checkpoints for the towers.
+
+    ``granularity: full`` keeps only each recompute unit's input and runs its layers again in the
+    backward; ``method: uniform`` makes every ``num_layers`` consecutive layers of a stage (or
+    virtual stage) one unit, ``method: block`` recomputes the first ``num_layers`` layers of each
+    stage one at a time and keeps the rest. ``granularity: selective`` recomputes only the core
+    attention (softmax(QK^T)V, megatron's default module), so the s x s scores are not kept.
+    """
+
+    granularity: Literal["full", "selective"] | None = None
+    method: Literal["uniform", "block"] | None = None
+    num_layers: int | None = None
+    # Checkpoint every block of the vision and audio towers (torch.utils.checkpoint through
+    # transformers' gradient checkpointing); frozen towers keep no activations either way.
+    towers: bool = False
+
+    def validate(self, key: str) -> None:
+        if self.granularity == "full":
+            if self.method is None or self.num_layers is None:
+                raise ConfigError(f"{key}.granularity=full needs {key}.method (uniform or block) and {key}.num_layers")
+            if self.num_layers < 1:
+                raise ConfigError(f"{key}.num_layers must be >= 1, got {self.num_layers}")
+        elif self.method is not None or self.num_layers is not None:
+            raise ConfigError(f"{key}.method and {key}.num_layers apply to {key}.granularity=full only "
+                              f"(granularity is {self.granularity!r}): set them to null")
+
+
+def check_recompute(recompute: RecomputeConfig, layers_per_chunk: int, key: str = "recompute") -> None:
+    """The rules between ``recompute`` and the layout: a uniform unit must tile a stage's (or
+    virtual stage's) layers, a block count must not exceed them."""
+    if recompute.granularity != "full":
+        return
+    n = recompute.num_layers
+    if recompute.method == "uniform" and layers_per_chunk % n:
+        raise ConfigError(f"{key}.num_layers ({n}) must divide the {layers_per_chunk} decoder layers of each pipeline "
+                          f"stage (model.num_layers / (PP x VPP)) for {key}.method=uniform")
+    if recompute.method == "block" and n > layers_per_chunk:
+        raise ConfigError(f"{key}.num_layers ({n}) exceeds the {layers_per_chunk} decoder layers of each pipeline "
+                          f"stage (model.num_layers / (PP x VPP)) for {key}.method=block")
+
+
 class ModelSections(Protocol):
     """What the model builders read of a run's config (any run config has these sections)."""
 
     model: ModelConfig
     parallel: ParallelConfig
     precision: PrecisionConfig
+    recompute: RecomputeConfig

@@ -33,7 +33,7 @@ def uses_transformer_engine(cfg: ModelSections) -> bool:
 
 def transformer_config(cfg: ModelSections) -> TransformerConfig:
     """Qwen2.5: RMSNorm, SwiGLU, GQA, bias on QKV only, RoPE theta from the config."""
-    m, p, prec = cfg.model, cfg.parallel, cfg.precision
+    m, p, prec, rc = cfg.model, cfg.parallel, cfg.precision, cfg.recompute
     dtype = _DTYPES[prec.params_dtype]
     on_gpu = torch.cuda.is_available()
     return TransformerConfig(
@@ -62,6 +62,9 @@ def transformer_config(cfg: ModelSections) -> TransformerConfig:
         fp16=prec.params_dtype == "fp16",
         fp8=prec.fp8,
         fp8_recipe=prec.fp8_recipe,
+        recompute_granularity=rc.granularity,
+        recompute_method=rc.method,
+        recompute_num_layers=rc.num_layers,
         # CPU initialisation draws the full weight from one generator and slices it, so a TP run
         # starts from exactly the weights of the single-process run.
         use_cpu_initialization=True,

@@ -60,6 +60,13 @@ def build_audio_encoder(
     return _build_tower(Qwen2_5OmniAudioEncoder, hf_audio_config(cfg), dtype, attn_implementation, initialize)
 
 
+def checkpoint_blocks(tower: torch.nn.Module) -> None:
+    """Recompute each block of a tower in the backward instead of keeping its activations
+    (transformers' gradient checkpointing: torch.utils.checkpoint around every block, in
+    training mode only). Non-reentrant, so frozen inputs and frozen towers need no workaround."""
+    tower.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+
+
 def cast_parameters(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     """Cast parameters only: rotary frequency buffers stay fp32, as in transformers' bf16 models."""
     for param in module.parameters():

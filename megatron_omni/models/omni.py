@@ -33,6 +33,7 @@ from megatron_omni.models.decoder import build_decoder, transformer_config
 from megatron_omni.models.encoders import (
     build_audio_encoder,
     build_vision_encoder,
+    checkpoint_blocks,
     encode_audio,
     encode_vision,
     fp32_buffers,
@@ -215,4 +216,8 @@ def build_omni_model(
     language_model = build_decoder(
         cfg, pre_process, post_process, vp_stage, config=config, scatter_embedding_sequence_parallel=False
     )
-    return OmniModel(config, omni, language_model, cfg.model.vocab_size, initialize)
+    model = OmniModel(config, omni, language_model, cfg.model.vocab_size, initialize)
+    if cfg.recompute.towers and model.pre_process:
+        checkpoint_blocks(model.visual)
+        checkpoint_blocks(model.audio_tower)
+    return model

@@ -19,6 +19,10 @@ the GPU path runs megatron-core untouched.
 6. ``inference.communication_utils._is_cuda`` (asserts ``tensor.is_cuda`` before the pipeline
    broadcasts of generation): accepts any non-None tensor. ``is_cuda`` is a property that a
    ``TorchFunctionMode`` cannot intercept.
+7. ``tensor_parallel.random._get_cuda_rng_state`` / ``_set_cuda_rng_state`` (activation
+   recompute's ``CheckpointFunction`` saves and restores the CUDA generator): no CUDA generator
+   exists, so there is no state; the CPU generator and the tracker's states, which recompute
+   saves beside it, are all there is (tests/dist/test_recompute.py).
 """
 from __future__ import annotations
 
@@ -141,6 +145,10 @@ def apply_cpu_compat() -> bool:
     from megatron.core.inference import communication_utils
 
     communication_utils._is_cuda = _require_tensor  # patch 6
+    from megatron.core.tensor_parallel import random as mrandom
+
+    mrandom._get_cuda_rng_state = lambda *a, **k: None  # patch 7
+    mrandom._set_cuda_rng_state = lambda *a, **k: None
     _applied = True
     return True
 

@@ -8,7 +8,13 @@ from pathlib import Path
 from typing import Literal
 
 from megatron_omni.config import ConfigError, load_config, validate_sections
-from megatron_omni.models.config import ModelConfig, PrecisionConfig, transformer_engine_available
+from megatron_omni.models.config import (
+    ModelConfig,
+    PrecisionConfig,
+    RecomputeConfig,
+    check_recompute,
+    transformer_engine_available,
+)
 from megatron_omni.parallel.config import ParallelConfig
 
 
@@ -109,6 +115,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    recompute: RecomputeConfig = field(default_factory=RecomputeConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -144,6 +151,7 @@ class RunConfig:
         if m.num_layers % (pp * (vpp or 1)):
             what = f"pipeline_model_parallel_size ({pp})" + (f" x virtual_pipeline_model_parallel_size ({vpp})" if vpp else "")
             raise ConfigError(f"parallel.{what} must divide model.num_layers ({m.num_layers})")
+        check_recompute(self.recompute, m.num_layers // (pp * (vpp or 1)))
         if p.sequence_parallel and not (self.precision.transformer_engine and transformer_engine_available()):
             # megatron-core's plain-torch layer spec refuses sequence parallelism.
             raise ConfigError("parallel.sequence_parallel needs the Transformer Engine layer spec (CUDA with Transformer Engine)")
