@@ -33,6 +33,7 @@ from megatron_omni.convert.model_config_file import (
     write_model_config,
 )
 from megatron_omni.training.checkpoint import (
+    COMPLETE,
     _write_manifest,  # the manifest load_checkpoint verifies, for folders written here
     complete_checkpoints,
     iteration_dir,
@@ -120,13 +121,14 @@ def save_model_checkpoint(
     try:
         save_checkpoint(tmp, 0, model_chunks, None, run_state={"model_only": True})
         if rank0:
-            # Weights only: RNG states restored from here would clobber the loading run's seeds.
+            # Weights only: RNG states restored from here would clobber the loading run's seeds;
+            # the manifest is written again without them.
             shutil.rmtree(iteration_dir(tmp, 0) / "rng")
+            (iteration_dir(tmp, 0) / COMPLETE).unlink()
             write_model_config(tmp, model_config)
             if assets_from is not None:
                 copy_assets(Path(assets_from), tmp / ASSETS_DIR)
         dist.barrier()
-        # A single-process save (the converters) re-lists the files without the RNG states.
         _write_manifest(iteration_dir(tmp, 0), 0)
     except BaseException:
         if rank0:
