@@ -40,3 +40,12 @@ def test_tool_reports_a_refused_checkpoint(tmp_path, capsys):
     code = load_tool("convert_hf_to_megatron").main(["--hf-dir", str(tmp_path / "hf"), "--out-dir", str(tmp_path / "out")])
     assert code == 1
     assert "error:" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_export_tool_picks_the_iteration(converted_thinker, megatron_world, tmp_path, capsys):
+    to_hf = load_tool("convert_megatron_to_hf")
+    base = ["--checkpoint", str(converted_thinker.megatron_dir)]
+    assert to_hf.main([*base, "--iteration", "3", "--out-dir", str(tmp_path / "missing")]) == 1
+    assert "no complete checkpoint of iteration 3; complete ones: ['iter_0000000']" in capsys.readouterr().err
+    assert to_hf.main([*base, "--iteration", "0", "--out-dir", str(tmp_path / "hf")]) == 0
+    assert_bit_identical(read_folder(tmp_path / "hf"), read_folder(converted_thinker.hf_dir))
