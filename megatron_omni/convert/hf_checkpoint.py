@@ -26,7 +26,9 @@ THINKER_PREFIX = "thinker."
 # Parts of a full Qwen2.5-Omni checkpoint that are not the thinker (speech generation).
 NON_THINKER_PREFIXES = ("talker.", "token2wav.")
 
-_SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
 _HEADER_LENGTH_BYTES = 8  # a safetensors file starts with the header's length, little-endian
 
 
