@@ -7,7 +7,8 @@ Two modalities ("visual", "audio"), each the evidence of a random `--evidence-fr
 tokens. The KLs run over all tokens' logits but only the evidence rows are computed. Floor (bf16),
 per modality: 4 bytes per element forward, 10 forward + backward (as `vocab_parallel_kl`), so 8 and
 20 for the two. Reports time (best of N), achieved bandwidth, peak extra memory and the ratios
-against eager. Variants: fused, eager, compiled.
+against eager. Variants: fused, fused_rows (the masked logits given as their evidence rows only,
+[n_m, V], as OPPO keeps them: the full-input rows are gathered inside), eager, compiled.
 
     python tools/bench_kernel_evidence_masked_kl.py        # CUDA: T in {2048, 8192} x V in {32000, 152064}
     python tools/bench_kernel_evidence_masked_kl.py --device cpu --tokens 2048 --vocab 32000
@@ -29,16 +30,18 @@ def make_inputs(args, tokens: int, vocab: int) -> tuple:
     full = random_logits(args, tokens, vocab, gen).requires_grad_()
     masked = {m: random_logits(args, tokens, vocab, gen) for m in MODALITIES}
     masks = {m: torch.rand(tokens, generator=gen, device=args.device) < args.evidence_fraction for m in MODALITIES}
-    return full, masked, masks
+    rows = {m: masked[m][masks[m]] for m in MODALITIES}
+    return full, masked, masks, rows
 
 
 def make_variants(args) -> dict[str, Variant]:
     kw = dict(gamma=0.5, temperature=args.temperature)
 
-    def eager(full, masked, masks):
+    def eager(full, masked, masks, rows):
         return evidence_masked_kl_reference(full, masked, masks, **kw)
 
-    out = {"fused": Variant(lambda full, masked, masks: evidence_masked_kl(full, masked, masks, **kw).loss),
+    out = {"fused": Variant(lambda full, masked, masks, rows: evidence_masked_kl(full, masked, masks, **kw).loss),
+           "fused_rows": Variant(lambda full, masked, masks, rows: evidence_masked_kl(full, rows, masks, **kw).loss),
            "eager": Variant(eager)}
     if not args.no_compile:
         out["compiled"] = Variant(torch.compile(eager, dynamic=False))

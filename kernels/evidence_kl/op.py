@@ -57,7 +57,9 @@ def evidence_masked_kl(
     Args:
         full_logits: [..., V_local] logits of the full-input forward (requires grad).
         masked_logits: modality -> logits of the forward with that modality masked (no grad;
-            they are detached here), same shape as `full_logits`.
+            they are detached here): shaped like `full_logits`, or only that modality's
+            evidence rows, [n_m, V_local] in the row-major order of `evidence_masks[m]` (what a
+            caller keeps between the masked forward and the loss: n_m may be 0).
         evidence_masks: modality -> bool [...] marking that modality's evidence tokens; same keys.
         gamma, sign: weight and sign of the KL term.
         entropy, eta: optional per-token entropy [...] and its weight.
@@ -72,14 +74,15 @@ def evidence_masked_kl(
     kl_per_token, kl_mean, n_evidence = {}, {}, {}
     kl_sum = full_logits.new_zeros((), dtype=torch.float32)
     for modality, masked in masked_logits.items():
-        if not isinstance(masked, Tensor) or masked.shape != full_logits.shape:
-            fail(f"masked_logits[{modality!r}]", f"must be a tensor shaped like full_logits {tuple(full_logits.shape)}, "
-                 f"got {tuple(getattr(masked, 'shape', ())) or type(masked).__name__}")
         mask = evidence_masks[modality]
-        kl = vocab_parallel_kl(
-            full_logits, masked.detach(), mode="reverse", temperature=temperature, vocab_size=vocab_size,
-            row_mask=mask, group=group, backend=backend,
-        )
+        if _evidence_rows_only(masked, full_logits, modality):
+            kl = _kl_on_evidence_rows(full_logits, masked, mask, modality, temperature=temperature,
+                                      vocab_size=vocab_size, group=group, backend=backend)
+        else:
+            kl = vocab_parallel_kl(
+                full_logits, masked.detach(), mode="reverse", temperature=temperature, vocab_size=vocab_size,
+                row_mask=mask, group=group, backend=backend,
+            )
         # No host read of the count: the masked rows' KL is zero, so a sample without evidence
         # gives 0 / 1 = 0 without a branch that would synchronise the GPU.
         n = mask.sum()
@@ -90,6 +93,34 @@ def evidence_masked_kl(
     if eta:
         loss = loss + eta * _mean_entropy_on_evidence(entropy, evidence_masks)
     return EvidenceKL(loss=loss, kl_per_token=kl_per_token, kl_mean=kl_mean, n_evidence=n_evidence)
+
+
+def _evidence_rows_only(masked, full_logits: Tensor, modality: str) -> bool:
+    """Whether ``masked`` holds evidence rows only ([n, V_local]) rather than all of full_logits'
+    rows. With [T, V_local] full logits, n == T reads as all rows: were they evidence rows, the
+    mask would mark every row and both readings agree."""
+    if isinstance(masked, Tensor) and masked.shape == full_logits.shape:
+        return False
+    if isinstance(masked, Tensor) and masked.dim() == 2 and masked.shape[1] == full_logits.shape[-1]:
+        return True
+    fail(f"masked_logits[{modality!r}]", f"must be a tensor shaped like full_logits {tuple(full_logits.shape)} or "
+         f"its evidence rows [n, {full_logits.shape[-1]}], got "
+         f"{tuple(getattr(masked, 'shape', ())) or type(masked).__name__}")
+
+
+def _kl_on_evidence_rows(full_logits: Tensor, masked_rows: Tensor, mask: Tensor, modality: str, **kl_options) -> Tensor:
+    """Per-token KL shaped like ``mask`` from the masked logits of its True rows only: the
+    full-input rows there are gathered (their gradient scatters back), the rest stay 0."""
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.shape != full_logits.shape[:-1]:
+        fail(f"evidence_masks[{modality!r}]", f"must be a bool tensor shaped {tuple(full_logits.shape[:-1])}, got "
+             f"{getattr(mask, 'dtype', type(mask).__name__)} {tuple(getattr(mask, 'shape', ()))}")
+    full_rows = full_logits[mask]
+    if full_rows.shape[0] != masked_rows.shape[0]:
+        fail(f"masked_logits[{modality!r}]", f"holds {masked_rows.shape[0]} evidence rows, "
+             f"evidence_masks[{modality!r}] marks {full_rows.shape[0]}")
+    kl_rows = vocab_parallel_kl(full_rows, masked_rows.detach(), mode="reverse", **kl_options)
+    # Scattered back so the token sum runs over the same [...] tensor as with full-shape logits.
+    return kl_rows.new_zeros(mask.shape).masked_scatter(mask, kl_rows)
 
 
 def _mean_entropy_on_evidence(entropy: Tensor | None, evidence_masks: Mapping[str, Tensor]) -> Tensor:

@@ -30,12 +30,15 @@ def evidence_masked_kl_reference(
 ) -> Tensor:
     """The scalar loss s * gamma * sum_m mean_{evidence_m} KL(pi_full || pi_m masked)
     + eta * mean_{any evidence} H, computed in `dtype`; gradients reach `full_logits` (and
-    `entropy`) only."""
+    `entropy`) only. ``masked_logits[m]`` is shaped like `full_logits` or holds the rows of
+    ``evidence_masks[m]`` only, as in `evidence_masked_kl`."""
     kl_sum = full_logits.new_zeros((), dtype=dtype)
     for modality, masked in masked_logits.items():
-        kl = kl_reference(full_logits, masked.detach(), "reverse", temperature=temperature, vocab_size=vocab_size,
-                          dtype=dtype)
-        kl_sum = kl_sum + _mean_over(kl, evidence_masks[modality])
+        full, mask = full_logits, evidence_masks[modality]
+        if masked.shape != full_logits.shape:  # the masked logits of the evidence rows only
+            full, mask = full_logits[mask], torch.ones(masked.shape[0], dtype=torch.bool, device=mask.device)
+        kl = kl_reference(full, masked.detach(), "reverse", temperature=temperature, vocab_size=vocab_size, dtype=dtype)
+        kl_sum = kl_sum + _mean_over(kl, mask)
     loss = SIGNS[sign] * gamma * kl_sum
     if eta:
         any_evidence = torch.stack(list(evidence_masks.values())).any(dim=0)

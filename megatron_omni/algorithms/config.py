@@ -35,11 +35,18 @@ class OPPOConfig:
     perception_eta: float = 1e-4
     perception_sign: Literal["reward_divergence", "penalize_divergence"] = "reward_divergence"
     perception_loss: bool = True
+    # Keep the frozen reference's weights on the CPU between its scoring forwards (moved to the
+    # step device for them): its weights leave the GPU during rollouts and training, at the cost
+    # of two host-device copies of them per step.
+    offload_reference: bool = False
 
     def validate(self, key: str) -> None:
         for name in ("perception_gamma", "perception_eta"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{key}.{name} must be >= 0 (perception_sign sets the direction), got {getattr(self, name)}")
+        if self.offload_reference and not self.grpo.kl_beta:
+            raise ConfigError(f"{key}.offload_reference=true needs a reference model, which exists only with "
+                              f"{key}.grpo.kl_beta > 0 (it is 0)")
 
 
 class RLRunSections(Protocol):

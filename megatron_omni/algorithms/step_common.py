@@ -1,7 +1,10 @@
 """What every algorithm's step shares: its samples (skips, replacements), micro-batch splitting,
-the pipeline's fixed sequence length, padded micro-batches, and the (token sum, token count,
-metrics) return megatron's schedule expects from a loss function."""
+the pipeline's fixed sequence length, padded micro-batches, the (token sum, token count, metrics)
+return megatron's schedule expects from a loss function, and frozen models kept on the CPU
+between their forwards."""
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import torch
 
@@ -9,6 +12,7 @@ from megatron_omni.data.batch import OmniBatch, pad
 from megatron_omni.data.dataset import OmniDataset
 from megatron_omni.data.processor import ProcessedSample
 from megatron_omni.data.skips import SampleRules, SampleSource
+from megatron_omni.parallel.device import step_device
 
 
 def step_samples(dataset: OmniDataset, rules: SampleRules) -> SampleSource:
@@ -45,3 +49,24 @@ def token_sum_loss(total: torch.Tensor, count: torch.Tensor, name: str, metrics:
     (``calculate_per_token_loss``) and averages each metric's [sum, count] pair the same way."""
     # megatron accumulates the token count in an int tensor.
     return total, count.int(), {name: torch.stack([total.detach(), count.float()]), **(metrics or {})}
+
+
+def move_chunks(chunks: list, device: torch.device) -> None:
+    """Parameters and buffers of model chunks to ``device``, in place (the same Parameter objects)."""
+    for chunk in chunks:
+        chunk.to(device)
+
+
+@contextmanager
+def on_step_device(chunks: list, offloaded: bool):
+    """``chunks`` for a scoring forward: a frozen model kept on the CPU between its forwards
+    (``offloaded``) comes to the step device for the block and goes back to the CPU after it, so
+    its weights take no device memory while the policy trains; otherwise nothing moves."""
+    if not offloaded:
+        yield chunks
+        return
+    move_chunks(chunks, step_device())
+    try:
+        yield chunks
+    finally:
+        move_chunks(chunks, torch.device("cpu"))

@@ -132,13 +132,17 @@ class Generator:
             raise ValueError(f"generate() takes one prompt at a time, got a batch of {prompt_tokens.shape[0]}")
         model = self.adapter.model
         was_training = model.training
+        ctx = StaticInferenceContext(max_batch_size=group_size, max_sequence_length=prompt_tokens.shape[1] + cfg.max_new_tokens)
         model.eval()  # megatron uses the KV cache only outside training mode
         try:
-            return self._generate(prompt_tokens, position_ids, group_size, cfg, seed)
+            return self._generate(ctx, prompt_tokens, position_ids, group_size, cfg, seed)
         finally:
+            # The KV cache (keys and values [P + N, G, groups, head dim] per layer) goes here, before
+            # the training forwards, even while something (a traceback) still holds the context.
+            ctx.key_value_memory_dict.clear()
             model.train(was_training)
 
-    def _generate(self, prompt_tokens, position_ids, group_size, cfg, seed) -> Completions:
+    def _generate(self, ctx, prompt_tokens, position_ids, group_size, cfg, seed) -> Completions:
         started = time.perf_counter()
         prompt_tokens, position_ids = prompt_tokens.to(self.device), position_ids.to(self.device)
         prompt_len = prompt_tokens.shape[1]
@@ -148,7 +152,6 @@ class Generator:
         # [3, 1, T] or [1, T] -> the same positions for every completion of the group
         pos = position_ids.expand(*position_ids.shape[:-2], group_size, position_ids.shape[-1])
         gen = torch.Generator(device=self.device).manual_seed(seed)
-        ctx = StaticInferenceContext(max_batch_size=group_size, max_sequence_length=total)
 
         logits = self._run(prompt_tokens, position_ids[..., :prompt_len], ctx, True)
         for keys, values in ctx.key_value_memory_dict.values():  # share the prompt's cache

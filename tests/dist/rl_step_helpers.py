@@ -43,12 +43,15 @@ def tiny_config(config: str, work: Path, tp: int = 1, pp: int = 1, overrides: li
     ], cls=OmniTrainConfig)
 
 
-def one_step(cfg: OmniTrainConfig, group_size: int):
-    """Step 0's metrics (prepare + forward/backward, no optimizer update) and full gradients."""
+def one_step(cfg: OmniTrainConfig, group_size: int, inspect=None):
+    """Step 0's metrics (prepare + forward/backward, no optimizer update) and full gradients;
+    ``inspect(run, microbatches)`` looks at the prepared micro-batches before the step runs."""
     r = build_run(cfg, reward=LetterReward())
     for chunk in r.model_chunks:
         chunk.zero_grad_buffer()
     microbatches, metrics = r.algorithm.prepare(r.sampler.next_indices(), 0)
+    if inspect is not None:
+        inspect(r, microbatches)
     metrics.update(run_microbatches(r.model_chunks, microbatches, r.algorithm.forward_step,
                                     r.cfg.train.seq_length, r.cfg.train.micro_batch_size * group_size))
     return metrics, full_tensors(r.model_chunks, "grad")
@@ -93,6 +96,17 @@ def check_step_matches(expected: dict, step, layouts, keys) -> None:
         for key in keys:
             assert abs(metrics[key] - expected["metrics"][key]) <= 1e-5 * max(1.0, abs(expected["metrics"][key])), (tp, pp, key)
         assert_close_rel(grads, expected["grads"], rtol=1e-5)
+
+
+def check_same_step(metrics: dict, grads: dict, expected: dict) -> None:
+    """The same step as ``expected`` to the last bit: every metric but timings, every gradient."""
+    def untimed(values):
+        return {k: v for k, v in values.items() if not (k.startswith("time_") or k.endswith("_per_s"))}
+
+    assert untimed(metrics) == untimed(expected["metrics"])
+    assert set(grads) == set(expected["grads"])
+    for name, grad in grads.items():
+        assert torch.equal(grad, expected["grads"][name]), name
 
 
 def check_resumes_exactly(config, out: Path, keys) -> None:

@@ -1,7 +1,9 @@
 """OmniOPSD under torchrun: the distillation loss on TP-sharded logits equals the dense
 definition; with no privileged context and the frozen initial teacher the loss is exactly 0 at
 step 0; one step (the teacher interleaved with the student at PP=1, scored first at PP=2) at
-TP=2 and PP=2 equals the single-process step; a run with an EMA teacher resumes exactly.
+TP=2 and PP=2 equals the single-process step; a run with an EMA teacher resumes exactly; with
+the teacher offloaded to the CPU (scored first at PP=1, its completion rows kept) the step is the
+same to the last bit.
 
 Launched by tests/test_dist_suites.py as opsd_step-x1 (one process: computes the single-process
 step and writes it to $OPSD_WORK/reference.pt) and opsd_step-x2 (two processes: compares with it;
@@ -98,3 +100,19 @@ def test_a_prompt_without_description_is_skipped_and_replaced(reference, capsys)
         pytest.skip("runs in the one-process launch")
     reader = "the OmniOPSD teacher's privileged prompt"
     rl_step_helpers.check_prompt_without_is_replaced(config, WORK, "description", reader, 2, capsys)
+
+
+def test_offloaded_teacher_scored_first_gives_the_same_step(reference):
+    if dist.get_world_size() > 1:
+        pytest.skip("runs in the one-process launch")
+
+    def check_kept(r, microbatches):
+        assert r.algorithm.teacher_first
+        assert {p.device.type for chunk in r.algorithm.teacher.chunks for p in chunk.parameters()} == {"cpu"}
+        for mb in microbatches:  # the completion rows of the teacher's view only, in the model's dtype
+            assert mb.teacher_logits.shape[0] == mb.batch.loss_mask.sum() == mb.teacher_batch.loss_mask.sum()
+            assert mb.teacher_logits.dim() == 2
+            assert mb.teacher_logits.dtype == next(r.algorithm.teacher.chunks[0].parameters()).dtype
+
+    metrics, grads = one_step(config(1, 1, **{"opsd.offload_teacher": True}), group_size=2, inspect=check_kept)
+    rl_step_helpers.check_same_step(metrics, grads, reference)

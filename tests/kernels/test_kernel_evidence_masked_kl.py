@@ -30,10 +30,13 @@ def _oracle(full, masked, masks, **kw):
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 @pytest.mark.parametrize("sign", ["reward_divergence", "penalize_divergence"])
-def test_loss_and_gradient(backend, sign):
+@pytest.mark.parametrize("kept", ["all_rows", "evidence_rows"])
+def test_loss_and_gradient(backend, sign, kept):
+    """``kept``: the masked logits of every row, or only each modality's evidence rows [n_m, V]
+    (what OPPO keeps between its masked forwards and the loss)."""
     full, masked, masks = _inputs()
     x = full.clone().requires_grad_()
-    masked_req = {k: v.clone().requires_grad_() for k, v in masked.items()}
+    masked_req = {k: (v[masks[k]] if kept == "evidence_rows" else v).clone().requires_grad_() for k, v in masked.items()}
     out = evidence_masked_kl(x, masked_req, masks, gamma=0.5, sign=sign, backend=backend)
     out.loss.backward()
     ref_loss, ref_grad = _oracle(full, masked, masks, gamma=0.5, sign=sign)
@@ -49,6 +52,7 @@ def test_loss_and_gradient(backend, sign):
 def test_entropy_term_and_modality_without_evidence(backend):
     full, masked, masks = _inputs()
     masks["audio"] = torch.zeros_like(masks["audio"])
+    masked["audio"] = masked["audio"][:0, 0]  # no evidence rows kept: [0, V]
     entropy_src = make_logits((B, S), 9).abs().requires_grad_()
     x = full.clone().requires_grad_()
     out = evidence_masked_kl(x, masked, masks, gamma=0.1, entropy=entropy_src, eta=0.2, backend=backend)
@@ -74,3 +78,7 @@ def test_rejects_mismatched_modalities_and_sign():
         evidence_masked_kl(full, masked, masks, eta=0.1)
     with pytest.raises(ValueError, match=r"masked_logits\['audio'\]: must be a tensor shaped like"):
         evidence_masked_kl(full, {**masked, "audio": masked["audio"][:, :-1]}, masks)
+    rows = masked["audio"][masks["audio"]]
+    with pytest.raises(ValueError, match=rf"masked_logits\['audio'\]: holds {len(rows) - 1} evidence rows, "
+                                         rf"evidence_masks\['audio'\] marks {len(rows)}"):
+        evidence_masked_kl(full, {**masked, "audio": rows[1:]}, masks)

@@ -52,6 +52,10 @@ class OPSDConfig:
     # completions of a prompt form its group; no reference KL: the teacher KL regularises).
     grpo_weight: float = 0.0
     grpo: PolicyLossConfig = field(default_factory=PolicyLossConfig)
+    # Keep a teacher with weights of its own (initial, ema, checkpoint) on the CPU between its
+    # forwards: it is moved to the step device to score the step's micro-batches first (their
+    # completion rows kept, as under pipeline parallelism) and back; the EMA update runs on the CPU.
+    offload_teacher: bool = False
 
     def validate(self, key: str) -> None:
         if self.teacher == "checkpoint" and not self.teacher_checkpoint:
@@ -65,3 +69,6 @@ class OPSDConfig:
             raise ConfigError(f"{key}.group_size must be >= 2, got {self.group_size}")
         if self.grpo_weight < 0:
             raise ConfigError(f"{key}.grpo_weight must be >= 0, got {self.grpo_weight}")
+        if self.offload_teacher and self.teacher == "student":
+            raise ConfigError(f"{key}.offload_teacher=true needs a teacher with weights of its own: "
+                              f"{key}.teacher=student is the policy itself")
