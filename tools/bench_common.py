@@ -23,6 +23,18 @@ def qwen7b_overrides(layers: int | None) -> list[str]:
     return [*QWEN7B, f"model.num_layers={layers}"] if layers else []
 
 
+def timed_rl_step(r, step: int):
+    """One training step of a built OPPO / OmniOPSD run (rollouts, rewards, scoring forwards, loss,
+    optimizer): (micro-batches, metrics, seconds)."""
+    from megatron_omni.training.step import optimizer_step
+
+    started = time.perf_counter()
+    microbatches, metrics = r.algorithm.prepare(r.sampler.next_indices(), step)
+    optimizer_step(r.model_chunks, r.optimizer, r.scheduler, microbatches, r.algorithm.forward_step,
+                   r.cfg.train.seq_length, r.cfg.train.micro_batch_size)
+    return microbatches, metrics, time.perf_counter() - started
+
+
 def follow_live_tensors() -> None:
     """Re-execute once with every buffer over 64 KiB mapped afresh and unmapped on free, so the
     resident set follows live tensors instead of keeping freed heap memory (glibc reads the

@@ -32,12 +32,11 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 import types
 from pathlib import Path
 
 import torch
-from bench_common import PeakMemory, follow_live_tensors
+from bench_common import PeakMemory, follow_live_tensors, timed_rl_step
 
 REPO = Path(__file__).resolve().parent.parent
 VARIANTS = ("full_store", "rows", "interleaved", "kv_kept", "offload")
@@ -152,7 +151,6 @@ def run_variant(name: str, args) -> dict[str, float]:
     from megatron_omni.parallel import destroy_parallel, init_distributed
     from megatron_omni.runs.config import OmniTrainConfig
     from megatron_omni.runs.omni import build_run
-    from megatron_omni.training.step import optimizer_step
 
     overrides = [
         "parallel.tensor_model_parallel_size=1", "init_from=null", f"model.vocab_size={args.vocab}",
@@ -171,24 +169,21 @@ def run_variant(name: str, args) -> dict[str, float]:
         r.algorithm.__class__ = interleaved_oppo(OPPO)
     elif name == "kv_kept":
         keep_kv_caches()
-    t = r.cfg.train
     reference = r.algorithm.reference_chunks or []
     memory = PeakMemory()
     peaks, seconds = [], []
-    for step in range(args.steps + 1):  # step 0 warms up
+    for step in range(args.warmup + args.steps):
         memory.reset()
-        started = time.perf_counter()
-        microbatches, metrics = r.algorithm.prepare(r.sampler.next_indices(), step)
-        optimizer_step(r.model_chunks, r.optimizer, r.scheduler, microbatches, r.algorithm.forward_step,
-                       t.seq_length, t.micro_batch_size)
-        if step:
-            peaks.append(memory.peak_mb())
-            seconds.append(time.perf_counter() - started)
+        microbatches, metrics, elapsed = timed_rl_step(r, step)
+        peak = memory.peak_mb()
+        if step >= args.warmup:
+            peaks.append(peak)
+            seconds.append(elapsed)
         del microbatches
         r.algorithm.__dict__.pop("held", None)
         KeptCaches.held.clear()
-        print(f"[bench_oppo_memory] {name} step {step}{' (warm-up)' if not step else ''}: "
-              f"{time.perf_counter() - started:.2f} s, evidence tokens visual {metrics['evidence_visual_tokens']:.0f} "
+        print(f"[bench_oppo_memory] {name} step {step}{' (warm-up)' if step < args.warmup else ''}: "
+              f"{elapsed:.2f} s, peak {peak:.0f} MB, evidence tokens visual {metrics['evidence_visual_tokens']:.0f} "
               f"audio {metrics['evidence_audio_tokens']:.0f}", flush=True)
     destroy_parallel()
     return {
@@ -205,7 +200,9 @@ def main(argv=None) -> int:
                         help="the first one is the baseline of the ratios")
     parser.add_argument("--vocab", type=int, default=152064)
     parser.add_argument("--prompts", type=int, default=2, help="prompts per step (train.global_batch_size)")
-    parser.add_argument("--steps", type=int, default=1, help="measured steps per variant (after one warm-up step)")
+    parser.add_argument("--steps", type=int, default=1, help="measured steps per variant")
+    parser.add_argument("--warmup", type=int, default=1, choices=[0, 1],
+                        help="unmeasured steps first (0: the measured step also allocates the optimizer states)")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="oppo.sampling.max_new_tokens")
     parser.add_argument("--evidence-fraction", type=float, default=0.25,
                         help="share of each completion's tokens taken as visual evidence, and as audio evidence")
@@ -222,7 +219,8 @@ def main(argv=None) -> int:
     base = results[base_name]["peak_mb"]
     device = "CUDA max_memory_allocated" if torch.cuda.is_available() else "CPU peak resident set"
     print(f"\nOPPO step peak memory above the pre-step level ({device}), V={args.vocab}, "
-          f"{args.prompts} prompts per step, max of {args.steps} measured step(s); ratio against {base_name}:")
+          f"{args.prompts} prompts per step, max of {args.steps} measured step(s) after {args.warmup} warm-up; "
+          f"ratio against {base_name}:")
     print(f" {'variant':<12}{'peak MB':>10}{'ratio':>8}{'step s':>9}  reference weights")
     for name, r in results.items():
         print(f" {name:<12}{r['peak_mb']:10.1f}{r['peak_mb'] / base:8.3f}{r['step_s']:9.2f}  "

@@ -22,10 +22,9 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from bench_common import PeakMemory, follow_live_tensors, qwen7b_overrides
+from bench_common import PeakMemory, follow_live_tensors, qwen7b_overrides, timed_rl_step
 
 REPO = Path(__file__).resolve().parent.parent
 H100_BF16_DENSE_TFLOPS = 989.0
@@ -47,7 +46,6 @@ def run_variant(name: str, args) -> dict[str, float]:
     from megatron_omni.parallel import destroy_parallel, init_distributed
     from megatron_omni.runs.config import OmniTrainConfig
     from megatron_omni.runs.omni import build_run
-    from megatron_omni.training.step import optimizer_step
 
     overrides = [
         "parallel.tensor_model_parallel_size=1", "init_from=null",
@@ -66,11 +64,7 @@ def run_variant(name: str, args) -> dict[str, float]:
               "rollout_tokens_per_s": 0.0}
     for step in range(args.steps + 1):  # step 0 warms up
         memory.reset()
-        started = time.perf_counter()
-        microbatches, metrics = r.algorithm.prepare(r.sampler.next_indices(), step)
-        optimizer_step(r.model_chunks, r.optimizer, r.scheduler, microbatches, r.algorithm.forward_step,
-                       t.seq_length, t.micro_batch_size)
-        elapsed = time.perf_counter() - started
+        microbatches, metrics, elapsed = timed_rl_step(r, step)
         sequences = sum(mb.batch.tokens.shape[0] for mb in microbatches)
         completions = metrics["completion_length"] * sequences
         prompts = sum(sum(mb.batch.prompt_lengths) for mb in microbatches) / cfg.oppo.grpo.group_size  # one prefill each
