@@ -1,0 +1,280 @@
+"""Per-GPU peak memory of a run, by component, from its config alone (tools/plan_memory.py).
+
+Pure arithmetic: nothing is built except the towers on the meta device (their parameter counts).
+The worst pipeline stage is planned: the first holds the embedding, the towers and the most
+in-flight micro-batches under 1F1B; the last the output layer and the logits. With PP = 1 they
+are one stage.
+
+The peak is the persistent state (weights, gradients, optimizer states, frozen copies kept on the
+device) plus the largest of the step's phases:
+  rollout   the static KV cache of one prompt's group and the prefill logits
+  scoring   one no-grad micro-batch forward (reference / masked / up-front teacher) and the
+            stores kept until the losses read them
+  training  activations of the in-flight micro-batches, the loss path's logit-sized buffers, the
+            stores of the micro-batches whose loss has not run yet, the interleaved teacher
+The stores are those of docs/PERFORMANCE.md "Scoring stores": OPPO's masked-modality logits only
+at each modality's evidence rows ([n_evidence, V/TP], model dtype), the reference log-probs only at
+completion tokens (fp32), OmniOPSD's teacher logits at completion rows ([n, V/TP], model dtype).
+
+Activations per layer and micro-batch, in elements of the model dtype, for T = b*s tokens, hidden
+h, FFN f (SwiGLU: fc1 gives 2f), a heads, g query groups of d channels, TP t, no sequence
+parallelism (Korthikanti et al.'s sbh(34 + 5as/h), re-derived for RMSNorm, GQA and SwiGLU):
+  T*4h                       replicated: both norms' inputs, the QKV and fc1 inputs
+  T*(2h + 2gd + 2h + 3f)/t   sharded: q and the attention output, k and v, megatron's local core
+                             attention's head-expanded k and v (GQA), fc1's output and fc2's input
+  a/t * s * T                the softmax probabilities (local spec; Transformer Engine's fused
+                             attention keeps only its output and row statistics)
+Selective recompute drops the probabilities and the expanded k, v (core attention runs again);
+full recompute keeps a unit's input (T*h) and, in the backward, one unit's full activations.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from megatron_omni.models.config import ModelConfig, PrecisionConfig, RecomputeConfig
+from megatron_omni.models.decoder import padded_vocab_size
+from megatron_omni.parallel.config import ParallelConfig
+
+_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+# Logit-sized [T, V/TP] buffers live at the peak of each loss path, the logits included, in fp32
+# units: measured on CPU (fp32) toy runs at vocabulary 32000 (tests/training/test_memory_plan.py),
+# not derived. SFT: megatron's cross entropy works in place on the logits; OmniOPSD: the fused KL
+# kernels' fp32 softmax beside the logits and their gradient; OPPO: log-prob / entropy and the
+# evidence KL kernels' buffers on top. On a GPU the logits themselves are in the model dtype.
+LOSS_LOGIT_BUFFERS = {"sft": 1.5, "oppo": 3.5, "opsd": 2.25}
+
+
+class PlannedRun(Protocol):
+    """What the planner reads of an omni run's config (runs.config.OmniTrainConfig)."""
+
+    algorithm: str
+    model: ModelConfig
+    parallel: ParallelConfig
+    precision: PrecisionConfig
+    recompute: RecomputeConfig
+
+
+@dataclass
+class Plan:
+    """Bytes per GPU of the worst stage, by component and phase."""
+
+    layout: str
+    persistent: dict[str, float] = field(default_factory=dict)
+    phases: dict[str, dict[str, float]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    activations_without_recompute: float = 0.0
+
+    @property
+    def step_peak(self) -> float:
+        """The most the step adds on top of the persistent state (what a pre-step measurement sees)."""
+        return max(sum(parts.values()) for parts in self.phases.values())
+
+    @property
+    def peak_phase(self) -> str:
+        return max(self.phases, key=lambda name: sum(self.phases[name].values()))
+
+    @property
+    def total(self) -> float:
+        return sum(self.persistent.values()) + self.step_peak
+
+
+def _decoder_layer_params(m: ModelConfig) -> int:
+    h, f, g, d = m.hidden_size, m.ffn_hidden_size, m.num_query_groups, m.head_dim
+    qkv = h * (h + 2 * g * d) + ((h + 2 * g * d) if m.add_qkv_bias else 0)
+    return qkv + h * h + 3 * h * f + 2 * h  # + proj, SwiGLU fc1 (2f) and fc2, the two norms
+
+
+def tower_params(omni) -> dict[str, int]:
+    """Parameter counts of the vision and audio towers, from the towers built on the meta device."""
+    import torch
+
+    from megatron_omni.models.encoders import build_audio_encoder, build_vision_encoder
+
+    with torch.device("meta"):
+        vision = build_vision_encoder(omni.vision, torch.float32, omni.encoder_attn_implementation, initialize=False)
+        audio = build_audio_encoder(omni.audio, torch.float32, omni.encoder_attn_implementation, initialize=False)
+    return {"vision": sum(p.numel() for p in vision.parameters()), "audio": sum(p.numel() for p in audio.parameters())}
+
+
+def _rl(cfg) -> tuple[int, int, int]:
+    """(completions per prompt, prompt tokens at most, completion tokens at most) of an RL run."""
+    section = cfg.oppo if cfg.algorithm == "oppo" else cfg.opsd
+    group = section.grpo.group_size if cfg.algorithm == "oppo" else section.group_size
+    new = section.sampling.max_new_tokens
+    return group, cfg.train.seq_length - new, new
+
+
+def layer_activation_elements(m: ModelConfig, tokens: int, seq: int, tp: int, core_attention: bool,
+                              fused_attention: bool) -> float:
+    """Elements one layer keeps for its backward (see the module docstring)."""
+    h, f, g, d, a = m.hidden_size, m.ffn_hidden_size, m.num_query_groups, m.head_dim, m.num_attention_heads
+    sharded = 2 * h + 2 * g * d + 3 * f + (0 if fused_attention or not core_attention else 2 * h)
+    probs = 0 if fused_attention or not core_attention else a * seq * tokens / tp
+    return tokens * 4 * h + tokens * sharded / tp + probs
+
+
+def activation_bytes(m: ModelConfig, rc: RecomputeConfig | None, layers: int, tokens: int, seq: int, tp: int,
+                     width: int, fused_attention: bool) -> float:
+    """Activations of one micro-batch on a stage of ``layers`` layers (``width`` bytes an element)."""
+    full = layer_activation_elements(m, tokens, seq, tp, True, fused_attention)
+    if rc is None or rc.granularity is None:
+        return width * layers * full
+    if rc.granularity == "selective":
+        return width * layers * layer_activation_elements(m, tokens, seq, tp, False, fused_attention)
+    unit_input = tokens * m.hidden_size
+    if rc.method == "uniform":
+        # Every unit keeps its input; the backward rebuilds one unit's activations at a time.
+        return width * (layers / rc.num_layers * unit_input + rc.num_layers * full)
+    kept = layers - rc.num_layers  # block: the first num_layers layers are recomputed one at a time
+    return width * (rc.num_layers * unit_input + kept * full + (full if rc.num_layers else 0))
+
+
+def tower_activation_bytes(omni, recompute: bool, placeholders: int, width: int) -> float:
+    """Activations of the trainable towers for ``placeholders`` media tokens of a micro-batch, at
+    most: all of them one tower's (vision: 4 patches a merged token, audio: 2 frames a token).
+    Per block and token: both norms' inputs, q, k, v, the attention output, the MLP's input and
+    its gated (vision) or plain (audio) hidden; recompute keeps a block's input and one block."""
+    v, a = omni.vision, omni.audio
+    out = 0.0
+    for frozen, tokens, depth, hidden, ffn, gated in (
+        (omni.freeze_vision, 4 * placeholders, v.depth, v.hidden_size, v.intermediate_size, True),
+        (omni.freeze_audio, 2 * placeholders, a.encoder_layers, a.d_model, a.encoder_ffn_dim, False),
+    ):
+        if frozen:
+            continue  # no parameter and no input needs a gradient: autograd keeps nothing
+        block = tokens * (7 * hidden + (3 if gated else 2) * ffn)
+        out = max(out, width * (depth * tokens * hidden + block if recompute else depth * block))
+    return out
+
+
+def plan_memory(cfg: PlannedRun, world_size: int, cpu: bool = False, evidence_fraction: float = 1.0) -> Plan:
+    """The plan of ``cfg`` on ``world_size`` GPUs (or CPU processes with ``cpu``)."""
+    m, p, prec, t = cfg.model, cfg.parallel, cfg.precision, cfg.train
+    tp, pp, vpp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.virtual_pipeline_model_parallel_size
+    dp = max(world_size // (tp * pp), 1)
+    width = 4 if cpu else _BYTES[prec.params_dtype]
+    mixed = width < 4
+    fused_attention = not cpu and prec.transformer_engine
+    vocab = padded_vocab_size(m, tp)
+    h, layers = m.hidden_size, m.num_layers // pp
+    algorithm = cfg.algorithm
+    plan = Plan(layout=f"TP={tp} PP={pp}{f' VPP={vpp}' if vpp else ''} DP={dp}, {algorithm}, "
+                       f"{'CPU fp32' if cpu else prec.params_dtype}")
+
+    # Weights of the first stage (embedding, towers) or the last (output layer); the larger is planned.
+    towers = tower_params(cfg.omni)
+    frozen_towers = (towers["vision"] if cfg.omni.freeze_vision else 0) + (towers["audio"] if cfg.omni.freeze_audio else 0)
+    embedding = vocab * h // tp
+    decoder = layers * _decoder_layer_params(m) // tp
+    output = embedding if (not m.tie_word_embeddings or pp > 1) else 0
+    first = decoder + embedding + sum(towers.values()) + (output if pp == 1 else 0)
+    last = decoder + output + h
+    stage_params = max(first, last)
+    is_first = first >= last or pp == 1
+    trainable = stage_params - (frozen_towers if is_first else 0)
+    plan.persistent["weights"] = width * stage_params
+    # megatron DDP's contiguous buffer: fp32 main grads (grad_reduce_in_fp32) of trainable parameters.
+    plan.persistent["gradients"] = 4 * trainable
+    # Adam: two fp32 moments, plus an fp32 master copy of 16-bit weights; sharded over DP by the
+    # distributed optimizer.
+    optimizer = (8 + (4 if mixed else 0)) * trainable
+    plan.persistent["optimizer states"] = optimizer / dp if p.use_distributed_optimizer else optimizer
+
+    frozen_copy, offloaded = 0.0, False
+    if algorithm == "oppo" and cfg.oppo.grpo.kl_beta:
+        frozen_copy, offloaded = width * stage_params, cfg.oppo.offload_reference
+        frozen_name = "reference weights"
+    elif algorithm == "opsd" and cfg.opsd.teacher != "student":
+        frozen_copy, offloaded = width * stage_params, cfg.opsd.offload_teacher
+        frozen_name = "teacher weights"
+    if frozen_copy and not offloaded:
+        plan.persistent[frozen_name] = frozen_copy
+
+    # Shapes of one micro-batch.
+    if algorithm == "sft":
+        rows, completion = t.micro_batch_size, 0
+    else:
+        group, prompt, completion = _rl(cfg)
+        rows = t.micro_batch_size * group
+    seq = t.seq_length
+    tokens = rows * seq
+    logits = tokens * vocab / tp  # elements of one micro-batch's [b, s, V/TP]
+    hidden = width * tokens * h
+    last_stage = pp == 1 or not is_first
+
+    # Training: 1F1B keeps PP micro-batches in flight on the first stage (VPP: (PP-1)*... chunks more).
+    microbatches = t.global_batch_size // (t.micro_batch_size * dp)
+    in_flight = min(pp, microbatches) if pp > 1 else 1
+    chunk_layers = layers // (vpp or 1)
+    if vpp:
+        in_flight_chunks = min((pp - 1) * 2 + (vpp - 1) * pp + 1, microbatches * vpp)
+    else:
+        in_flight_chunks = in_flight
+    act = in_flight_chunks * activation_bytes(m, cfg.recompute, chunk_layers, tokens, seq, tp, width, fused_attention)
+    plan.activations_without_recompute = in_flight_chunks * activation_bytes(m, None, chunk_layers, tokens, seq, tp,
+                                                                             width, fused_attention)
+    training = {"activations": act + in_flight * hidden}  # + the stage's input / embedding output
+    if last_stage:
+        training["logits + loss buffers"] = logits * (width + 4 * (LOSS_LOGIT_BUFFERS[algorithm] - 1))
+    if is_first:
+        tower_act = tower_activation_bytes(cfg.omni, cfg.recompute.towers, rows * (seq if algorithm == "sft" else prompt),
+                                           width)
+        if tower_act:
+            training["tower activations"] = tower_act * in_flight
+    phases: dict[str, dict[str, float]] = {"training": training}
+    if algorithm in ("oppo", "opsd"):
+        group, prompt, completion = _rl(cfg)
+        kv = cfg.model.num_query_groups // tp * m.head_dim
+        # megatron's static context: max_batch x max_seq x layers x (k, v) x kv heads x head_dim.
+        phases["rollout"] = {
+            "KV cache": width * group * (prompt + completion) * layers * 2 * kv,
+            "prefill logits": 4 * group * prompt * vocab / tp,
+        }
+        completion_rows = rows * completion
+        n_micro = microbatches
+        if algorithm == "oppo":
+            stores = 0.0
+            if cfg.oppo.grpo.kl_beta:
+                stores += 4 * completion_rows * n_micro  # reference log-probs at completion tokens, fp32
+            if cfg.oppo.perception_loss:
+                stores += 2 * width * evidence_fraction * completion_rows * vocab / tp * n_micro
+            scoring = {"forward logits": logits * (width + 4), "stores": stores}
+            if frozen_copy and offloaded:
+                scoring["reference weights (on the device to score)"] = frozen_copy
+            phases["scoring"] = scoring
+            training["stores (micro-batches not yet trained)"] = stores
+        else:
+            teacher_rows = width * completion_rows * vocab / tp
+            teacher_first = pp > 1 or cfg.opsd.offload_teacher
+            if teacher_first:
+                phases["scoring"] = {"forward logits": logits * width, "teacher rows": teacher_rows * n_micro,
+                                     **({"teacher weights (on the device to score)": frozen_copy} if offloaded else {})}
+                training["teacher rows (micro-batches not yet trained)"] = teacher_rows * n_micro
+            else:
+                # Interleaved: each micro-batch's teacher forward (no grad) runs before its student
+                # forward and keeps only its completion rows.
+                phases["teacher forward"] = {"forward logits": logits * width, "teacher rows": teacher_rows}
+                training["teacher rows"] = teacher_rows
+    plan.phases = phases
+    if offloaded:
+        plan.notes.append(f"{frozen_name} ({frozen_copy / 2**30:.1f} GiB) live on the CPU between their forwards")
+    plan.notes.append(f"activations without recompute: {plan.activations_without_recompute / 2**30:.2f} GiB")
+    return plan
+
+
+def format_plan(plan: Plan, gpu_bytes: float | None = None) -> str:
+    gib = 2**30
+    lines = [f"memory plan, {plan.layout} (GiB per GPU, worst pipeline stage)"]
+    for name, value in plan.persistent.items():
+        lines.append(f"  {name:<48}{value / gib:9.2f}")
+    for phase, parts in plan.phases.items():
+        mark = "  <- peak" if phase == plan.peak_phase else ""
+        lines.append(f"  {phase} phase{'':<{42 - len(phase)}}{sum(parts.values()) / gib:9.2f}{mark}")
+        for name, value in parts.items():
+            lines.append(f"    {name:<46}{value / gib:9.2f}")
+    lines.append(f"  {'peak (persistent + ' + plan.peak_phase + ')':<48}{plan.total / gib:9.2f}")
+    if gpu_bytes:
+        lines.append(f"  {'= GB (10^9 bytes), of ' + f'{gpu_bytes / 1e9:.0f} GB':<48}{plan.total / 1e9:9.2f}")
+    lines += [f"  note: {n}" for n in plan.notes]
+    return "\n".join(lines)
