@@ -19,6 +19,7 @@ buffers unmapped at once) beside the planner's figure for the same shape.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import tempfile
@@ -36,8 +37,10 @@ def load(config: str, overrides: list[str]):
     return load_config(config, overrides, cls=OmniTrainConfig)
 
 
-def measure(config: str, overrides: list[str], prompts: list[int], evidence_fraction: float) -> list[dict]:
-    """Measured vs planned step peaks of the run at each shape (prompts per micro-batch, one micro-batch)."""
+def measure(config: str, overrides: list[str], prompts: list[int], evidence_fraction: float,
+            reward=None) -> list[dict]:
+    """Measured vs planned step peaks of the run at each shape (prompts per micro-batch, one micro-batch);
+    ``reward`` replaces the configured one (build_run)."""
     from megatron_omni.parallel import destroy_parallel, init_distributed
     from megatron_omni.runs.omni import build_run
     from megatron_omni.training.step import optimizer_step
@@ -48,7 +51,7 @@ def measure(config: str, overrides: list[str], prompts: list[int], evidence_frac
              "logging.tensorboard=false", "logging.metrics_jsonl=false", "evaluation.at_start=false",
              "evaluation.at_end=false", f"train.micro_batch_size={largest}", f"train.global_batch_size={largest}"]
     init_distributed()
-    r = build_run(load(config, [*overrides, *fixed]))
+    r = build_run(load(config, [*overrides, *fixed]), reward)
     cfg, memory, rows = r.cfg, PeakMemory(), []
     weights = sum(p.numel() * p.element_size() for chunk in r.model_chunks for p in chunk.parameters())
     for step, n in enumerate([min(prompts), *prompts]):  # the first step warms up (optimizer states, lazy imports)
@@ -56,12 +59,17 @@ def measure(config: str, overrides: list[str], prompts: list[int], evidence_frac
         if hasattr(r.algorithm, "micro_batch_size"):
             r.algorithm.micro_batch_size = n
         indices = r.sampler.next_indices()[:n]
+        # Garbage of earlier steps or runs (reference cycles) freed by a collection inside the step
+        # would lower the resident set under the pre-step level and hide that much of the peak.
+        gc.collect()
+        gc.disable()
         memory.reset()
         microbatches, metrics = r.algorithm.prepare(indices, step)
         optimizer_step(r.model_chunks, r.optimizer, r.scheduler, microbatches, r.algorithm.forward_step,
                        cfg.train.seq_length, n)
         peak = memory.peak_mb()
         del microbatches
+        gc.enable()
         if step:
             if cfg.algorithm == "oppo":  # the step's own evidence share, for the masked store
                 completion = metrics["completion_length"] * n * cfg.oppo.grpo.group_size

@@ -16,22 +16,24 @@ from megatron_omni.training.memory_plan import activation_bytes, plan_memory
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "examples" / "configs"
-# Vocabulary 32000 makes the logits the largest step buffer, as at 7B scale; short completions
-# and groups of 2 keep the six measured steps small.
+# Vocabulary 32000 makes the logits the largest step buffer, as at 7B scale; two layers, short
+# sequences and completions and groups of 2 keep the six measured steps cheap, and a deterministic
+# stand-in reward (tests/dist/parallel_helpers.LetterReward) spares loading the embedding model.
 SHAPES = {
-    "sft": ("toy_omni_sft.yaml", []),
-    "oppo": ("toy_oppo.yaml", ["train.seq_length=224", "oppo.sampling.max_new_tokens=24", "oppo.grpo.group_size=2"]),
-    "opsd": ("toy_omniopsd.yaml", ["train.seq_length=224", "opsd.sampling.max_new_tokens=24", "opsd.group_size=2"]),
+    "sft": ("toy_omni_sft.yaml", ["train.seq_length=256"]),
+    "oppo": ("toy_oppo.yaml", ["train.seq_length=224", "oppo.sampling.max_new_tokens=16", "oppo.grpo.group_size=2"]),
+    "opsd": ("toy_omniopsd.yaml", ["train.seq_length=224", "opsd.sampling.max_new_tokens=16", "opsd.group_size=2"]),
 }
 PROBE = """
 import json, sys
-sys.path.insert(0, "tools")
+sys.path[:0] = ["tools", "tests/dist"]
+from parallel_helpers import LetterReward
 from plan_memory import measure
 shapes, toy = json.loads(sys.argv[1]), sys.argv[2]
 rows = [row for config, overrides in shapes.values()
-        for row in measure("examples/configs/" + config, [*overrides, "model.vocab_size=32000", f"dataset.toy_dir={toy}",
-                                                           "dataset.toy_num_clips=4"],
-                           [1, 2], 1.0)]
+        for row in measure("examples/configs/" + config, [*overrides, "model.vocab_size=32000", "model.num_layers=2",
+                                                           f"dataset.toy_dir={toy}", "dataset.toy_num_clips=4"],
+                           [1, 2], 1.0, LetterReward())]
 print("ROWS " + json.dumps(rows))
 """
 
@@ -43,10 +45,15 @@ def measured(tmp_path_factory):
     # follows live tensors (as tools/bench_common.follow_live_tensors sets it).
     env = dict(os.environ, OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="65536",
                MASTER_PORT=str(29400 + os.getpid() % 500))
+    # tests/conftest.py sets TRITON_INTERPRET=1 for the kernel tests; with it the step takes
+    # another path on CPU (measured: OPPO 306 MB instead of 204 MB at one prompt, and slower),
+    # not the one a CPU run takes and the planner plans.
+    env.pop("TRITON_INTERPRET", None)
     out = subprocess.run([sys.executable, "-c", PROBE, json.dumps(SHAPES),
                           str(tmp_path_factory.mktemp("memory_plan") / "toy")], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stderr[-4000:]
+    print("".join(x + "\n" for x in out.stdout.splitlines() if x.startswith("[plan_memory]")))
     line = next(x for x in out.stdout.splitlines() if x.startswith("ROWS "))
     return json.loads(line[5:])
 
