@@ -23,6 +23,9 @@ class Rollouts:
     prompts: list[ProcessedSample]
     completion_ids: list[list[int]]  # sampled tokens, the stop token included
     texts: list[str]  # decoded without special tokens (what rewards read)
+    # The sampler's log-prob of each sampled token at temperature 1, unfiltered (the trainer's
+    # definition): fp32 on the CPU, len(completion_ids[i]) values per completion.
+    logprobs: list[torch.Tensor]
     tokens_per_second: float  # mean over prompts
 
     def sequences(self) -> list[ProcessedSample]:
@@ -54,15 +57,16 @@ def collect_rollouts(model_chunks, prompts: list[ProcessedSample], indices: list
                      group_size: int, train_seed: int, vocab_size: int, pad_token_id: int, tokenizer) -> Rollouts:
     """Sample ``group_size`` completions of each prompt (collective over the model's TP/PP ranks);
     ``indices``: the data set index of each prompt."""
-    out = Rollouts([], [], [], [], 0.0)
+    out = Rollouts([], [], [], [], [], 0.0)
     for index, prompt in zip(indices, prompts):
-        completions, tokens_per_second = sample_completions(
+        completions, logprobs, tokens_per_second = sample_completions(
             unwrap(model_chunks[0]), prompt, sampling, group_size, rollout_seed(train_seed, step, prompt.sample_id),
             vocab_size, pad_token_id,
         )
         out.tokens_per_second += tokens_per_second / len(indices)
-        for ids in completions:
+        for ids, logprob in zip(completions, logprobs):
             out.indices.append(index)
+            out.logprobs.append(logprob)
             out.prompts.append(prompt)
             out.completion_ids.append(ids)
             out.texts.append(tokenizer.decode(ids, skip_special_tokens=True))

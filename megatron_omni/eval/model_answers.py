@@ -37,7 +37,7 @@ class OmniAnswerer:
         if prompt is None:
             return None
         mask = ModalityMask(mask_modality, self.mask_ratio, seed=0) if mask_modality is not None else None
-        (completion,), _ = sample_completions(self.model, prompt, self.sampling, 1, 0, self.vocab_size,
+        (completion,), _, _ = sample_completions(self.model, prompt, self.sampling, 1, 0, self.vocab_size,
                                               self.pad_token_id, modality_mask=mask)
         return self.tokenizer.decode(completion, skip_special_tokens=True)
 

@@ -120,9 +120,7 @@ class Generator:
             send_to_next_pipeline_rank(output.to(self.params_dtype), self.pp_group)
         ctx.increment_sequence_len_offset(s)
         logits = output[:, -1, : self.vocab_size].float().contiguous() if self.last_stage else None
-        logits = broadcast_from_last_pipeline_stage([b, self.vocab_size], torch.float32, logits, self.pp_group)
-        logits[:, self.suppressed] = float("-inf")
-        return logits
+        return broadcast_from_last_pipeline_stage([b, self.vocab_size], torch.float32, logits, self.pp_group)
 
     @torch.no_grad()
     def generate(self, prompt_tokens: torch.Tensor, position_ids: torch.Tensor, group_size: int,
@@ -167,10 +165,12 @@ class Generator:
         stops = torch.tensor(cfg.stop_token_ids, dtype=torch.long, device=self.device)
         steps = 0
         for t in range(cfg.max_new_tokens):
+            # Suppression only steers the choice: the log-prob is the trainer's, over the whole vocabulary.
+            allowed = logits.index_fill(1, self.suppressed, float("-inf"))
             if cfg.greedy:
-                chosen = logits.argmax(dim=-1)
+                chosen = allowed.argmax(dim=-1)
             else:
-                probs = torch.softmax(filter_logits(logits, cfg), dim=-1)
+                probs = torch.softmax(filter_logits(allowed, cfg), dim=-1)
                 chosen = torch.multinomial(probs, 1, generator=gen).squeeze(1)
             chosen = torch.where(done, torch.full_like(chosen, self.pad_token_id), chosen)
             logprobs[:, t] = torch.log_softmax(logits, dim=-1).gather(1, chosen.unsqueeze(1)).squeeze(1) * (~done)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import zlib
 
+import torch
+
 from megatron_omni.data.batch import pad
 from megatron_omni.data.rope_index import extend_positions
 from megatron_omni.generation.generator import Generator, SamplingConfig
@@ -36,8 +38,10 @@ def prompt_media(prompt) -> dict:
 
 
 def sample_completions(model, prompt, sampling: SamplingConfig, group_size: int, seed: int, vocab_size: int,
-                       pad_token_id: int, modality_mask: ModalityMask | None = None) -> tuple[list[list[int]], float]:
-    """``group_size`` completions (token ids, stop token included) of one prompt, and tokens/s.
+                       pad_token_id: int, modality_mask: ModalityMask | None = None
+                       ) -> tuple[list[list[int]], list[torch.Tensor], float]:
+    """``group_size`` completions (token ids, stop token included) of one prompt, the log-prob of
+    each sampled token at temperature 1 (fp32 on the CPU, one per completion token), and tokens/s.
     Media placeholder tokens are never sampled: a completion holding one would not match the
     prompt's media features when it is scored."""
     media = prompt_media(prompt)
@@ -49,5 +53,7 @@ def sample_completions(model, prompt, sampling: SamplingConfig, group_size: int,
     positions = extend_positions(prompt.position_ids, sampling.max_new_tokens).unsqueeze(1)
     out = generator.generate(prompt.input_ids.unsqueeze(0), positions, group_size, sampling, seed)
     start = out.prompt_length
-    completions = [row[start:][mask[start:].bool()].tolist() for row, mask in zip(out.tokens, out.completion_mask)]
-    return completions, out.tokens_per_second
+    kept = out.completion_mask[:, start:].bool()
+    completions = [row[start:][keep].tolist() for row, keep in zip(out.tokens, kept)]
+    logprobs = [row[keep].float().cpu() for row, keep in zip(out.logprobs, kept)]
+    return completions, logprobs, out.tokens_per_second

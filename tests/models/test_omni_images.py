@@ -143,7 +143,7 @@ def test_rollout_of_an_image_prompt_is_the_reference_greedy_continuation(convert
                              prompt_length=n, pad_token_id=0,
                              media=SampleMedia(video=None, audio_features=audio, audio_in_video=False, image=image))
     sampling = SamplingConfig(max_new_tokens=3, greedy=True)
-    (completion,), _ = sample_completions(omni_model, prompt, sampling, 1, seed=0, vocab_size=128, pad_token_id=0)
+    (completion,), _, _ = sample_completions(omni_model, prompt, sampling, 1, seed=0, vocab_size=128, pad_token_id=0)
     assert len(completion) == 3
     full = torch.cat([ids, torch.tensor(completion)])[None]
     start = int(positions.max()) + 1
