@@ -9,7 +9,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from megatron_omni.eval.answers import AnswerWordExtractor
+from megatron_omni.eval.answers import tag_answer
+from megatron_omni.eval.parsing import official_words
 from megatron_omni.eval.predictions import PredictionsJsonl
 
 
@@ -28,14 +29,17 @@ class GenerationReport:
 
 def generate_predictions(samples: Sequence[dict], generate: GenerateFn, writer: PredictionsJsonl,
                          batch_size: int = 8, extract: Callable[[str], list[str]] | None = None,
-                         progress: bool = False) -> GenerationReport:
+                         progress: bool = False, mask_modality: str | None = None,
+                         desc: str = "generate") -> GenerationReport:
     """Generate outputs for the samples whose `id` is not yet in `writer`, appending per batch.
 
-    Each appended record is {id, output, answer}: the raw text and its parsed emotion words.
+    Each appended record is {id, output, answer}: the raw text and its emotion words (by default
+    the `<answer>` block read the official way; scoring reads `output` again). `mask_modality`
+    is passed to `generate` (the MEP-Bench counterfactual runs).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    extract = extract or AnswerWordExtractor()
+    extract = extract or (lambda text: official_words(tag_answer(text)))
     for position, sample in enumerate(samples):
         if "id" not in sample:
             raise ValueError(f"sample {position} has no 'id' field")
@@ -45,10 +49,10 @@ def generate_predictions(samples: Sequence[dict], generate: GenerateFn, writer: 
     if progress:
         from tqdm import tqdm
 
-        batches = tqdm(batches, desc="generate", unit="batch")
+        batches = tqdm(batches, desc=desc, unit="batch")
     unusable = 0
     for batch in batches:
-        outputs = generate(list(batch))
+        outputs = generate(list(batch), mask_modality=mask_modality)
         if len(outputs) != len(batch):
             raise ValueError(f"generate returned {len(outputs)} outputs for a batch of {len(batch)} samples")
         unusable += outputs.count(None)

@@ -1,7 +1,8 @@
 """Ground-truth label loaders for the released MER-UniBench label files and for JSONL manifests.
 
 Every loader returns {sample name: label}: an emotion word (basic-emotion sets), a float valence
-(sentiment sets) or a list of emotion words (open-set). Errors name the file, key and field.
+(sentiment sets) or a list of emotion words (open-set, read the official way, as the official
+code reads its ground truth). Errors name the file, key and field.
 """
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from megatron_omni.eval.parsing import official_words
 from megatron_omni.text.jsonl import read_jsonl, utf8_text
-from megatron_omni.text.wordlists import parse_emotion_words
 
 # Index -> class name of the integer-coded releases (MELD label.npz, IEMOCAP label_4way.npz).
 MELD_CLASSES = ("anger", "joy", "sadness", "neutral", "disgust", "fear", "surprise")
@@ -100,7 +101,7 @@ def load_openset_csv(path: str | Path) -> dict[str, list[str]]:
     missing = [c for c in ("name", "openset") if c not in (reader.fieldnames or [])]
     if missing:
         raise LabelFileError(f"{path}: header lacks column(s) {missing}; found {reader.fieldnames}")
-    return {row["name"]: parse_emotion_words(row["openset"]) for row in reader}
+    return {row["name"]: official_words(row["openset"]) for row in reader}
 
 
 MANIFEST_FIELDS = {"openset": "openset", "discrete": "emo", "sentiment": "val"}
@@ -125,5 +126,5 @@ def load_manifest_labels(path: str | Path, kind: str) -> dict[str, object]:
             raise LabelFileError(f"{where}: 'val' must be a number, got {value!r}")
         if kind == "discrete" and not isinstance(value, str):
             raise LabelFileError(f"{where}: 'emo' must be a string, got {value!r}")
-        labels[str(record["id"])] = parse_emotion_words(value) if kind == "openset" else value
+        labels[str(record["id"])] = official_words(value) if kind == "openset" else value
     return labels

@@ -6,6 +6,7 @@ are retried with exponential back-off; other HTTP errors fail at once with the s
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -13,6 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,16 +54,23 @@ class ChatEndpoint:
         if config.cache_path and Path(config.cache_path).is_file():
             self._cache = _read_cache(Path(config.cache_path))
 
-    def complete(self, prompt: str, system: str | None = None) -> str:
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": prompt}
-        ]
-        payload = {
-            "model": self.config.model,
-            "messages": messages,
-            "temperature": self.config.temperature,
-            "max_tokens": self.config.max_tokens,
-        }
+    def complete(self, prompt: str, system: str | None = None, sampling: Mapping[str, object] | None = None,
+                 images: Sequence[str | Path] = ()) -> str:
+        """The reply to one user message.
+
+        `sampling` overrides request fields (temperature, top_p, max_tokens, or a server extension
+        such as vLLM's repetition_penalty); a None value leaves that field out of the request.
+        `images` are JPEG files sent after the text as base64 `image_url` parts.
+        """
+        content: str | list[dict] = prompt
+        if images:
+            content = [{"type": "text", "text": prompt}] + [
+                {"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{_base64_file(image)}"}}
+                for image in images]
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
+        fields = {"temperature": self.config.temperature, "max_tokens": self.config.max_tokens, **(sampling or {})}
+        payload = {"model": self.config.model, "messages": messages,
+                   **{name: value for name, value in fields.items() if value is not None}}
         key = hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
         with self._lock:
             if key in self._cache:
@@ -107,6 +116,13 @@ def _answer_text(reply: dict, url: str) -> str:
         return reply["choices"][0]["message"]["content"] or ""
     except (KeyError, IndexError, TypeError) as error:
         raise EndpointError(f"{url}: reply has no choices[0].message.content: {str(reply)[:300]}") from error
+
+
+def _base64_file(path: str | Path) -> str:
+    try:
+        return base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    except OSError as error:
+        raise EndpointError(f"image {path}: {error.strerror}") from error
 
 
 def _read_cache(path: Path) -> dict[str, str]:

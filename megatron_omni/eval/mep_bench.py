@@ -11,8 +11,8 @@ Claims come from a pluggable extractor: a sentence-level cue-vocabulary matcher 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 import torch
@@ -180,16 +180,14 @@ class FaithfulnessScore:
     sentences: dict[str, int] = field(default_factory=dict)
 
 
-def masked_faithfulness(samples: Sequence[dict], generate: GenerateFn, extractor: ClaimExtractor,
-                        modalities: Sequence[str] = MODALITIES) -> FaithfulnessScore:
-    """Re-generate with each modality masked and measure how much is still claimed about it."""
+def faithfulness_of_outputs(masked_outputs: Mapping[str, Sequence[str | None]],
+                            extractor: ClaimExtractor) -> FaithfulnessScore:
+    """Share of claims (and of sentences holding one) about the masked modality, from the outputs
+    generated with that modality masked ({modality: outputs}; None: a sample skipped)."""
     claim_level, sentence_level, claim_counts, sentence_counts = {}, {}, {}, {}
-    for masked in modalities:
-        outputs = generate(list(samples), mask_modality=masked)
-        if len(outputs) != len(samples):
-            raise ValueError(f"generate returned {len(outputs)} outputs for {len(samples)} samples")
+    for masked, outputs in masked_outputs.items():
         about_claims = all_claims = about_sentences = all_sentences = 0
-        for output in filter(None.__ne__, outputs):  # None: a sample skipped as unusable
+        for output in filter(None.__ne__, outputs):
             reasoning = reasoning_text(output)
             claims = extractor(reasoning)
             all_claims += len(claims)
@@ -202,10 +200,40 @@ def masked_faithfulness(samples: Sequence[dict], generate: GenerateFn, extractor
     return FaithfulnessScore(claim_level, sentence_level, claim_counts, sentence_counts)
 
 
+def masked_faithfulness(samples: Sequence[dict], generate: GenerateFn, extractor: ClaimExtractor,
+                        modalities: Sequence[str] = MODALITIES) -> FaithfulnessScore:
+    """Re-generate with each modality masked and measure how much is still claimed about it."""
+    masked_outputs = {}
+    for masked in modalities:
+        outputs = generate(list(samples), mask_modality=masked)
+        if len(outputs) != len(samples):
+            raise ValueError(f"generate returned {len(outputs)} outputs for {len(samples)} samples")
+        masked_outputs[masked] = outputs
+    return faithfulness_of_outputs(masked_outputs, extractor)
+
+
 @dataclass(frozen=True)
 class MEPResult:
     utilization: UtilizationScore
     faithfulness: FaithfulnessScore
+
+    def summary(self) -> dict:
+        """JSON-ready figures (fractions), with the means over modalities."""
+        return {"utilization": {**asdict(self.utilization), "mean_recall": self.utilization.mean_recall,
+                                "mean_precision": self.utilization.mean_precision},
+                "faithfulness": asdict(self.faithfulness)}
+
+    def markdown(self) -> str:
+        """The utilization and faithfulness tables (x100; faithfulness: lower is more faithful)."""
+        u, f = self.utilization, self.faithfulness
+        lines = ["| Utilization | " + " | ".join(MODALITIES) + " | mean |", "| --- |" + " --- |" * (len(MODALITIES) + 1),
+                 "| recall | " + " | ".join(f"{100 * u.recall[m]:.2f}" for m in MODALITIES) + f" | {100 * u.mean_recall:.2f} |",
+                 "| precision | " + " | ".join(f"{100 * u.precision[m]:.2f}" for m in MODALITIES)
+                 + f" | {100 * u.mean_precision:.2f} |", "",
+                 "| Faithfulness (masked) | " + " | ".join(f.claim_level) + " |", "| --- |" + " --- |" * len(f.claim_level),
+                 "| claim level | " + " | ".join(f"{100 * v:.2f}" for v in f.claim_level.values()) + " |",
+                 "| sentence level | " + " | ".join(f"{100 * v:.2f}" for v in f.sentence_level.values()) + " |"]
+        return "\n".join(lines) + "\n"
 
 
 def run_mep_bench(samples: Sequence[dict], generate: GenerateFn, extractor: ClaimExtractor,

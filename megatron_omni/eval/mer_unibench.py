@@ -61,6 +61,9 @@ class DatasetResult:
     samples: int  # labelled samples
     missing_predictions: int
     details: dict = field(default_factory=dict)
+    # labelled samples whose prediction the official and the lenient reading read differently
+    # (None: not counted); when it is not 0, the choice of reading changes the score
+    parsed_differently: int | None = None
 
 
 def score_dataset(dataset: str, kind: str, labels: Mapping[str, object], predictions: Mapping[str, list[str]],
@@ -113,6 +116,9 @@ def results_markdown(results: Sequence[DatasetResult]) -> str:
             extra.append(f"- {r.dataset}: level 1 F/P/R = {100 * r.score:.2f} / "
                          f"{100 * r.details['level1']['precision']:.2f} / {100 * r.details['level1']['recall']:.2f}; "
                          f"level 2 F/P/R = {100 * l2['fscore']:.2f} / {100 * l2['precision']:.2f} / {100 * l2['recall']:.2f}")
+        if r.parsed_differently:
+            extra.append(f"- {r.dataset}: the official and the lenient reading differ on {r.parsed_differently} "
+                         f"of {r.samples} predictions")
         if r.missing_predictions:
             extra.append(f"- {r.dataset}: {r.missing_predictions} of {r.samples} samples had no prediction (scored as empty)")
     if not summary["complete"]:

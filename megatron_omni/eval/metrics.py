@@ -10,9 +10,9 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from megatron_omni.eval.parsing import exact_words, official_words
 from megatron_omni.text.lexicon import EmotionWheelLexicon
 from megatron_omni.text.overlap import overlap_precision_recall
-from megatron_omni.text.wordlists import parse_emotion_words
 
 
 class MetricWarning(UserWarning):
@@ -69,7 +69,10 @@ class SentimentScore:
 
 
 def _mapped(value: object, lexicon: EmotionWheelLexicon, wheel: str, level: str) -> set[str]:
-    return lexicon.map_words(parse_emotion_words(value), wheel, level)
+    """Wheel classes of a label or prediction: a raw string is read the official way; a word list
+    (already read, officially or leniently) is taken as it is. Words are looked up verbatim, as
+    the official code does."""
+    return lexicon.map_words(exact_words(official_words(value)), wheel, level)
 
 
 def openset_score(name2gt: Mapping[str, object], name2pred: Mapping[str, object],

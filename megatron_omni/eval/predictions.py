@@ -1,13 +1,16 @@
 """Prediction files: reading released/third-party predictions, and the resumable JSONL that a
 generation run appends to.
 
-Readable formats, all giving {sample name: emotion words}:
+Readable formats, all giving {sample name: prediction value}:
 - `.npz` with arrays `filenames` and `fileitems` (AffectGPT's releases);
-- `.csv` with a `name` (or `id`) column and an `openset`/`prediction`/`answer` column of word
-  lists, or an `output` column of raw model text;
-- `.jsonl` with `id` (or `name`) and `answer` (a word list, as written by `PredictionsJsonl`),
-  `openset`/`prediction`, or raw `output` text.
-Raw text goes through the given extractor (by default the `<answer>` parser).
+- `.csv` with a `name` (or `id`) column and an `output` column of raw model text, or an
+  `openset`/`prediction`/`answer` column of word lists;
+- `.jsonl` with `id` (or `name`) and raw `output` text, or `answer` (a word list),
+  `openset`/`prediction`.
+Raw `output` text wins when a record has it (a file written by a generation run holds both): it
+goes through the given answer-text extractor (by default the `<answer>` block), so the file is
+scored under the reading and the parser chosen now. A value is a string or a list; a word reading
+(`megatron_omni.eval.parsing`) turns it into words.
 """
 from __future__ import annotations
 
@@ -20,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from megatron_omni.eval.answers import AnswerWordExtractor
+from megatron_omni.eval.answers import tag_answer
+from megatron_omni.eval.parsing import WordReading, official_words
 from megatron_omni.text.jsonl import drop_partial_last_line, read_jsonl, utf8_text
-from megatron_omni.text.wordlists import parse_emotion_words
 
-WordExtractor = Callable[[str], list[str]]
+AnswerTextExtractor = Callable[[str], str]
 _NAME_FIELDS = ("id", "name")
 _WORD_FIELDS = ("answer", "openset", "prediction")
 _RAW_FIELD = "output"
@@ -34,13 +37,15 @@ class PredictionFileError(ValueError):
     """A predictions file is missing or malformed."""
 
 
-def _words_of(record: dict, extract: WordExtractor, where: str) -> list[str]:
+def _value_of(record: dict, extract: AnswerTextExtractor, where: str) -> object:
+    if record.get(_RAW_FIELD) is not None:
+        return extract(str(record[_RAW_FIELD]))
     for field in _WORD_FIELDS:
         if field in record and record[field] is not None:
-            return parse_emotion_words(record[field])
-    if _RAW_FIELD in record:
-        return extract(str(record[_RAW_FIELD] or ""))
-    raise PredictionFileError(f"{where}: no prediction field (one of {_WORD_FIELDS + (_RAW_FIELD,)})")
+            return record[field]
+    if _RAW_FIELD in record:  # an explicit null output: nothing was answered
+        return ""
+    raise PredictionFileError(f"{where}: no prediction field (one of {(_RAW_FIELD,) + _WORD_FIELDS})")
 
 
 def _name_of(record: dict, where: str) -> str:
@@ -50,23 +55,24 @@ def _name_of(record: dict, where: str) -> str:
     raise PredictionFileError(f"{where}: no sample name field (one of {_NAME_FIELDS})")
 
 
-def _unique(pairs: Iterable[tuple[str, str, list[str]]], last_wins: bool) -> dict[str, list[str]]:
-    """{name: words} of (where, name, words); a name given twice is an error unless ``last_wins``."""
-    out: dict[str, list[str]] = {}
+def _unique(pairs: Iterable[tuple[str, str, object]], last_wins: bool) -> dict[str, object]:
+    """{name: value} of (where, name, value); a name given twice is an error unless ``last_wins``."""
+    out: dict[str, object] = {}
     first: dict[str, str] = {}
-    for where, name, words in pairs:
+    for where, name, value in pairs:
         if name in first and not last_wins:
             raise PredictionFileError(f"{where}: sample {name!r} again (first at {first[name]}); "
                                       f"--last-wins keeps the last prediction of each name")
         first.setdefault(name, where)
-        out[name] = words
+        out[name] = value
     return out
 
 
-def load_predictions(path: str | Path, extract: WordExtractor | None = None, last_wins: bool = False) -> dict[str, list[str]]:
-    """{sample name: emotion words}; a name that appears twice is an error unless ``last_wins``."""
+def load_prediction_values(path: str | Path, extract: AnswerTextExtractor | None = None,
+                           last_wins: bool = False) -> dict[str, object]:
+    """{sample name: prediction value (a string or a list), not yet read as words}."""
     path = Path(path)
-    extract = extract or AnswerWordExtractor()
+    extract = extract or tag_answer
     if not path.is_file():
         raise PredictionFileError(f"predictions file not found: {path}")
     suffix = path.suffix.lower()
@@ -78,17 +84,23 @@ def load_predictions(path: str | Path, extract: WordExtractor | None = None, las
             names, items = archive["filenames"].tolist(), archive["fileitems"].tolist()
         if len(names) != len(items):
             raise PredictionFileError(f"{path}: {len(names)} filenames but {len(items)} fileitems")
-        return _unique(((f"{path}, entry {i}", str(name), parse_emotion_words(item))
-                        for i, (name, item) in enumerate(zip(names, items))), last_wins)
+        return _unique(((f"{path}, entry {i}", str(name), item) for i, (name, item) in enumerate(zip(names, items))),
+                       last_wins)
     if suffix == ".csv":
         reader = csv.DictReader(io.StringIO(utf8_text(path, PredictionFileError), newline=""))
         rows = ((f"{path}, line {reader.line_num}", row) for row in reader)
-        return _unique(((where, _name_of(row, where), _words_of(row, extract, where)) for where, row in rows),
+        return _unique(((where, _name_of(row, where), _value_of(row, extract, where)) for where, row in rows),
                        last_wins)
     if suffix in (".jsonl", ".json"):
-        return _unique(((where, _name_of(record, where), _words_of(record, extract, where))
+        return _unique(((where, _name_of(record, where), _value_of(record, extract, where))
                         for where, record in read_jsonl(path, PredictionFileError)), last_wins)
     raise PredictionFileError(f"{path}: unsupported predictions format {suffix!r} (use .npz, .csv or .jsonl)")
+
+
+def load_predictions(path: str | Path, extract: AnswerTextExtractor | None = None, last_wins: bool = False,
+                     read: WordReading = official_words) -> dict[str, list[str]]:
+    """{sample name: emotion words}; a name that appears twice is an error unless ``last_wins``."""
+    return {name: read(value) for name, value in load_prediction_values(path, extract, last_wins).items()}
 
 
 class PredictionsJsonl:

@@ -20,7 +20,10 @@ class FakeChatServer:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 (http.server's naming)
                 payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                prompt = payload["messages"][-1]["content"]
+                content = payload["messages"][-1]["content"]
+                # a multi-part message (text + images): the prompt is its text part
+                prompt = content if isinstance(content, str) else "".join(
+                    part["text"] for part in content if part["type"] == "text")
                 server.prompts.append(prompt)
                 server.payloads.append(payload)
                 if self.path != "/v1/chat/completions":

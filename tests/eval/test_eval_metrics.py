@@ -13,6 +13,7 @@ from megatron_omni.eval.metrics import (
     sentiment_score,
     weighted_f1,
 )
+from megatron_omni.eval.parsing import lenient_words
 
 # Fixture lexicon classes (level 1): wheel1 thrilling/calmly/merriment -> happy, upset/alone -> sad;
 # wheel2 upset -> anger, calmly/merriment/gladness -> joy; thrilling/alone unmappable on wheel2.
@@ -22,15 +23,20 @@ PREDICTIONS = {"a": "[Thrilling; thrilling, upset]", "b": "merriment", "c": "", 
 
 def test_openset_hand_computed(fixture_lexicon):
     score = openset_score(LABELS, PREDICTIONS, fixture_lexicon, "level1")
-    # wheel1: a gt{happy,sad} pred{happy,sad} P=R=1; b gt{sad} pred{happy} 0/0; c empty pred 0/0;
-    # d gt unmappable -> skipped.  P = R = 1/3.
+    # Raw strings are read the official way: a's "Thrilling; thrilling" is one (unknown) word.
+    # wheel1: a gt{happy,sad} pred{sad} P=1 R=1/2; b gt{sad} pred{happy} 0/0; c empty pred 0/0;
+    # d gt unmappable -> skipped.  P = 1/3, R = 1/6.
     wheel1 = score.per_wheel["wheel1"]
-    assert (wheel1.precision, wheel1.recall, wheel1.scored) == (pytest.approx(1 / 3), pytest.approx(1 / 3), 3)
+    assert (wheel1.precision, wheel1.recall, wheel1.scored) == (pytest.approx(1 / 3), pytest.approx(1 / 6), 3)
     # wheel2: a gt{} skipped; b gt{anger} pred{joy} 0/0; c skipped; d skipped.  P = R = 0 -> F = 0.
     wheel2 = score.per_wheel["wheel2"]
     assert (wheel2.precision, wheel2.recall, wheel2.fscore, wheel2.scored) == (0, 0, 0, 1)
-    assert score.fscore == pytest.approx((1 / 3 + 0) / 2)
+    assert score.fscore == pytest.approx((2 * (1 / 3) * (1 / 6) / (1 / 3 + 1 / 6) + 0) / 2)
     assert score.precision == pytest.approx(1 / 6)
+    # Word lists read leniently beforehand are taken as they are: a's pred is then {happy, sad}, P = R = 1/3.
+    lenient = openset_score(LABELS, {k: lenient_words(v) for k, v in PREDICTIONS.items()}, fixture_lexicon, "level1")
+    assert (lenient.per_wheel["wheel1"].precision, lenient.per_wheel["wheel1"].recall) == (
+        pytest.approx(1 / 3), pytest.approx(1 / 3))
 
 
 @pytest.mark.parametrize("level", ["level1", "level2"])
