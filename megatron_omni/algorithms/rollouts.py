@@ -10,7 +10,7 @@ import torch
 from megatron_omni.data.processor import ProcessedSample, attach_completion
 from megatron_omni.data.skips import SampleRules
 from megatron_omni.generation.generator import SamplingConfig
-from megatron_omni.generation.omni import rollout_seed, sample_completions
+from megatron_omni.generation.omni import rollout_seed, sample_prompts
 from megatron_omni.training.config import TrainConfig
 from megatron_omni.training.model_setup import unwrap
 
@@ -26,7 +26,7 @@ class Rollouts:
     # The sampler's log-prob of each sampled token at temperature 1, unfiltered (the trainer's
     # definition): fp32 on the CPU, len(completion_ids[i]) values per completion.
     logprobs: list[torch.Tensor]
-    tokens_per_second: float  # mean over prompts
+    tokens_per_second: float  # of the step's decode
 
     def sequences(self) -> list[ProcessedSample]:
         """Prompt + completion of each entry, the loss mask on the completion."""
@@ -55,20 +55,16 @@ def prompt_rules(train: TrainConfig, sampling_key: str, sampling: SamplingConfig
 
 def collect_rollouts(model_chunks, prompts: list[ProcessedSample], indices: list[int], step: int, sampling: SamplingConfig,
                      group_size: int, train_seed: int, vocab_size: int, pad_token_id: int, tokenizer) -> Rollouts:
-    """Sample ``group_size`` completions of each prompt (collective over the model's TP/PP ranks);
-    ``indices``: the data set index of each prompt."""
-    out = Rollouts([], [], [], [], [], 0.0)
-    for index, prompt in zip(indices, prompts):
-        completions, logprobs, tokens_per_second = sample_completions(
-            unwrap(model_chunks[0]), prompt, sampling, group_size, rollout_seed(train_seed, step, prompt.sample_id),
-            vocab_size, pad_token_id,
-        )
-        out.tokens_per_second += tokens_per_second / len(indices)
+    """Sample ``group_size`` completions of each prompt, all prompts in one decode (collective over
+    the model's TP/PP ranks); ``indices``: the data set index of each prompt."""
+    seeds = [rollout_seed(train_seed, step, prompt.sample_id) for prompt in prompts]
+    generated = sample_prompts(unwrap(model_chunks[0]), prompts, sampling, group_size, seeds, vocab_size, pad_token_id)
+    out = Rollouts([], [], [], [], [], generated.tokens_per_second)
+    for index, prompt, completions, logprobs in zip(indices, prompts, generated.completions, generated.logprobs):
         for ids, logprob in zip(completions, logprobs):
             out.indices.append(index)
-            out.logprobs.append(logprob)
             out.prompts.append(prompt)
             out.completion_ids.append(ids)
+            out.logprobs.append(logprob)
             out.texts.append(tokenizer.decode(ids, skip_special_tokens=True))
     return out
-

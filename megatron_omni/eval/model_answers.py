@@ -5,23 +5,27 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from megatron.core import parallel_state
 
 from megatron_omni.data.dataset import OmniDataset
 from megatron_omni.data.skips import SampleSource
 from megatron_omni.generation.generator import SamplingConfig
-from megatron_omni.generation.omni import sample_completions
+from megatron_omni.generation.omni import sample_prompts
 from megatron_omni.models.masking import ModalityMask
 from megatron_omni.training.model_setup import unwrap
 
 
 class OmniAnswerer:
+    """Greedy answers, the samples of a call decoded together. Under data parallelism each model
+    replica answers every DP-th sample of the call and the answers are gathered over the DP
+    group, so every rank returns all of them, as one process would."""
+
     def __init__(self, model_chunks, prompts: OmniDataset, tokenizer, vocab_size: int,
                  stop_token_ids: list[int], pad_token_id: int, max_new_tokens: int, mask_ratio: float = 0.9):
         self.model = unwrap(model_chunks[0])
         self.prompts = prompts
-        # Every rank answers every sample (TP/PP collectives), so each decides skips alike; rank 0 reports.
-        announce = not dist.is_initialized() or dist.get_rank() == 0
-        self.source = SampleSource(prompts, announce=announce)
+        # The ranks of one model replica (TP/PP) load the same samples: its first rank reports skips.
+        self.source = SampleSource(prompts, announce=parallel_state.get_model_parallel_group().rank() == 0)
         self.index = {sample.id: i for i, sample in enumerate(prompts.samples)}
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
@@ -29,22 +33,34 @@ class OmniAnswerer:
         self.sampling = SamplingConfig(max_new_tokens=max_new_tokens, greedy=True, stop_token_ids=list(stop_token_ids))
         self.mask_ratio = mask_ratio
 
-    def answer(self, sample_id: str, mask_modality: str | None = None) -> str | None:
-        """The greedy answer; None for a sample skipped under data.skip_bad_samples."""
-        if sample_id not in self.index:
-            raise KeyError(f"sample {sample_id!r} is not in the evaluation manifest")
-        prompt = self.source.load_one(self.index[sample_id])
-        if prompt is None:
-            return None
-        mask = ModalityMask(mask_modality, self.mask_ratio, seed=0) if mask_modality is not None else None
-        (completion,), _, _ = sample_completions(self.model, prompt, self.sampling, 1, 0, self.vocab_size,
-                                              self.pad_token_id, modality_mask=mask)
-        return self.tokenizer.decode(completion, skip_special_tokens=True)
-
     def __call__(self, samples: list[dict], mask_modality: str | None = None) -> list[str | None]:
-        answers = [self.answer(str(sample["id"]), mask_modality) for sample in samples]
+        """One greedy answer per sample; None for a sample skipped under data.skip_bad_samples."""
+        ids = [str(sample["id"]) for sample in samples]
+        for sample_id in ids:
+            if sample_id not in self.index:
+                raise KeyError(f"sample {sample_id!r} is not in the evaluation manifest")
+        group = parallel_state.get_data_parallel_group()
+        size, rank = group.size(), group.rank()
+        mine = range(rank, len(ids), size)
+        loaded = {position: self.source.load_one(self.index[ids[position]]) for position in mine}
+        usable = [position for position, prompt in loaded.items() if prompt is not None]
+        answers: dict[int, str | None] = dict.fromkeys(loaded)
+        if usable:
+            mask = ModalityMask(mask_modality, self.mask_ratio, seed=0) if mask_modality is not None else None
+            generated = sample_prompts(self.model, [loaded[p] for p in usable], self.sampling, 1, [0] * len(usable),
+                                       self.vocab_size, self.pad_token_id, modality_mask=mask)
+            for position, (completion,) in zip(usable, generated.completions):
+                answers[position] = self.tokenizer.decode(completion, skip_special_tokens=True)
+        if size > 1:
+            gathered: list[dict[int, str | None]] = [{} for _ in range(size)]
+            dist.all_gather_object(gathered, answers, group=group)
+            others = [part for r, part in enumerate(gathered) if r != rank]
+            # The skip share is judged over every replica's samples, alike on every rank.
+            self.source.seen += sum(len(part) for part in others)
+            self.source.skipped += sum(text is None for part in others for text in part.values())
+            answers = {position: text for part in gathered for position, text in part.items()}
         self.source.check()
-        return answers
+        return [answers[position] for position in range(len(ids))]
 
 
 def sample_records(prompts: OmniDataset) -> list[dict]:

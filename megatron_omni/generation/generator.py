@@ -1,20 +1,35 @@
-"""Sampling from a megatron model with megatron-core's static KV cache, at any TP/PP.
+"""Sampling from a megatron model with megatron-core's static KV cache, at any TP/PP: all
+prompts of a step in one decode.
 
-One prompt at a time is expanded into G completions: the prompt (with its multimodal prefix) is
-run once with batch 1, its KV cache is copied into the G batch slots, then all G completions are
-decoded together. Logits are gathered over TP (``runtime_gather_output``) and every TP rank draws
-the same sample from a generator seeded per prompt, so ranks never disagree. Under PP, hidden
-states travel stage to stage with megatron's inference p2p helpers and the sampled tokens are
-broadcast from the last stage.
+Layout. ``B`` prompts of lengths ``P_i`` with ``G`` completions each make ``B x G`` rows. Each
+prompt is prefilled once, alone (batch 1, causal, its media encoded once), in a context of its own;
+its KV cache is then copied into its G rows of one shared cache, *left-padded* to the longest
+prompt ``L``: prompt i's keys sit at slots ``[L - P_i, L)``, its completions from slot ``L`` on.
+All rows therefore share megatron's one ``sequence_len_offset`` (``StaticInferenceContext`` has
+no per-row offset), and every decode step runs all live rows as one batch of one token each.
 
-Everything the decode makes (tokens, masks, log-probs, the sampling generator, pipeline receive
-buffers) lives on `step_device()`: the rank's GPU under NCCL, so sampling never leaves the device.
-The one host read per token is ``done.all()``, which decides in Python whether to stop early.
+Exactness. The pad slots hold zeros and are masked: each decode step passes a boolean attention
+mask [rows, 1, 1, slots] that is True on a row's pad slots, and megatron's local attention adds
+-10000 there, so their softmax weight is exactly 0 and the zero values add nothing; nothing is
+recomputed. Positions are per row: position_ids [3, rows, slots] carry each prompt's own TMRoPE
+positions (and ``extend_positions`` text positions after it); megatron rotates the cached
+(unrotated) keys with them at every step. Transformer Engine's attention ignores masks in
+megatron's static inference, so prompts of different lengths need the local attention spec.
+
+Work. A finished row stops costing work: once a quarter of the batch has finished, the batch is
+compacted (the live rows of the KV cache, positions and masks are gathered), so the decode
+batch shrinks with the rows still running.
+
+Sampling (`sampling.choose_tokens`) runs on the last pipeline stage's logits shard, on its device,
+without gathering the vocabulary over TP; the chosen tokens and their log-probs are broadcast
+from the last stage. Row ``g`` of a prompt draws its noise from the key of (prompt seed, g), so a
+prompt's completions do not depend on the other prompts of the batch, the layout or a resume.
+The one host read per token is whether every row is done.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -25,72 +40,50 @@ from megatron.core.inference.communication_utils import (
     send_to_next_pipeline_rank,
 )
 from megatron.core.inference.contexts import StaticInferenceContext
+from megatron.core.transformer.dot_product_attention import DotProductAttention
 
-from megatron_omni.config import ConfigError
+from megatron_omni.generation.sampling import SamplingConfig, VocabShard, choose_tokens, row_keys
 from megatron_omni.parallel.device import step_device
 
+__all__ = ["Generated", "Generator", "GPTAdapter", "ModelAdapter", "Prompt", "SamplingConfig"]
 
-@dataclass
-class SamplingConfig:
-    max_new_tokens: int = 64
-    temperature: float = 0.9
-    top_p: float = 1.0
-    top_k: int = 50  # 0: no top-k
-    greedy: bool = False
-    stop_token_ids: list[int] = field(default_factory=list)
-
-    def validate(self, key: str) -> None:
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"{key}.max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not self.greedy and self.temperature <= 0:
-            raise ConfigError(f"{key}.temperature must be > 0 when sampling, got {self.temperature} "
-                              f"(set {key}.greedy=true for greedy decoding)")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"{key}.top_p must lie in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ConfigError(f"{key}.top_k must be >= 0 (0: no top-k), got {self.top_k}")
+COMPACT_WHEN_DONE = 0.25  # compact once this share of the current batch has finished
 
 
 @dataclass
-class Completions:
-    """G completions of one prompt; ``tokens`` holds prompt + completion, padded after the stop."""
+class Prompt:
+    """One prompt to expand into G completions."""
 
-    tokens: torch.Tensor  # [G, P + N]
-    completion_mask: torch.Tensor  # [G, P + N], 1 on generated tokens (the stop token included)
-    logprobs: torch.Tensor  # [G, N] log pi(y_t) of the sampled tokens at temperature 1
-    prompt_length: int
+    tokens: torch.Tensor  # [P]
+    positions: torch.Tensor  # [3, P + max_new_tokens] (TMRoPE) or [P + max_new_tokens] (1-D RoPE)
+    seed: int  # its completions' sampling seed (unused when greedy)
+    media: dict | None = None  # what the adapter's prefill takes besides the tokens (None: text only)
+
+
+@dataclass
+class Generated:
+    """The completions of every prompt: ``completions[i][g]`` holds prompt i's g-th completion
+    (stop token included) and ``logprobs[i][g]`` the log-prob of each of its tokens at
+    temperature 1 (fp32 on the CPU)."""
+
+    completions: list[list[list[int]]]
+    logprobs: list[list[torch.Tensor]]
     tokens_per_second: float
 
 
 class ModelAdapter(Protocol):
     """What the generator needs from a model stage.
 
-    ``forward(tokens [b, s], position_ids, inference_context, prefill)`` returns gathered logits
-    [b, s', V] on the last pipeline stage and the hidden state to send on elsewhere; ``prefill``
-    tells a multimodal model to add its media embeddings.
+    ``forward(tokens [b, s], position_ids, ctx, attention_mask, media)`` returns this TP rank's
+    vocabulary shard of the logits [b, s', V / tp] on the last pipeline stage and the hidden state
+    to send on elsewhere; ``media`` (prefill only) holds a multimodal prompt's media inputs.
     """
 
     model: torch.nn.Module
 
-    def forward(self, tokens, position_ids, ctx: StaticInferenceContext, prefill: bool) -> torch.Tensor: ...
+    def forward(self, tokens, position_ids, ctx: StaticInferenceContext, attention_mask, media) -> torch.Tensor: ...
 
     def set_input_tensor(self, tensor: torch.Tensor) -> None: ...
-
-
-def filter_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
-    """Temperature, top-k and top-p (nucleus) filtering of [b, V] logits."""
-    logits = logits / cfg.temperature
-    if cfg.top_k and cfg.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, cfg.top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if cfg.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-        # Drop a token when the mass before it already reaches top_p (the top token always stays).
-        drop_sorted = (cumulative - torch.softmax(sorted_logits, dim=-1)) >= cfg.top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
 
 
 class Generator:
@@ -107,87 +100,154 @@ class Generator:
         self.pp_group = parallel_state.get_pipeline_model_parallel_group()
         self.first_stage = parallel_state.is_pipeline_first_stage()
         self.last_stage = parallel_state.is_pipeline_last_stage()
+        self.tp_group = parallel_state.get_tensor_model_parallel_group()
+        self.tp_rank = parallel_state.get_tensor_model_parallel_rank()
+        self.masks_apply = all(isinstance(m, DotProductAttention) for m in adapter.model.modules()
+                               if type(m).__name__.endswith("DotProductAttention"))
 
-    def _run(self, tokens, position_ids, ctx, prefill):
-        """One forward over the pipeline; returns [b, V] last-token logits on every stage."""
+    def _forward(self, tokens, position_ids, ctx, attention_mask=None, media=None) -> torch.Tensor | None:
+        """One forward over the pipeline: this TP rank's last-token logits shard [b, V / tp] on the
+        last stage, None elsewhere."""
         b, s = tokens.shape
         if not self.first_stage:
             recv = torch.empty((s, b, self.hidden_size), dtype=self.params_dtype, device=self.device)
             recv_from_prev_pipeline_rank_(recv, self.pp_group)
             self.adapter.set_input_tensor(recv)
-        output = self.adapter.forward(tokens, position_ids, ctx, prefill)
+        output = self.adapter.forward(tokens, position_ids, ctx, attention_mask, media)
         if not self.last_stage:
             send_to_next_pipeline_rank(output.to(self.params_dtype), self.pp_group)
         ctx.increment_sequence_len_offset(s)
-        logits = output[:, -1, : self.vocab_size].float().contiguous() if self.last_stage else None
-        return broadcast_from_last_pipeline_stage([b, self.vocab_size], torch.float32, logits, self.pp_group)
+        return output[:, -1] if self.last_stage else None
+
+    def _choose(self, logits, cfg, keys, step) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens and log-probs of the rows on every pipeline stage (sampled on the last)."""
+        rows = keys.shape[0]
+        picked = None
+        if self.last_stage:
+            width = logits.shape[-1]
+            shard = VocabShard(self.tp_rank * width, width, self.vocab_size, self.tp_group)
+            token, logprob = choose_tokens(logits, shard, cfg, keys, step, self.suppressed)
+            picked = torch.stack([token.double(), logprob.double()])
+        picked = broadcast_from_last_pipeline_stage([2, rows], torch.float64, picked, self.pp_group)
+        return picked[0].long(), picked[1].float()
 
     @torch.no_grad()
-    def generate(self, prompt_tokens: torch.Tensor, position_ids: torch.Tensor, group_size: int,
-                 cfg: SamplingConfig, seed: int) -> Completions:
-        """``prompt_tokens`` [1, P]; ``position_ids`` [3, 1, P + max_new_tokens] (or [1, ...] for 1-D RoPE)."""
-        if prompt_tokens.shape[0] != 1:
-            raise ValueError(f"generate() takes one prompt at a time, got a batch of {prompt_tokens.shape[0]}")
+    def generate(self, prompts: list[Prompt], group_size: int, cfg: SamplingConfig) -> Generated:
+        """``group_size`` completions of each prompt, all decoded together (collective over the
+        model's TP/PP ranks)."""
         model = self.adapter.model
         was_training = model.training
-        ctx = StaticInferenceContext(max_batch_size=group_size, max_sequence_length=prompt_tokens.shape[1] + cfg.max_new_tokens)
+        contexts: list[StaticInferenceContext] = []
         model.eval()  # megatron uses the KV cache only outside training mode
+        # GPTModel insists on gathering the vocabulary over TP in inference; the sampler works on
+        # the shards, so the output layer's gather is switched off for the decode.
+        hooks = [m.register_forward_pre_hook(_keep_vocab_shard, with_kwargs=True)
+                 for name, m in model.named_modules() if name.rsplit(".", 1)[-1] == "output_layer"]
         try:
-            return self._generate(ctx, prompt_tokens, position_ids, group_size, cfg, seed)
+            return self._generate(prompts, group_size, cfg, contexts)
         finally:
-            # The KV cache (keys and values [P + N, G, groups, head dim] per layer) goes here, before
-            # the training forwards, even while something (a traceback) still holds the context.
-            ctx.key_value_memory_dict.clear()
+            for hook in hooks:
+                hook.remove()
+            # The KV caches (keys and values [slots, rows, groups, head dim] per layer) go here,
+            # before the training forwards, even while something (a traceback) still holds a context.
+            for ctx in contexts:
+                ctx.key_value_memory_dict.clear()
             model.train(was_training)
 
-    def _generate(self, ctx, prompt_tokens, position_ids, group_size, cfg, seed) -> Completions:
+    def _generate(self, prompts, group_size, cfg, contexts) -> Generated:
         started = time.perf_counter()
-        prompt_tokens, position_ids = prompt_tokens.to(self.device), position_ids.to(self.device)
-        prompt_len = prompt_tokens.shape[1]
-        total = prompt_len + cfg.max_new_tokens
-        if position_ids.shape[-1] < total:
-            raise ValueError(f"position_ids cover {position_ids.shape[-1]} positions, need {total}")
-        # [3, 1, T] or [1, T] -> the same positions for every completion of the group
-        pos = position_ids.expand(*position_ids.shape[:-2], group_size, position_ids.shape[-1])
-        gen = torch.Generator(device=self.device).manual_seed(seed)
+        if not prompts:
+            raise ValueError("generate() needs at least one prompt")
+        lengths = [int(p.tokens.shape[0]) for p in prompts]
+        longest, new = max(lengths), cfg.max_new_tokens
+        if not self.masks_apply and len(set(lengths)) > 1:
+            raise NotImplementedError(
+                f"prompts of lengths {sorted(set(lengths))} need attention masks, which Transformer Engine's "
+                "attention ignores in megatron's static inference: generate with the local attention spec "
+                "(precision.transformer_engine=false)")
+        rows, slots = len(prompts) * group_size, longest + new
+        device = self.device
+        mrope = prompts[0].positions.dim() == 2
+        positions = torch.zeros((3, rows, slots) if mrope else (rows, slots), dtype=torch.long, device=device)
+        padded = torch.zeros(rows, slots, dtype=torch.bool, device=device)  # True: a row's pad slots
+        seeds = []
 
-        logits = self._run(prompt_tokens, position_ids[..., :prompt_len], ctx, True)
-        for keys, values in ctx.key_value_memory_dict.values():  # share the prompt's cache
-            keys[:prompt_len, 1:] = keys[:prompt_len, :1]
-            values[:prompt_len, 1:] = values[:prompt_len, :1]
-        logits = logits.expand(group_size, -1)
+        # Prefill: each prompt alone (its media once), its KV into its G rows, left-padded to `longest`.
+        decode = StaticInferenceContext(max_batch_size=rows, max_sequence_length=slots)
+        contexts.append(decode)
+        first_logits = []
+        for i, (prompt, length) in enumerate(zip(prompts, lengths)):
+            if prompt.positions.shape[-1] < length + new:
+                raise ValueError(f"prompt {i}: positions cover {prompt.positions.shape[-1]} tokens, "
+                                 f"need {length} + max_new_tokens ({new})")
+            ctx = StaticInferenceContext(max_batch_size=1, max_sequence_length=length)
+            contexts.append(ctx)
+            pos = prompt.positions[..., : length + new].to(device)
+            logits = self._forward(prompt.tokens[None].to(device), pos[..., :length].unsqueeze(-2), ctx,
+                                   media=prompt.media)
+            first_logits.append(logits)
+            block, pad = slice(i * group_size, (i + 1) * group_size), longest - length
+            positions[..., block, pad:] = pos.unsqueeze(-2)
+            padded[block, :pad] = True
+            for layer, (keys, values) in ctx.key_value_memory_dict.items():
+                if layer not in decode.key_value_memory_dict:
+                    shape = (slots, rows, *keys.shape[2:])
+                    decode.key_value_memory_dict[layer] = (keys.new_zeros(shape), values.new_zeros(shape))
+                cache_k, cache_v = decode.key_value_memory_dict[layer]
+                cache_k[pad:longest, block] = keys[:length]
+                cache_v[pad:longest, block] = values[:length]
+            ctx.key_value_memory_dict.clear()
+            seeds += [_row_seed(prompt.seed, g) for g in range(group_size)]
+        decode.sequence_len_offset = longest
+        logits = torch.cat(first_logits).repeat_interleave(group_size, dim=0) if self.last_stage else None
+        keys = row_keys(seeds, device)
 
-        tokens = torch.full((group_size, total), self.pad_token_id, dtype=torch.long, device=self.device)
-        tokens[:, :prompt_len] = prompt_tokens
-        mask = torch.zeros((group_size, total), dtype=torch.long, device=self.device)
-        logprobs = torch.zeros((group_size, cfg.max_new_tokens), device=self.device)
-        done = torch.zeros(group_size, dtype=torch.bool, device=self.device)
-        stops = torch.tensor(cfg.stop_token_ids, dtype=torch.long, device=self.device)
-        steps = 0
-        for t in range(cfg.max_new_tokens):
-            # Suppression only steers the choice: the log-prob is the trainer's, over the whole vocabulary.
-            allowed = logits.index_fill(1, self.suppressed, float("-inf"))
-            if cfg.greedy:
-                chosen = allowed.argmax(dim=-1)
-            else:
-                probs = torch.softmax(filter_logits(allowed, cfg), dim=-1)
-                chosen = torch.multinomial(probs, 1, generator=gen).squeeze(1)
-            chosen = torch.where(done, torch.full_like(chosen, self.pad_token_id), chosen)
-            logprobs[:, t] = torch.log_softmax(logits, dim=-1).gather(1, chosen.unsqueeze(1)).squeeze(1) * (~done)
-            cur = prompt_len + t
-            tokens[:, cur] = chosen
-            mask[:, cur] = (~done).long()
-            done = done | torch.isin(chosen, stops)
-            steps = t + 1
-            if bool(done.all()) or t == cfg.max_new_tokens - 1:
+        out_tokens = torch.full((rows, new), self.pad_token_id, dtype=torch.long, device=device)
+        out_logprobs = torch.zeros((rows, new), device=device)
+        lengths_out = torch.full((rows,), new, dtype=torch.long, device=device)
+        live = torch.arange(rows, device=device)  # the original row of each row of the batch
+        done = torch.zeros(rows, dtype=torch.bool, device=device)  # per row of the batch
+        stops = torch.tensor(cfg.stop_token_ids, dtype=torch.long, device=device)
+        mask = padded[:, None, None, :] if bool(padded.any()) else None  # None: nothing to hide
+        for t in range(new):
+            token, logprob = self._choose(logits, cfg, keys, t)
+            out_tokens[live, t], out_logprobs[live, t] = token, logprob
+            # A finished row still in the batch keeps decoding until a compaction; its tokens are cut.
+            finished = torch.isin(token, stops) & ~done
+            lengths_out[live[finished]] = t + 1
+            done |= finished
+            running = int((~done).sum())  # the step's one host read
+            if running == 0 or t == new - 1:
                 break
-            logits = self._run(tokens[:, cur : cur + 1], pos[..., : cur + 1], ctx, False)
-        end = prompt_len + steps
+            if live.shape[0] - running >= COMPACT_WHEN_DONE * live.shape[0]:
+                keep = ~done
+                live, keys, token, done = live[keep], keys[keep], token[keep], done[keep]
+                positions = positions[..., keep, :]
+                mask = mask[keep] if mask is not None else None
+                for layer, (cache_k, cache_v) in decode.key_value_memory_dict.items():
+                    decode.key_value_memory_dict[layer] = (cache_k[:, keep], cache_v[:, keep])
+            end = longest + t + 1
+            logits = self._forward(token[:, None], positions[..., :end], decode,
+                                   mask[..., :end] if mask is not None else None)
+
+        lengths_host = lengths_out.tolist()
+        tokens_host, logprobs_host = out_tokens.cpu(), out_logprobs.cpu()
+        completions, logprobs = [], []
+        for i in range(len(prompts)):
+            block = range(i * group_size, (i + 1) * group_size)
+            completions.append([tokens_host[r, : lengths_host[r]].tolist() for r in block])
+            logprobs.append([logprobs_host[r, : lengths_host[r]].clone() for r in block])
         elapsed = time.perf_counter() - started
-        return Completions(
-            tokens=tokens[:, :end], completion_mask=mask[:, :end], logprobs=logprobs[:, :steps],
-            prompt_length=prompt_len, tokens_per_second=float(mask.sum()) / max(elapsed, 1e-9),
-        )
+        return Generated(completions, logprobs, tokens_per_second=sum(lengths_host) / max(elapsed, 1e-9))
+
+
+def _keep_vocab_shard(module, args, kwargs):
+    return args, {**kwargs, "runtime_gather_output": False}
+
+
+def _row_seed(seed: int, completion: int) -> int:
+    """The sampling seed of a prompt's ``completion``-th row."""
+    return seed * 1_000_003 + completion
 
 
 class GPTAdapter:
@@ -196,8 +256,11 @@ class GPTAdapter:
     def __init__(self, model):
         self.model = model
 
-    def forward(self, tokens, position_ids, ctx, prefill):
-        return self.model(tokens, position_ids, None, inference_context=ctx, runtime_gather_output=True)
+    def forward(self, tokens, position_ids, ctx, attention_mask, media):
+        if media:
+            raise ValueError("a text model takes no media")
+        # True: GPTModel's inference check; the generator keeps the output layer's logits sharded.
+        return self.model(tokens, position_ids, attention_mask, inference_context=ctx, runtime_gather_output=True)
 
     def set_input_tensor(self, tensor):
         self.model.set_input_tensor(tensor)

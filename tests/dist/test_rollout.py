@@ -1,19 +1,23 @@
-"""Rollout generation with megatron's static KV cache: against a no-cache greedy loop, and the
-same samples at TP=2, PP=2 and TP=2xPP=2 as in one process. Runs under `torchrun --nproc-per-node 4`
-(tests/test_dist_suites.py: rollout-x4)."""
+"""The rollout engine on megatron's static KV cache: prompts of different lengths decoded in one
+batch against a no-cache greedy loop per prompt, stop tokens, suppressed tokens, and the same
+samples at TP=2, PP=2 and TP=2xPP=2 as in one process, whatever else is in the batch. Runs under
+`torchrun --nproc-per-node 4` (tests/test_dist_suites.py: rollout-x4)."""
 import pytest
 import torch
 import torch.distributed as dist
+from megatron.core import parallel_state
 
 from megatron_omni.data.text_corpus import EOS, VOCAB_SIZE
-from megatron_omni.generation.generator import Generator, GPTAdapter, SamplingConfig
+from megatron_omni.generation.generator import Generator, GPTAdapter, Prompt, SamplingConfig
+from megatron_omni.generation.sampling import VocabShard, choose_tokens, row_keys
 from megatron_omni.models.decoder import build_decoder, text_position_ids
 from megatron_omni.parallel import init_distributed, initialize_parallel, set_seed
 from megatron_omni.training.config import RunConfig
 from megatron_omni.training.model_setup import build_model_chunks
 
-PROMPT = torch.tensor([list(b"the woman smiles and")])
+TEXTS = [b"the woman smiles and", b"a man", b"they shout at each other in the rain"]
 MAX_NEW = 12
+SAMPLING = SamplingConfig(max_new_tokens=MAX_NEW, temperature=0.9, top_k=20, top_p=0.9, stop_token_ids=[EOS])
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -33,71 +37,140 @@ def build(tp=1, pp=1):
     return cfg, model
 
 
-def generator(cfg, model):
-    return Generator(GPTAdapter(model), vocab_size=VOCAB_SIZE, hidden_size=cfg.model.hidden_size, pad_token_id=EOS)
+def generator(cfg, model, suppressed=()):
+    return Generator(GPTAdapter(model), vocab_size=VOCAB_SIZE, hidden_size=cfg.model.hidden_size, pad_token_id=EOS,
+                     suppressed_token_ids=suppressed)
 
 
 def positions(length):
     return text_position_ids(torch.zeros(1, length, dtype=torch.long), mrope=True)
 
 
-def sampled(tp, pp, group=4):
-    cfg, model = build(tp, pp)
-    sampling = SamplingConfig(max_new_tokens=MAX_NEW, temperature=0.9, top_k=20, top_p=0.9, stop_token_ids=[EOS])
-    return generator(cfg, model).generate(PROMPT, positions(PROMPT.shape[1] + MAX_NEW), group, sampling, seed=5)
+def prompts(texts=TEXTS, seeds=(5, 6, 7)):
+    return [Prompt(torch.tensor(list(t)), positions(len(t) + MAX_NEW)[:, 0], seed) for t, seed in zip(texts, seeds)]
 
 
 @torch.no_grad()
-def test_kv_cache_greedy_equals_full_forward_loop():
-    cfg, model = build()
-    out = generator(cfg, model).generate(
-        PROMPT, positions(PROMPT.shape[1] + MAX_NEW), 2, SamplingConfig(max_new_tokens=MAX_NEW, greedy=True), seed=0
-    )
+def greedy_loop(model, text: bytes, stops=()) -> tuple[list[int], torch.Tensor]:
+    """The no-cache oracle: full forwards, argmax, until a stop token; and its log-probs."""
     model.eval()
-    tokens = PROMPT.clone()
+    tokens = torch.tensor([list(text)])
     for _ in range(MAX_NEW):
         logits = model(tokens, positions(tokens.shape[1]), None)[:, -1, :VOCAB_SIZE]
         tokens = torch.cat([tokens, logits.argmax(-1, keepdim=True)], dim=1)
-    assert torch.equal(out.tokens[0], tokens[0]) and torch.equal(out.tokens[1], tokens[0])
+        if tokens[0, -1].item() in stops:
+            break
+    return tokens[0, len(text):].tolist(), completion_logprobs(model, text, tokens[0, len(text):].tolist())
+
+
+@torch.no_grad()
+def completion_logprobs(model, text: bytes, completion: list[int]) -> torch.Tensor:
+    """log softmax over the real vocabulary at temperature 1 of each completion token (full forward)."""
+    model.eval()
+    tokens = torch.tensor([list(text) + completion])
     full = torch.log_softmax(model(tokens, positions(tokens.shape[1]), None)[0, :, :VOCAB_SIZE].float(), -1)
-    expected = full[PROMPT.shape[1] - 1 : -1].gather(1, tokens[0, PROMPT.shape[1] :, None]).squeeze(1)
-    torch.testing.assert_close(out.logprobs[0], expected, atol=1e-5, rtol=1e-5)
-    assert out.completion_mask[:, PROMPT.shape[1] :].all() and not out.completion_mask[:, : PROMPT.shape[1]].any()
+    return full[len(text) - 1 : -1].gather(1, tokens[0, len(text):, None]).squeeze(1)
 
 
-def test_sampling_is_layout_independent():
+@torch.no_grad()
+def test_batched_greedy_equals_no_cache_loop_per_prompt():
+    cfg, model = build()
+    gen = generator(cfg, model)
+    greedy = SamplingConfig(max_new_tokens=MAX_NEW, greedy=True)
+    out = gen.generate(prompts(), 2, greedy)
+    for i, text in enumerate(TEXTS):
+        expected, logprobs = greedy_loop(model, text)
+        alone = gen.generate(prompts([text]), 1, greedy)
+        assert out.completions[i] == [expected, expected] and alone.completions[0] == [expected], i
+        for row in out.logprobs[i] + alone.logprobs[0]:
+            assert row.dtype == torch.float32 and row.device.type == "cpu"
+            torch.testing.assert_close(row, logprobs, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_completions_end_at_their_first_stop_token():
+    """With stop tokens each completion is the stop-free one cut after its first stop token: the
+    rows that finish early leave the batch (it compacts) without changing the others."""
+    cfg, model = build()
+    gen = generator(cfg, model)
+    free = gen.generate(prompts(), 4, SamplingConfig(max_new_tokens=MAX_NEW, temperature=0.9, top_k=20, top_p=0.9))
+    stops = [free.completions[0][0][2], free.completions[1][1][5], free.completions[2][3][8]]
+    out = gen.generate(prompts(), 4, SamplingConfig(max_new_tokens=MAX_NEW, temperature=0.9, top_k=20, top_p=0.9,
+                                                    stop_token_ids=stops))
+    lengths = set()
+    for rows, free_rows, logprobs, free_logprobs in zip(out.completions, free.completions, out.logprobs, free.logprobs):
+        for row, free_row, logprob, free_logprob in zip(rows, free_rows, logprobs, free_logprobs):
+            cut = next((t + 1 for t, token in enumerate(free_row) if token in stops), MAX_NEW)
+            assert row == free_row[:cut]
+            torch.testing.assert_close(logprob, free_logprob[:cut], atol=1e-5, rtol=1e-5)
+            lengths.add(cut)
+    assert len(lengths) > 2 and min(lengths) < MAX_NEW / 2, lengths
+
+
+def sampled(tp, pp):
+    cfg, model = build(tp, pp)
+    return generator(cfg, model).generate(prompts(), 4, SAMPLING)
+
+
+def test_sampling_is_layout_batch_and_resume_independent():
     reference = sampled(1, 1)
-    assert len({tuple(t.tolist()) for t in reference.tokens}) > 1, "the group should not collapse to one sample"
+    assert len({tuple(c) for c in reference.completions[0]}) > 1, "the group should not collapse to one sample"
+    _, model = build()
+    for text, completions, logprobs in zip(TEXTS, reference.completions, reference.logprobs):
+        for completion, logprob in zip(completions, logprobs):
+            assert completion[-1] == EOS or len(completion) == MAX_NEW
+            # Temperature 1, unfiltered: the trainer's log-probs of the same tokens.
+            torch.testing.assert_close(logprob, completion_logprobs(model, text, completion), atol=1e-5, rtol=1e-5)
+    # A resumed run: a fresh generator, other global RNG state, the prompt in another batch.
+    torch.manual_seed(123)
+    torch.rand(10)
+    cfg, model = build()
+    resumed = generator(cfg, model).generate(prompts(TEXTS[1:2], seeds=(6,)), 4, SAMPLING)
+    assert resumed.completions[0] == reference.completions[1]
     for tp, pp in [(2, 1), (1, 2), (2, 2)]:
         out = sampled(tp, pp)
-        assert torch.equal(out.tokens, reference.tokens), (tp, pp)
-        assert torch.equal(out.completion_mask, reference.completion_mask)
-        torch.testing.assert_close(out.logprobs, reference.logprobs, atol=1e-5, rtol=1e-5)
+        assert out.completions == reference.completions, (tp, pp)
+        for rows, expected in zip(out.logprobs, reference.logprobs):
+            for row, want in zip(rows, expected):
+                torch.testing.assert_close(row, want, atol=1e-5, rtol=1e-5)
     assert dist.get_world_size() == 4
 
 
-def test_stop_token_ends_a_completion():
-    cfg, model = build()
-    # Every token is a stop token: each completion is exactly one token long.
-    out = generator(cfg, model).generate(
-        PROMPT, positions(PROMPT.shape[1] + MAX_NEW), 3,
-        SamplingConfig(max_new_tokens=MAX_NEW, stop_token_ids=list(range(VOCAB_SIZE))), seed=1,
-    )
-    assert out.tokens.shape[1] == PROMPT.shape[1] + 1 and out.completion_mask.sum() == 3
+@pytest.mark.parametrize("cfg", [
+    SamplingConfig(temperature=0.7, top_k=5, top_p=0.8),
+    SamplingConfig(temperature=1.3, top_k=0, top_p=0.6),  # top-p alone gathers the sorted shard values
+    SamplingConfig(temperature=1.0, top_k=0, top_p=1.0),
+    SamplingConfig(greedy=True),
+], ids=["topk-topp", "topp", "plain", "greedy"])
+def test_vocab_parallel_choice_equals_one_rank(cfg):
+    """TP=2 shards (the last one with padding columns) choose what one rank chooses from the full row."""
+    initialize_parallel(2, 1)
+    group, rank = parallel_state.get_tensor_model_parallel_group(), parallel_state.get_tensor_model_parallel_rank()
+    vocab, padded = 37, 40
+    logits = torch.randn(64, padded, generator=torch.Generator().manual_seed(3)) * 3
+    logits[:8, 5] = logits[:8, 25] = logits[:8].max() + 1  # equal maxima on both shards: the lower id wins
+    keys, suppressed = row_keys(list(range(64)), "cpu"), torch.tensor([7, 30])
+    one = choose_tokens(logits, VocabShard(0, padded, vocab), cfg, keys, 4, suppressed)
+    width = padded // 2
+    two = choose_tokens(logits[:, rank * width : (rank + 1) * width], VocabShard(rank * width, width, vocab, group),
+                        cfg, keys, 4, suppressed)
+    assert torch.equal(two[0], one[0])
+    torch.testing.assert_close(two[1], one[1], atol=1e-6, rtol=1e-6)  # the normaliser sums in another order
+    assert not torch.isin(one[0], suppressed).any() and int(one[0].max()) < vocab
+    torch.testing.assert_close(one[1], torch.log_softmax(logits[:, :vocab], -1).gather(1, one[0][:, None])[:, 0])
+    if cfg.greedy:
+        assert (one[0][:8] == 5).all()
 
 
 @torch.no_grad()
 def test_suppressed_tokens_are_never_generated():
     cfg, model = build()
     sampling = SamplingConfig(max_new_tokens=MAX_NEW, temperature=5.0, top_k=0)  # near-uniform sampling
-    free = generator(cfg, model).generate(PROMPT, positions(PROMPT.shape[1] + MAX_NEW), 8, sampling, seed=2)
-    common = free.tokens[:, PROMPT.shape[1]:].flatten().mode().values.item()  # a token it does pick
+    free = generator(cfg, model).generate(prompts(), 8, sampling)
+    picked = torch.tensor([t for rows in free.completions for row in rows for t in row])
+    common = picked.mode().values.item()  # a token it does pick
     suppressed = list(range(0, VOCAB_SIZE, 2)) + [common]
-    out = Generator(GPTAdapter(model), vocab_size=VOCAB_SIZE, hidden_size=cfg.model.hidden_size, pad_token_id=EOS,
-                    suppressed_token_ids=suppressed).generate(PROMPT, positions(PROMPT.shape[1] + MAX_NEW), 8, sampling, seed=2)
-    generated = out.tokens[:, PROMPT.shape[1]:][out.completion_mask[:, PROMPT.shape[1]:].bool()]
-    assert generated.numel() > 0 and not torch.isin(generated, torch.tensor(suppressed)).any()
-    greedy = Generator(GPTAdapter(model), vocab_size=VOCAB_SIZE, hidden_size=cfg.model.hidden_size, pad_token_id=EOS,
-                       suppressed_token_ids=suppressed).generate(
-        PROMPT, positions(PROMPT.shape[1] + MAX_NEW), 1, SamplingConfig(max_new_tokens=MAX_NEW, greedy=True), seed=0)
-    assert not torch.isin(greedy.tokens[0, PROMPT.shape[1]:], torch.tensor(suppressed)).any()
+    for mode in (sampling, SamplingConfig(max_new_tokens=MAX_NEW, greedy=True)):
+        out = generator(cfg, model, suppressed).generate(prompts(), 8, mode)
+        generated = torch.tensor([t for rows in out.completions for row in rows for t in row])
+        assert generated.numel() > 0 and not torch.isin(generated, torch.tensor(suppressed)).any()

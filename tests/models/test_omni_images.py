@@ -25,7 +25,7 @@ from megatron_omni.data.media import SampleMedia
 from megatron_omni.data.processor import ProcessedSample
 from megatron_omni.data.video import VisionFeatures
 from megatron_omni.generation.generator import SamplingConfig
-from megatron_omni.generation.omni import sample_completions
+from megatron_omni.generation.omni import sample_prompts
 from megatron_omni.models.masking import ModalityMask
 from megatron_omni.models.placeholders import PlaceholderMismatch
 
@@ -143,7 +143,7 @@ def test_rollout_of_an_image_prompt_is_the_reference_greedy_continuation(convert
                              prompt_length=n, pad_token_id=0,
                              media=SampleMedia(video=None, audio_features=audio, audio_in_video=False, image=image))
     sampling = SamplingConfig(max_new_tokens=3, greedy=True)
-    (completion,), _, _ = sample_completions(omni_model, prompt, sampling, 1, seed=0, vocab_size=128, pad_token_id=0)
+    ((completion,),) = sample_prompts(omni_model, [prompt], sampling, 1, [0], vocab_size=128, pad_token_id=0).completions
     assert len(completion) == 3
     full = torch.cat([ids, torch.tensor(completion)])[None]
     start = int(positions.max()) + 1
