@@ -49,7 +49,7 @@ from megatron_omni.eval.mep_bench import (
 from megatron_omni.eval.mer_unibench import DATASETS, KINDS, DatasetResult, results_markdown, results_summary, score_dataset
 from megatron_omni.eval.mme_emotion import MMEEmotionScorer, mme_item
 from megatron_omni.eval.parsing import READINGS, readings_differ
-from megatron_omni.eval.predictions import PredictionsJsonl, load_prediction_values
+from megatron_omni.eval.predictions import PredictionsJsonl, load_outputs, load_prediction_values
 from megatron_omni.eval.valence import LexiconValence, LLMValence
 from megatron_omni.text.lexicon import EmotionWheelLexicon
 from megatron_omni.text.modalities import MODALITIES
@@ -211,16 +211,6 @@ def main_mer_unibench(argv: list[str], generate: GenerateFn | None = None) -> di
     return summary
 
 
-def _outputs_of(path: str | Path) -> dict[str, str]:
-    """{id: raw output} of a predictions file (records need an `output`)."""
-    outputs = load_prediction_values(path, extract=str, last_wins=True)
-    for sample, value in outputs.items():
-        if not isinstance(value, str):
-            raise SystemExit(f"error: {path}: sample {sample!r} has no raw 'output' (MEP and MME-Emotion read the "
-                             f"model's full text)")
-    return outputs
-
-
 def main_mep(argv: list[str], generate: GenerateFn | None = None, encoder=None) -> dict:
     parser = argparse.ArgumentParser(prog="evaluate.py mep", description="MEP-Bench-style utilization and "
                                      "faithfulness (docs/EVALUATION.md) from a checkpoint or from output files")
@@ -252,7 +242,7 @@ def main_mep(argv: list[str], generate: GenerateFn | None = None, encoder=None) 
     if missing:
         raise SystemExit(f"error: mep: no outputs file {missing[0]}; give --checkpoint to generate it or the "
                          f"--outputs / --visual-masked / --audio-masked files")
-    outputs = {mask: _outputs_of(path) for mask, path in paths.items()}
+    outputs = {mask: load_outputs(path) for mask, path in paths.items()}
     extractor = (LLMClaimExtractor(_endpoint(args, "mep --claims llm")) if args.claims == "llm"
                  else KeywordClaimExtractor())
     if args.claims == "llm":  # every LLM call up front, concurrently and with progress; scoring then hits the cache
@@ -302,7 +292,7 @@ def main_mme_emotion(argv: list[str], generate: GenerateFn | None = None) -> dic
         if not writes:
             return {}
     needs_file = any("response" not in r for r in records)
-    responses = _outputs_of(responses_path) if needs_file and Path(responses_path).is_file() else {}
+    responses = load_outputs(responses_path) if needs_file and Path(responses_path).is_file() else {}
     items = []
     for index, record in enumerate(records):
         sample = str(record["id"])

@@ -86,15 +86,33 @@ def load_prediction_values(path: str | Path, extract: AnswerTextExtractor | None
             raise PredictionFileError(f"{path}: {len(names)} filenames but {len(items)} fileitems")
         return _unique(((f"{path}, entry {i}", str(name), item) for i, (name, item) in enumerate(zip(names, items))),
                        last_wins)
+    return _unique(((where, _name_of(record, where), _value_of(record, extract, where))
+                    for where, record in _records(path)), last_wins)
+
+
+def _records(path: Path):
+    """(where, record) of a .csv or .jsonl predictions file."""
+    suffix = path.suffix.lower()
     if suffix == ".csv":
         reader = csv.DictReader(io.StringIO(utf8_text(path, PredictionFileError), newline=""))
-        rows = ((f"{path}, line {reader.line_num}", row) for row in reader)
-        return _unique(((where, _name_of(row, where), _value_of(row, extract, where)) for where, row in rows),
-                       last_wins)
+        return ((f"{path}, line {reader.line_num}", row) for row in reader)
     if suffix in (".jsonl", ".json"):
-        return _unique(((where, _name_of(record, where), _value_of(record, extract, where))
-                        for where, record in read_jsonl(path, PredictionFileError)), last_wins)
+        return read_jsonl(path, PredictionFileError)
     raise PredictionFileError(f"{path}: unsupported predictions format {suffix!r} (use .npz, .csv or .jsonl)")
+
+
+def load_outputs(path: str | Path) -> dict[str, str]:
+    """{sample name: raw output text} of a .csv / .jsonl file whose records carry `output` (the
+    model's full text, which the perception and step-judged benchmarks read); the last of a name wins."""
+    path = Path(path)
+    if not path.is_file():
+        raise PredictionFileError(f"outputs file not found: {path}")
+    outputs = {}
+    for where, record in _records(path):
+        if record.get(_RAW_FIELD) is None:
+            raise PredictionFileError(f"{where}: no raw '{_RAW_FIELD}' text (the model's full output is needed)")
+        outputs[_name_of(record, where)] = str(record[_RAW_FIELD])
+    return outputs
 
 
 def load_predictions(path: str | Path, extract: AnswerTextExtractor | None = None, last_wins: bool = False,

@@ -1,5 +1,4 @@
 """tools/evaluate.py end to end: released label formats, real prediction files, generation hook."""
-import importlib.util
 import json
 import random
 import warnings
@@ -7,17 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from evaluate_cli import evaluate_tool
 from official_oracle import hit_rate, wheel_metric
 from sklearn.metrics import f1_score
 
 from megatron_omni.eval.mer_unibench import DATASETS
 from megatron_omni.eval.predictions import load_predictions
 from megatron_omni.eval.valence import LexiconValence
-
-REPO = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("evaluate_tool", REPO / "tools" / "evaluate.py")
-evaluate_tool = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(evaluate_tool)
 
 
 def _scores(summary):
@@ -185,3 +180,34 @@ def test_samples_skipped_by_generation_get_no_prediction(tmp_path, fixture_wheel
     assert [json.loads(line)["id"] for line in predictions.read_text().splitlines()] == ["a"]
     assert result["missing_predictions"] == 1
     assert "generated 1, already present 0, skipped as unusable 1" in capsys.readouterr().err
+
+
+def test_compare_writes_one_table_and_a_chart_per_set(tmp_path, fixture_wheel_dir):
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text('{"id": "a", "openset": ["upset"], "emo": "upset"}\n'
+                      '{"id": "b", "openset": ["thrilling"], "emo": "thrilling"}\n', encoding="utf-8")
+    runs = {"sft": '{"id": "a", "answer": "upset"}\n{"id": "b", "answer": "alone"}\n',
+            "rl": '{"id": "a", "answer": "upset"}\n{"id": "b", "answer": "thrilling"}\n'}
+    folders = []
+    for name, content in runs.items():
+        predictions = tmp_path / f"{name}.jsonl"
+        predictions.write_text(content, encoding="utf-8")
+        sets = ["--set", "toy@openset", str(predictions), str(labels)]
+        if name == "rl":
+            sets += ["--set", "basic@discrete", str(predictions), str(labels)]
+        evaluate_tool.main(["--wheel-dir", str(fixture_wheel_dir), "--out-dir", str(tmp_path / name / "eval"), *sets])
+        folders.append(str(tmp_path / name / "eval"))
+    out = tmp_path / "compare"
+    result = evaluate_tool.main(["compare", folders[0], f"{folders[1]}/results.json", "--out-dir", str(out),
+                                 "--names", "SFT", "RL"])
+    # sft: a 1/1 on both wheels, b {sad} vs {happy} 0 on wheel1 -> wheel1 P=R=1/2, wheel2 1 -> F_s 75
+    assert result["table"].splitlines()[:4] == [
+        "| Checkpoint | toy (F_s) | basic (HIT) | Mean | Sets |", "| --- | --- | --- | --- | --- |",
+        "| SFT | 75.00 | - | 75.00 | 1 |", "| RL | 100.00 | 100.00 | 100.00 | 2 |"]
+    assert "not comparable" in result["table"] and (out / "compare.md").read_text() == result["table"]
+    charts = sorted(Path(p).name for p in result["charts"])
+    assert charts == ["compare_basic_hit.png", "compare_mean.png", "compare_toy_f_s.png"]
+    assert all((out / c).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for c in charts)
+    with pytest.raises(ValueError, match="no 'datasets' list"):
+        (tmp_path / "bad.json").write_text("{}")
+        evaluate_tool.main(["compare", str(tmp_path / "bad.json"), "--out-dir", str(out)])

@@ -5,8 +5,8 @@ import json
 import re
 
 import pytest
+from evaluate_cli import evaluate_tool
 from fake_llm_server import FakeChatServer
-from test_eval_evaluate_tool import evaluate_tool
 
 from megatron_omni.eval.answers import LLMAnswerParser, postprocess_reply
 from megatron_omni.eval.llm_endpoint import ChatEndpoint, EndpointConfig, EndpointError

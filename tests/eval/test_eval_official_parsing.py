@@ -3,8 +3,8 @@ separators, each checked against the literal official reading (tests/eval/offici
 import json
 
 import pytest
+from evaluate_cli import evaluate_tool
 from official_oracle import hit_rate, official_string_to_list, wheel_metric
-from test_eval_evaluate_tool import evaluate_tool
 
 from megatron_omni.eval.parsing import lenient_words, official_words, readings_differ
 
