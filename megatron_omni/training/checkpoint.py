@@ -27,8 +27,9 @@ for the whole run. Left to megatron it sits in the trainer's process group, so t
 torchrun sends to each worker's group on shutdown (and SLURM to every process of a step) kills it,
 and the save in progress dies with ``BrokenPipeError``. `start_writer_helper` starts that process
 itself instead (before megatron would; the training loop does it at start, so that the first save
-after a SIGTERM does not also wait for a fresh interpreter): in a session of its own, ignoring
-SIGTERM and SIGINT, and killed by the kernel when the trainer dies (``PR_SET_PDEATHSIG``), so
+after a SIGTERM does not also wait for a fresh interpreter; what it runs first, in `writer_helper`,
+imports only the standard library, so it is up in a fraction of a second): in a session of its
+own, ignoring SIGTERM and SIGINT, and killed by the kernel when the trainer dies (``PR_SET_PDEATHSIG``), so
 neither a preemption signal nor ``kill -9`` of the trainer leaves a broken save or an orphan behind
 (multiprocessing's resource tracker exits by itself once the trainer and the helper are gone; a
 helper still starting up when the trainer dies exits as soon as it has). Keeping the asynchronous
@@ -37,7 +38,6 @@ the same files, and preemption saves as fast as periodic ones.
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import json
 import math
@@ -45,8 +45,6 @@ import os
 import random
 import re
 import shutil
-import signal
-import sys
 import threading
 import zlib
 from multiprocessing.managers import SyncManager
@@ -63,11 +61,11 @@ from megatron.core.dist_checkpointing.strategies import filesystem_async
 from torch.distributed.checkpoint import CheckpointException
 
 from megatron_omni.training.model_setup import unwrap
+from megatron_omni.training.writer_helper import shelter_helper
 
 _ITER = re.compile(r"^iter_(\d{7})$")
 COMPLETE = "COMPLETE"
 _CHUNK = 8 << 20
-_PR_SET_PDEATHSIG = 1
 # torch.distributed.checkpoint's CheckpointException (a rank's failure inside a collective save or
 # load) derives from BaseException, not Exception.
 _FAILURES = (Exception, CheckpointException)
@@ -75,17 +73,6 @@ _FAILURES = (Exception, CheckpointException)
 
 class CheckpointError(RuntimeError):
     pass
-
-
-def _shelter_helper(trainer_pid: int) -> None:
-    """Runs first in the writer helper: out of the trainer's session and signals, dead with it."""
-    os.setsid()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):  # elsewhere an orphaned helper stays until it is killed
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != trainer_pid:  # the trainer died before the line above took effect
-        os._exit(1)
 
 
 def start_writer_helper() -> None:
@@ -99,7 +86,7 @@ def start_writer_helper() -> None:
         # PR_SET_PDEATHSIG fires when the thread that started the helper ends, not the process.
         raise CheckpointError("the checkpoint helper must be started from the main thread")
     manager = SyncManager(ctx=mp.get_context("spawn"))
-    manager.start(initializer=_shelter_helper, initargs=(os.getpid(),))
+    manager.start(initializer=shelter_helper, initargs=(os.getpid(),))
     filesystem_async._results_queue = manager.Queue()  # the proxy keeps the manager (and its finalizer)
 
 
