@@ -42,22 +42,52 @@ def shared_data():
     return SHARED_DATA
 
 
-@pytest.fixture(scope="session")
-def torchrun():
-    """Run a pytest module under `torchrun --nproc-per-node N`; fails with the ranks' output
-    (tests/test_dist_suites.py launches every tests/dist/ module through it)."""
+# Inside a launch of the torchrun fixture, each rank records every test's outcome as it happens
+# (a rank killed by its launcher still leaves what it got through), so the parent can tell which
+# module of a launch failed.
+_REPORTS = os.environ.get("TORCHRUN_TEST_REPORTS") if "WORLD_SIZE" in os.environ else None
+if _REPORTS:
+    def pytest_runtest_logreport(report):
+        if report.when == "call" or report.failed:
+            with open(Path(_REPORTS) / f"rank{os.environ['RANK']}.txt", "a") as fh:
+                fh.write(f"{report.outcome} {report.nodeid}\n")
+        if report.failed:  # the parent shows only rank 0's output; a failure on another rank says why here
+            with open(Path(_REPORTS) / f"rank{os.environ['RANK']}.failures", "a") as fh:
+                fh.write(f"rank {os.environ['RANK']}, {report.nodeid}:\n{report.longreprtext}\n")
 
-    def run(module: str, nproc: int, timeout: int = 600, extra_env: dict | None = None):
-        env = dict(os.environ, OMP_NUM_THREADS="1", **(extra_env or {}))
+
+@pytest.fixture(scope="session")
+def torchrun(tmp_path_factory):
+    """Run pytest modules in one `torchrun --nproc-per-node N` launch (tests/test_dist_suites.py
+    launches every tests/dist/ module through it). Returns {module: None if it passed, else the
+    reason with the ranks' output}; the launch stops at the first failure (-x), so a module after
+    a failed one did not run, and one that did not finish (timeout, crash) failed."""
+
+    def run(modules: list[str], nproc: int, timeout: int = 600, extra_env: dict | None = None) -> dict[str, str | None]:
+        reports = tmp_path_factory.mktemp("torchrun_reports")
+        env = dict(os.environ, OMP_NUM_THREADS="1", TORCHRUN_TEST_REPORTS=str(reports), **(extra_env or {}))
         cmd = [
             sys.executable, "-m", "torch.distributed.run", "--standalone",
             f"--nproc-per-node={nproc}", "--local-ranks-filter=0",
-            "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", str(REPO / module),
+            "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *(str(REPO / m) for m in modules),
         ]
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-        if proc.returncode != 0:
-            pytest.fail(f"torchrun {module} x{nproc} failed (rc={proc.returncode}):\n"
-                        f"{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
-        return proc.stdout
+        try:
+            proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+            rc, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
+        except subprocess.TimeoutExpired as exc:
+            rc, stdout, stderr = f"timeout after {timeout} s", exc.stdout or "", exc.stderr or ""
+            stdout, stderr = (s.decode(errors="replace") if isinstance(s, bytes) else s for s in (stdout, stderr))
+        if rc == 0:
+            return {m: None for m in modules}
+        failures = "".join(f.read_text() for f in sorted(reports.glob("*.failures")))
+        output = (f"torchrun {' '.join(modules)} x{nproc} failed (rc={rc}):\n{failures[-6000:]}\n"
+                  f"rank 0's output:\n{stdout[-6000:]}\n{stderr[-6000:]}")
+        failed = {line.split()[1].split("::")[0] for f in reports.glob("*.txt") for line in f.read_text().splitlines()
+                  if line.startswith("failed ")}
+        first = next((i for i, m in enumerate(modules) if m in failed), None)
+        if first is None:  # no test failed: the launch itself did (timeout, crash), nothing can be trusted
+            return {m: output for m in modules}
+        return {m: None if i < first else output if i == first else f"not run: {modules[first]} failed first in the "
+                f"same launch\n{output}" for i, m in enumerate(modules)}
 
     return run

@@ -32,6 +32,13 @@ class Suite:
     def id(self) -> str:
         return f"{Path(self.module).stem.removeprefix('test_')}-x{self.nproc}"
 
+    @property
+    def shares_launch(self) -> bool:
+        """Without a fixture or environment of its own, an entry runs in one launch with the other such
+        entries of its process count that this session selected: each launch costs every rank its
+        torch and megatron imports (~10 s a process on 2 cores)."""
+        return self.fixture is None and not self.env
+
 
 @dataclass
 class Prepared:
@@ -70,10 +77,22 @@ def launch(torchrun):
     outcomes: dict[str, Prepared | str] = {}
 
     def run(request, suite: Suite) -> Prepared:
+        if suite.id not in outcomes and suite.shares_launch:
+            selected = {item.callspec.params["suite"].id for item in request.session.items
+                        if getattr(item, "originalname", None) == "test_suite" and item.path == Path(__file__)}
+            batch = [s for s in SUITES if s.shares_launch and s.nproc == suite.nproc and s.id not in outcomes
+                     and (s.id in selected or s is suite)]
+            results = torchrun([f"tests/dist/{s.module}" for s in batch], suite.nproc, timeout=sum(s.timeout for s in batch))
+            for s in batch:
+                failure = results[f"tests/dist/{s.module}"]
+                outcomes[s.id] = Prepared() if failure is None else f"{s.id}: {failure}"
         if suite.id not in outcomes:
             outcomes[suite.id] = f"{suite.id} failed earlier in this session"
             prepared = request.getfixturevalue(suite.fixture) if suite.fixture else Prepared()
-            torchrun(f"tests/dist/{suite.module}", suite.nproc, timeout=suite.timeout, extra_env={**suite.env, **prepared.env})
+            (failure,) = torchrun([f"tests/dist/{suite.module}"], suite.nproc, timeout=suite.timeout,
+                                  extra_env={**suite.env, **prepared.env}).values()
+            if failure is not None:
+                pytest.fail(failure)
             prepared.check()
             outcomes[suite.id] = prepared
         if isinstance(outcomes[suite.id], str):

@@ -1,6 +1,6 @@
 """Non-finite steps are skipped and counted; SIGTERM checkpoints and a resume is exact.
 Runs inside `torchrun --nproc-per-node 2` (tests/test_dist_suites.py: fault_handling-x2; kill -9 during
-a checkpoint write: tests/training/test_kill_during_checkpoint.py)."""
+a checkpoint write: tests/training/test_preemption.py)."""
 import os
 import signal
 
