@@ -44,9 +44,29 @@ class OPPOConfig:
         for name in ("perception_gamma", "perception_eta"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{key}.{name} must be >= 0 (perception_sign sets the direction), got {getattr(self, name)}")
+        g = self.grpo
+        if g.overlong == "penalty" and g.overlong_buffer >= self.sampling.max_new_tokens:
+            raise ConfigError(f"{key}.grpo.overlong_buffer ({g.overlong_buffer}) must be smaller than "
+                              f"{key}.sampling.max_new_tokens ({self.sampling.max_new_tokens}): the penalty ramps up over "
+                              f"the last overlong_buffer tokens of the completion budget")
         if self.offload_reference and not self.grpo.kl_beta:
             raise ConfigError(f"{key}.offload_reference=true needs a reference model, which exists only with "
                               f"{key}.grpo.kl_beta > 0 (it is 0)")
+
+
+def check_oppo_run(cfg, world_size: int | None) -> None:
+    """OPPO's rules across sections: every mini-batch holds whole micro-batches on every
+    data-parallel rank (the same schedule everywhere)."""
+    t, g = cfg.train, cfg.oppo.grpo
+    p = cfg.parallel
+    dp = world_size // (p.tensor_model_parallel_size * p.pipeline_model_parallel_size) if world_size else 1
+    micro_batches = t.global_batch_size // (t.micro_batch_size * dp)
+    if micro_batches % g.mini_batches:
+        raise ConfigError(
+            f"oppo.grpo.mini_batches ({g.mini_batches}) must divide the micro-batches of a step on each data-parallel "
+            f"rank: train.global_batch_size ({t.global_batch_size}) / (train.micro_batch_size ({t.micro_batch_size}) x "
+            f"data-parallel size ({dp})) = {micro_batches}"
+        )
 
 
 class RLRunSections(Protocol):

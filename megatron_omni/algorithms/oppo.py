@@ -1,11 +1,15 @@
 """OPPO: GRPO with the Omni-Perception Reward and the Omni-Perception Loss.
 
 One step, as the loop sees it:
-  prepare:  prompts -> rollout (G completions each) -> rewards -> group advantages
-            -> evidence tokens -> scoring forwards (frozen reference; visual- and audio-masked
-            current policy, no grad) -> micro-batches carrying everything the loss needs
+  prepare:  prompts -> rollout (G completions each) -> rewards (+ DAPO's overlong penalty;
+            dynamic sampling drops groups of equal rewards and refills the batch from further
+            prompts) -> group advantages -> evidence tokens -> scoring forwards (frozen reference;
+            visual- and audio-masked rollout policy; the rollout policy itself when several
+            updates need its log-probs, all no grad) -> micro-batches carrying everything the
+            loss needs
+  mini_batches: the micro-batches of each of the grpo.mini_batches x grpo.epochs optimizer steps
   forward_step: the policy forward and the loss (GRPO + L_op) through the fused kernels.
-The old policy of the PPO ratio is the current policy (one update per rollout batch), so its
+With one update per rollout batch the old policy of the PPO ratio is the current policy, so its
 log-probs are the current ones detached and need no extra forward.
 """
 from __future__ import annotations
@@ -13,12 +17,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 from megatron.core import parallel_state
 
 from megatron_omni.algorithms.config import RLRunSections
 from megatron_omni.algorithms.evidence import MODALITIES, evidence_token_masks, token_char_spans
-from megatron_omni.algorithms.grpo import GRPOLoss, group_advantages, kl_beta_at
-from megatron_omni.algorithms.rollouts import collect_rollouts, prompt_rules, stopping_at
+from megatron_omni.algorithms.grpo import (
+    GroupSelection,
+    GRPOLoss,
+    group_advantages,
+    kl_beta_at,
+    overlong_penalty,
+)
+from megatron_omni.algorithms.rollouts import Rollouts, collect_rollouts, prompt_rules, stopping_at
 from megatron_omni.algorithms.step_common import move_chunks, on_step_device, padded_microbatches, step_samples
 from megatron_omni.data.batch import OmniBatch
 from megatron_omni.kernels import evidence_masked_kl, vocab_parallel_logprob_entropy
@@ -35,9 +46,12 @@ class RLMicroBatch:
     # "completion" and each modality -> long [n, 2] (batch row, position) of its True positions in
     # row-major order: the rows the scoring forwards keep (their count is known on the host).
     rows: dict[str, torch.Tensor]
-    # Filled by the scoring forwards (last stage only): "ref_logprobs" fp32 [n_completion];
-    # "masked" modality -> [n_m, V_local] masked-input logits at that modality's evidence rows.
+    # Filled by the scoring forwards (last stage only), at the "completion" rows: "ref_logprobs",
+    # "old_logprobs" (the rollout policy's, with several updates), "engine_logprobs" (the
+    # engine's, when the loss reads them) fp32 [n_completion]; "masked" modality -> [n_m, V_local]
+    # masked-input logits at that modality's evidence rows.
     scores: dict = field(default_factory=dict)
+    reads_left: int = 1  # loss reads to come (grpo.epochs); the last one releases the scores
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:
@@ -61,10 +75,12 @@ class OPPO:
             move_chunks(reference_chunks, torch.device("cpu"))
         self.pad_token_id = pad_token_id
         self.sampling = stopping_at(o.sampling, stop_token_ids)
-        self.loss = GRPOLoss(o.grpo)
+        self.loss = GRPOLoss(o.grpo, o.sampling.max_new_tokens)
         self.group = o.grpo.group_size
         self.tp_group = parallel_state.get_tensor_model_parallel_group()
         self.beta = o.grpo.kl_beta
+        self.draws_prompts = o.grpo.dynamic_sampling  # prepare takes the loop's draw (training/loop.py)
+        self.microbatch_rows = cfg.train.micro_batch_size * self.group
 
     # ------------------------------------------------------------------ prepare
 
@@ -88,56 +104,124 @@ class OPPO:
     def load_state_dict(self, state: dict) -> None:
         self.prompts.load_state_dict(state["samples"])
 
-    def prepare(self, indices: list[int], step: int):
-        cfg = self.cfg
-        indices, prompts, skip_metrics = self.prompts.load_step(indices)
-        rollouts = collect_rollouts(self.model_chunks, prompts, indices, step, self.sampling, self.group,
-                                    cfg.train.seed, cfg.model.vocab_size, self.pad_token_id, self.tokenizer)
-        samples = [self.samples[i] for i in rollouts.indices]
-        rewards = self.reward.compute(rollouts.texts, samples)
-        advantages = group_advantages(rewards["total"], self.group, cfg.oppo.grpo.scale_advantages_by_std)
+    def prepare(self, indices: list[int], step: int, draw=None):
+        cfg, g = self.cfg, self.cfg.oppo.grpo
+        rollouts, rewards, data_metrics = self._rollouts(indices, step, draw)
+        advantages = group_advantages(rewards["total"], self.group, g.scale_advantages_by_std)
+        stop = set(self.sampling.stop_token_ids)
+        truncated = [ids[-1] not in stop for ids in rollouts.completion_ids]  # cut at max_new_tokens
+        filtered = truncated if g.overlong == "filter" else [False] * len(truncated)
+        # The loss reads the engine's log-probs as pi_old or for the importance weights.
+        engine = g.behaviour_logprobs == "engine" or g.tis_cap is not None
 
         seq = cfg.train.seq_length
         evidence = [self._evidence(ids, text, sample, p.prompt_length, seq)
-                    for ids, text, sample, p in zip(rollouts.completion_ids, rollouts.texts, samples, rollouts.prompts)]
+                    for ids, text, sample, p in zip(rollouts.completion_ids, rollouts.texts,
+                                                    [self.samples[i] for i in rollouts.indices], rollouts.prompts)]
         device = step_device()
         microbatches = []
         for chunk, batch in padded_microbatches(rollouts.sequences(), cfg.train.micro_batch_size * self.group, seq):
+            for row, i in enumerate(chunk):
+                if filtered[i]:  # DAPO's overlong filtering: no loss on a completion cut short
+                    batch.loss_mask[row] = 0
             # Masks and their rows are made on the host copies: no device read decides what is kept.
             completion = batch.loss_mask.bool()
             masks = {m: torch.stack([evidence[i][m] for i in chunk]) & completion for m in MODALITIES}
             rows = {name: _positions(mask).to(device) for name, mask in (("completion", completion), *masks.items())}
-            microbatches.append(RLMicroBatch(batch=batch.to(device), advantages=advantages[chunk].to(device),
-                                             evidence={m: mask.to(device) for m, mask in masks.items()}, rows=rows))
+            mb = RLMicroBatch(batch=batch.to(device), advantages=advantages[chunk].to(device),
+                              evidence={m: mask.to(device) for m, mask in masks.items()}, rows=rows, reads_left=g.epochs)
+            if engine:  # row-major like the completion rows: each kept completion's tokens in order
+                mb.scores["engine_logprobs"] = torch.cat(
+                    [rollouts.logprobs[i] for i in chunk if not filtered[i]] or [torch.zeros(0)]).to(device)
+            microbatches.append(mb)
         self._score(microbatches, step)
 
-        metrics = {**rollouts.metrics(rewards), **skip_metrics}
+        metrics = {**rollouts.metrics(rewards), **data_metrics}
         metrics.update({
             # Counted on the host copies: no device read.
             "evidence_visual_tokens": float(sum(int(e["visual"].sum()) for e in evidence)),
             "evidence_audio_tokens": float(sum(int(e["audio"].sum()) for e in evidence)),
             "kl_beta": self.beta,
         })
+        if g.overlong != "keep":
+            metrics["truncated_fraction"] = sum(truncated) / len(truncated)
         return microbatches, metrics
+
+    def _sample(self, indices: list[int], prompts, step: int) -> tuple[Rollouts, dict[str, torch.Tensor]]:
+        """Rollouts of ``prompts`` and their rewards (with DAPO's overlong penalty in the total)."""
+        cfg, g = self.cfg, self.cfg.oppo.grpo
+        rollouts = collect_rollouts(self.model_chunks, prompts, indices, step, self.sampling, self.group,
+                                    cfg.train.seed, cfg.model.vocab_size, self.pad_token_id, self.tokenizer)
+        rewards = self.reward.compute(rollouts.texts, [self.samples[i] for i in rollouts.indices])
+        if g.overlong == "penalty":
+            lengths = torch.tensor([len(ids) for ids in rollouts.completion_ids])
+            rewards["overlong"] = overlong_penalty(lengths, self.sampling.max_new_tokens, g.overlong_buffer,
+                                                   g.overlong_penalty_factor)
+            rewards["total"] = rewards["total"] + rewards["overlong"]
+        return rollouts, rewards
+
+    def _rollouts(self, indices: list[int], step: int, draw):
+        """The step's rollouts, rewards and data metrics; under grpo.dynamic_sampling the groups of
+        equal rewards are replaced by groups of further prompts, drawn from the sampler through
+        ``draw`` in rounds that every data-parallel rank takes together (the sampler's position
+        stays the same on all of them), at most grpo.max_resample_rounds times."""
+        g = self.cfg.oppo.grpo
+        indices, prompts, metrics = self.prompts.load_step(indices)
+        rollouts, rewards = self._sample(indices, prompts, step)
+        if not g.dynamic_sampling:
+            return rollouts, rewards, metrics
+        selection = GroupSelection(len(indices), self.group)
+        parts = [(rollouts, rewards)]
+        uninformative = selection.add(rewards["total"])
+        rounds = 0
+        while True:
+            # [groups still missing, groups of equal rewards found] over the data-parallel group.
+            counts = torch.tensor([selection.shortfall, uninformative], dtype=torch.float64, device=step_device())
+            dist.all_reduce(counts, group=parallel_state.get_data_parallel_group())
+            shortfall, found = (int(c) for c in counts.tolist())
+            metrics["dynamic_sampling_uninformative_groups"] = metrics.get("dynamic_sampling_uninformative_groups", 0.0) + found
+            if not shortfall or rounds == g.max_resample_rounds:
+                break
+            if draw is None:
+                raise ValueError("grpo.dynamic_sampling draws further prompts: prepare needs the loop's draw")
+            rounds += 1
+            more, more_prompts, more_metrics = self.prompts.load_step(draw())  # collective: every rank loads
+            metrics["skipped_samples"] += more_metrics["skipped_samples"]
+            metrics["skipped_samples_total"] = more_metrics["skipped_samples_total"]
+            uninformative = 0
+            if selection.shortfall:  # a full rank draws (the sampler moves on everywhere) but samples nothing
+                parts.append(self._sample(more, more_prompts, step))
+                uninformative = selection.add(parts[-1][1]["total"])
+        metrics["dynamic_sampling_rounds"] = float(rounds)
+        metrics["dynamic_sampling_filled_groups"] = float(shortfall)  # groups of equal rewards kept: rounds ran out
+        metrics["dynamic_sampling_dropped_groups"] = metrics["dynamic_sampling_uninformative_groups"] - shortfall
+        return _chosen(parts, selection.chosen(), self.group) + (metrics,)
 
     # ------------------------------------------------------------------ scoring forwards
 
     def _forward_only(self, chunks, microbatches, store, **model_kwargs):
         forward_only(chunks, microbatches, lambda mb: mb.batch, store, self.cfg.train.seq_length,
-                     self.cfg.train.micro_batch_size * self.group, **model_kwargs)
+                     self.microbatch_rows, **model_kwargs)
 
     def _score(self, microbatches: list[RLMicroBatch], step: int):
         cfg = self.cfg
         self.beta = kl_beta_at(cfg.oppo.grpo, step, cfg.train.steps)
         vocab = cfg.model.vocab_size
-        if self.beta and self.reference_chunks is not None:
-            def store_ref(mb, logits):
+
+        def store_logprobs(name):
+            def store(mb, logits):
                 lp, _ = vocab_parallel_logprob_entropy(logits.detach(), mb.batch.labels, group=self.tp_group, vocab_size=vocab)
                 rows = mb.rows["completion"]
-                mb.scores["ref_logprobs"] = lp[rows[:, 0], rows[:, 1]]  # the loss reads completion tokens only
+                mb.scores[name] = lp[rows[:, 0], rows[:, 1]]  # the loss reads completion tokens only
+            return store
 
+        if self.beta and self.reference_chunks is not None:
             with on_step_device(self.reference_chunks, cfg.oppo.offload_reference) as chunks:
-                self._forward_only(chunks, microbatches, store_ref)
+                self._forward_only(chunks, microbatches, store_logprobs("ref_logprobs"))
+        g = cfg.oppo.grpo
+        if g.updates_per_rollout > 1 and g.behaviour_logprobs == "trainer":
+            # pi_old of every update: the rollout policy, scored before the first of them.
+            self._forward_only(self.model_chunks, microbatches, store_logprobs("old_logprobs"))
         if cfg.oppo.perception_loss:
             for modality in MODALITIES:
                 def store_masked(mb, logits, modality=modality):
@@ -153,13 +237,24 @@ class OPPO:
                 mask = ModalityMask(modality, cfg.omni.modality_mask_ratio, seed=cfg.train.seed + step)
                 self._forward_only(self.model_chunks, microbatches, store_masked, modality_mask=mask)
 
+    def mini_batches(self, microbatches: list[RLMicroBatch]) -> list[list[RLMicroBatch]]:
+        """The micro-batches of each optimizer step: grpo.mini_batches consecutive parts of the
+        rollout batch, all of them once per epoch (config validation makes them whole)."""
+        g = self.cfg.oppo.grpo
+        size = len(microbatches) // g.mini_batches
+        return [microbatches[k * size : (k + 1) * size] for k in range(g.mini_batches)] * g.epochs
+
     # ------------------------------------------------------------------ loss
 
     @staticmethod
-    def _ref_logprobs(mb: RLMicroBatch, logprobs: torch.Tensor) -> torch.Tensor | None:
-        """[b, s] reference log-probs from the completion tokens' kept ones; elsewhere the policy's
-        own (detached), so the k3 KL there is exactly 0 and finite whatever the loss mask does."""
-        kept = mb.scores.pop("ref_logprobs", None)
+    def _read(mb: RLMicroBatch, name: str, default=None):
+        """A score for this loss read; the last of the micro-batch's reads releases it."""
+        return mb.scores.pop(name, default) if mb.reads_left == 1 else mb.scores.get(name, default)
+
+    def _kept_logprobs(self, mb: RLMicroBatch, name: str, logprobs: torch.Tensor) -> torch.Tensor | None:
+        """[b, s] log-probs from the completion tokens' kept ones; elsewhere the policy's own
+        (detached), so ratios there are exactly 1, the k3 KL 0, finite whatever the loss mask does."""
+        kept = self._read(mb, name)
         if kept is None:
             return None
         rows = mb.rows["completion"]
@@ -173,14 +268,16 @@ class OPPO:
             o, vocab = self.cfg.oppo, self.cfg.model.vocab_size
             logprobs, entropy = vocab_parallel_logprob_entropy(logits, batch.labels, group=self.tp_group, vocab_size=vocab)
             mask = batch.loss_mask
+            engine = self._kept_logprobs(mb, "engine_logprobs", logprobs)
+            old = engine if o.grpo.behaviour_logprobs == "engine" else self._kept_logprobs(mb, "old_logprobs", logprobs)
             total, count, metrics = self.loss(
-                logprobs, logprobs.detach(), mb.advantages, mask,
-                ref_logprobs=self._ref_logprobs(mb, logprobs), beta=self.beta,
+                logprobs, logprobs.detach() if old is None else old, mb.advantages, mask,
+                ref_logprobs=self._kept_logprobs(mb, "ref_logprobs", logprobs), beta=self.beta, engine_logprobs=engine,
             )
             metrics["entropy"] = torch.stack([(entropy.detach() * mask).sum(), mask.sum()])
             if o.perception_loss:
                 # Released as they are read; no rows kept: a modality whose masked forward the step skipped.
-                kept, none = mb.scores.pop("masked", {}), logits.new_empty((0, logits.shape[-1]))
+                kept, none = self._read(mb, "masked", {}), logits.new_empty((0, logits.shape[-1]))
                 masked = {m: kept.get(m, none) for m in MODALITIES}
                 term = evidence_masked_kl(
                     logits, masked, mb.evidence, gamma=o.perception_gamma, sign=o.perception_sign,
@@ -193,6 +290,18 @@ class OPPO:
                     evidence = term.n_evidence[m].float()
                     metrics[f"perception_kl_{m}"] = torch.stack([term.kl_mean[m] * evidence, evidence])
                 metrics["perception_loss"] = torch.stack([term.loss.detach() * count.float(), count.float()])
+            mb.reads_left -= 1
             return total, count, metrics
 
         return logits, loss_func
+
+
+def _chosen(parts: list[tuple[Rollouts, dict]], chosen: list[tuple[int, int]], group: int) -> tuple[Rollouts, dict]:
+    """The rollouts and rewards of the chosen (part, group) pairs, in that order."""
+    entries = [(parts[p], k) for p, g in chosen for k in range(g * group, (g + 1) * group)]
+    pick = lambda name: [getattr(r, name)[k] for (r, _), k in entries]  # noqa: E731
+    tokens_per_second = sum(r.tokens_per_second for r, _ in parts) / len(parts)
+    rollouts = Rollouts(pick("indices"), pick("prompts"), pick("completion_ids"), pick("texts"), pick("logprobs"),
+                        tokens_per_second)
+    rewards = {name: torch.stack([rw[name][k] for (_, rw), k in entries]) for name in parts[0][1]}
+    return rollouts, rewards

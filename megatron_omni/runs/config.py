@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from megatron_omni.algorithms.config import OPPOConfig, SFTConfig
+from megatron_omni.algorithms.config import OPPOConfig, SFTConfig, check_oppo_run
 from megatron_omni.algorithms.opsd.config import OPSDConfig
 from megatron_omni.config import ConfigError
 from megatron_omni.data.config import DataConfig, DatasetConfig
@@ -40,8 +40,13 @@ class OmniTrainConfig(RunConfig):
         opsd_rewards = self.algorithm == "opsd" and self.opsd.grpo_weight > 0
         return self.algorithm == "oppo" or opsd_rewards or self.evaluation.at_start or self.evaluation.at_end
 
+    def optimizer_steps_per_batch(self) -> int:
+        return self.oppo.grpo.updates_per_rollout if self.algorithm == "oppo" else 1
+
     def check_across_sections(self, world_size: int | None) -> None:
         super().check_across_sections(world_size)
+        if self.algorithm == "oppo":
+            check_oppo_run(self, world_size)
         validate_omni(self.model, self.omni)
         for name, default in NOT_WIRED_IN_RUNS.items():
             if getattr(self.data, name) != default:

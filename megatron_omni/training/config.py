@@ -136,6 +136,10 @@ class RunConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def optimizer_steps_per_batch(self) -> int:
+        """Optimizer steps (LR-schedule ticks) per train step: 1, except RL mini-batches (runs/config.py)."""
+        return 1
+
     def check_across_sections(self, world_size: int | None) -> None:
         m, p, t = self.model, self.parallel, self.train
         tp, pp, vpp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.virtual_pipeline_model_parallel_size
@@ -155,10 +159,10 @@ class RunConfig:
         if p.sequence_parallel and not (self.precision.transformer_engine and transformer_engine_available()):
             # megatron-core's plain-torch layer spec refuses sequence parallelism.
             raise ConfigError("parallel.sequence_parallel needs the Transformer Engine layer spec (CUDA with Transformer Engine)")
-        if self.optimizer.lr_warmup_steps >= t.steps:
-            raise ConfigError(
-                f"optimizer.lr_warmup_steps ({self.optimizer.lr_warmup_steps}) must be smaller than train.steps ({t.steps})"
-            )
+        per_batch = self.optimizer_steps_per_batch()
+        if self.optimizer.lr_warmup_steps >= t.steps * per_batch:
+            of = f"train.steps ({t.steps})" + (f" x {per_batch} optimizer steps per batch" if per_batch > 1 else "")
+            raise ConfigError(f"optimizer.lr_warmup_steps ({self.optimizer.lr_warmup_steps}) must be smaller than {of}")
         if world_size is None:
             return
         if world_size % (tp * pp):

@@ -4,10 +4,21 @@ An algorithm object has two methods:
   prepare(indices, step) -> (micro-batches, metrics): everything before the loss forward
       (collation; for RL: rollouts, rewards and the no-grad scoring forwards);
   forward_step(micro_batch, model) -> (output, loss_func): the megatron forward step.
-and optionally checkpointed_models() -> {name: model chunks}: further models the algorithm
-trains besides the policy (an EMA teacher), saved and resumed with the checkpoint, and
-state_dict() / load_state_dict(state): its host-side state (the counts of skipped samples), the
-same on every rank, saved with rank 0's run state.
+and optionally
+  mini_batches(micro-batches) -> [micro-batches of each optimizer step]: a batch gives several
+      optimizer steps, in this order (PPO mini-batches and epochs); without it, one;
+  draws_prompts: true when prepare takes ``draw``, a callable returning this rank's indices of the
+      sampler's next global batch (DAPO's dynamic sampling refills its batch through it, so the
+      sampler's one position still describes the whole run);
+  checkpointed_models() -> {name: model chunks}: further models the algorithm trains besides the
+      policy (an EMA teacher), saved and resumed with the checkpoint;
+  microbatch_rows: the rows of a micro-batch when they are not train.micro_batch_size (RL:
+      micro_batch_size prompts x group_size completions), the pipeline's activation shape;
+  state_dict() / load_state_dict(state): its host-side state (the counts of skipped samples), the
+      same on every rank, saved with rank 0's run state.
+A train step is one batch from the sampler; checkpoints, ``train.save_interval``,
+``train.exit_at_step`` and SIGTERM stops fall between batches, never between the optimizer steps
+of one batch.
 """
 from __future__ import annotations
 
@@ -25,7 +36,7 @@ from megatron_omni.parallel.device import step_device
 from megatron_omni.training.checkpoint import load_latest, remove_stale_tmp, save_checkpoint, start_writer_helper
 from megatron_omni.training.config import RunConfig
 from megatron_omni.training.metrics import MetricsLogger
-from megatron_omni.training.step import optimizer_step
+from megatron_omni.training.step import combine_updates, optimizer_step
 
 
 class Algorithm(Protocol):
@@ -105,7 +116,8 @@ def resume_if_possible(cfg: RunConfig, model_chunks, optimizer, scheduler, sampl
 
 
 def train(cfg: RunConfig, model_chunks, optimizer, scheduler, sampler: ResumableBatchSampler, algorithm: Algorithm) -> list[dict]:
-    """Run ``cfg.train.steps`` optimizer steps (continuing a resumed run); returns this run's metrics."""
+    """Run ``cfg.train.steps`` batches (continuing a resumed run), each of one or more optimizer
+    steps; returns this run's metrics per batch."""
     t = cfg.train
     extra_models = checkpointed_models(algorithm)
     state = resume_if_possible(cfg, model_chunks, optimizer, scheduler, sampler, algorithm, extra_models)
@@ -137,18 +149,24 @@ def train(cfg: RunConfig, model_chunks, optimizer, scheduler, sampler: Resumable
     with StopRequest() as stop:
         try:
             last = min(t.steps, t.exit_at_step or t.steps)
+            # The pipeline's activation shape: an RL micro-batch holds group_size completions per prompt.
+            rows = getattr(algorithm, "microbatch_rows", t.micro_batch_size)
             while state.step < last:
                 started = time.perf_counter()
-                microbatches, metrics = algorithm.prepare(sampler.next_indices(), state.step)
-                metrics.update(optimizer_step(
-                    model_chunks, optimizer, scheduler, microbatches, algorithm.forward_step, t.seq_length, t.micro_batch_size
-                ))
+                draw = {"draw": sampler.next_indices} if getattr(algorithm, "draws_prompts", False) else {}
+                microbatches, metrics = algorithm.prepare(sampler.next_indices(), state.step, **draw)
+                updates = algorithm.mini_batches(microbatches) if hasattr(algorithm, "mini_batches") else [microbatches]
+                per_update = []
+                for part in updates:
+                    per_update.append(optimizer_step(model_chunks, optimizer, scheduler, part, algorithm.forward_step,
+                                                     t.seq_length, rows))
+                    if per_update[-1]["nonfinite"]:
+                        state.nonfinite_total += 1
+                        state.nonfinite_in_a_row += 1
+                    else:
+                        state.nonfinite_in_a_row = 0
+                metrics.update(combine_updates(per_update))
                 state.step += 1
-                if metrics["nonfinite"]:
-                    state.nonfinite_total += 1
-                    state.nonfinite_in_a_row += 1
-                else:
-                    state.nonfinite_in_a_row = 0
                 metrics["nonfinite_total"] = float(state.nonfinite_total)
                 metrics["step_time_s"] = step_s = time.perf_counter() - started
                 history.append({"step": state.step, **metrics})
@@ -157,7 +175,8 @@ def train(cfg: RunConfig, model_chunks, optimizer, scheduler, sampler: Resumable
                 if t.save_interval and state.step % t.save_interval == 0:
                     save()
                 if t.max_nonfinite_in_a_row and state.nonfinite_in_a_row >= t.max_nonfinite_in_a_row:
-                    _say(f"[train] stopping: {state.nonfinite_in_a_row} steps in a row had a non-finite loss or gradient")
+                    _say(f"[train] stopping: {state.nonfinite_in_a_row} optimizer steps in a row had a non-finite loss "
+                         "or gradient")
                     break
                 if stop.agreed():
                     _say(f"[train] SIGTERM: checkpointing step {state.step} and stopping")

@@ -27,7 +27,9 @@ def build_optimizer(cfg: RunConfig, model_chunks):
     optimizer = get_megatron_optimizer(mcfg, model_chunks)
     # fp16 loss scaling enters the backward through the schedule's grad_scale_func.
     model_chunks[0].config.grad_scale_func = optimizer.scale_loss
-    steps = max(cfg.train.steps, 1)
+    # The schedule ticks once per optimizer step: train.steps rollout (or data) batches, each of
+    # optimizer_steps_per_batch() optimizer steps (PPO mini-batches x epochs; 1 otherwise).
+    steps = max(cfg.train.steps * cfg.optimizer_steps_per_batch(), 1)
     scheduler = OptimizerParamScheduler(
         optimizer,
         init_lr=0.0 if o.lr_warmup_steps else o.lr,

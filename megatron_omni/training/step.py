@@ -1,4 +1,5 @@
-"""One optimizer step over a list of micro-batches with megatron's pipeline schedules."""
+"""One optimizer step over a list of micro-batches with megatron's pipeline schedules, and the
+metrics of a rollout batch's several optimizer steps."""
 from __future__ import annotations
 
 import math
@@ -151,3 +152,24 @@ def optimizer_step(model_chunks, optimizer, scheduler, microbatches, forward_ste
     metrics["skipped"] = float(not update_successful)
     metrics["nonfinite"] = float(not finite)
     return metrics
+
+
+# Counted over a rollout batch's optimizer steps; the learning rate is the last one's; the rest
+# are averaged.
+_COUNTED = ("skipped", "nonfinite", "time_forward_backward_s", "time_optimizer_s")
+
+
+def combine_updates(per_update: list[dict]) -> dict:
+    """The metrics of the optimizer steps made from one rollout batch (one: unchanged)."""
+    if len(per_update) == 1:
+        return per_update[0]
+    combined = {}
+    for name in per_update[0]:
+        values = [m[name] for m in per_update]
+        if name in _COUNTED:
+            combined[name] = float(sum(values))
+        elif name == "lr":
+            combined[name] = values[-1]
+        else:
+            combined[name] = sum(values) / len(values)
+    return combined

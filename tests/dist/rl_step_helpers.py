@@ -1,6 +1,6 @@
 """Shared by the RL torchrun suites (OPPO, OmniOPSD): a tiny toy run's config, one step's metrics
-and gradients, the comparison with the single-process step, the stop-and-resume check, and a step
-whose first prompt is skipped."""
+and gradients (one update, or the loop's several), the comparison with the single-process step,
+the stop-and-resume check, and a step whose first prompt is skipped."""
 import dataclasses
 import math
 from pathlib import Path
@@ -17,7 +17,7 @@ from megatron_omni.parallel import init_distributed
 from megatron_omni.runs.config import OmniTrainConfig
 from megatron_omni.runs.omni import build_run, run
 from megatron_omni.training.metrics import read_metrics
-from megatron_omni.training.step import run_microbatches
+from megatron_omni.training.step import optimizer_step, run_microbatches
 
 CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "configs"
 
@@ -54,6 +54,18 @@ def one_step(cfg: OmniTrainConfig, group_size: int, inspect=None):
         inspect(r, microbatches)
     metrics.update(run_microbatches(r.model_chunks, microbatches, r.algorithm.forward_step,
                                     r.cfg.train.seq_length, r.cfg.train.micro_batch_size * group_size))
+    return metrics, full_tensors(r.model_chunks, "grad")
+
+
+def updates_step(cfg: OmniTrainConfig):
+    """Step 0 as the loop makes it with several optimizer steps per rollout batch: prepare's
+    metrics, each update's as ``update<k>_<name>``, and the gradients of the last update."""
+    r = build_run(cfg, reward=LetterReward())
+    microbatches, metrics = r.algorithm.prepare(r.sampler.next_indices(), 0)
+    for k, part in enumerate(r.algorithm.mini_batches(microbatches)):
+        update = optimizer_step(r.model_chunks, r.optimizer, r.scheduler, part, r.algorithm.forward_step,
+                                cfg.train.seq_length, r.algorithm.microbatch_rows)
+        metrics.update({f"update{k}_{name}": value for name, value in update.items()})
     return metrics, full_tensors(r.model_chunks, "grad")
 
 
@@ -109,8 +121,9 @@ def check_same_step(metrics: dict, grads: dict, expected: dict) -> None:
         assert torch.equal(grad, expected["grads"][name]), name
 
 
-def check_resumes_exactly(config, out: Path, keys) -> None:
-    """3 steps straight vs stopped after 2 and resumed: the third step and the logged curve agree."""
+def check_resumes_exactly(config, out: Path, keys) -> list[dict]:
+    """3 steps straight vs stopped after 2 and resumed: the third step and the logged curve agree;
+    returns the straight run's metrics."""
     straight = run(config(**{"output_dir": out / "straight", "train.save_dir": out / "straight/ckpt"}), reward=LetterReward())
     stopped = {"output_dir": out / "stopped", "train.save_dir": out / "stopped/ckpt", "train.save_interval": 2}
     run(config(**stopped, **{"train.exit_at_step": 2}), reward=LetterReward())
@@ -120,3 +133,4 @@ def check_resumes_exactly(config, out: Path, keys) -> None:
     if dist.get_rank() == 0:
         logged = read_metrics(out / "stopped" / "metrics.jsonl")
         assert [r[keys[0]] for r in logged] == [r[keys[0]] for r in straight]
+    return straight

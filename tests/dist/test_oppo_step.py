@@ -1,13 +1,17 @@
 """One OPPO step (rollouts, rewards, reference and masked scoring forwards, GRPO + perception
-loss) at TP=2 and at PP=2 against the single-process step, and an exact resume; what the scoring
+loss) at TP=2 and at PP=2 against the single-process step, and the same for a step of two
+mini-batches (two optimizer steps, the second one's ratios clipped); a run of two mini-batches
+per rollout batch stopped and resumed at PP=2 against the straight run; what the scoring
 forwards keep (evidence rows, completion tokens) against the model's own forwards, the rollout KV
-cache released, and the step with the reference offloaded to the CPU equal to the plain one.
+cache released, and the step with the reference offloaded to the CPU equal to the plain one;
+toy runs of two mini-batches that clip and whose GSPO and GRPO curves differ; DAPO's dynamic
+sampling refilling a batch of equal rewards from the sampler, and overlong filtering.
 
 Launched by tests/test_dist_suites.py as oppo_step-x1 (one process: computes the single-process
-step and writes it to $OPPO_WORK/reference.pt) and oppo_step-x2 (two processes: compares with it;
-its launcher fixture, oppo_reference, is the x1 launch). The reward is a small deterministic
-stand-in with the reward module's interface: the equivalence is about parallelism, and the real
-reward is covered in tests/rewards.
+steps and writes them to $OPPO_WORK/reference.pt and updates_reference.pt) and oppo_step-x2 (two
+processes: compares with them; its launcher fixture, oppo_reference, is the x1 launch). The
+reward is a small deterministic stand-in with the reward module's interface: the equivalence is
+about parallelism, and the real reward is covered in tests/rewards.
 """
 import os
 from functools import partial
@@ -17,14 +21,29 @@ import pytest
 import rl_step_helpers
 import torch
 import torch.distributed as dist
-from rl_step_helpers import check_resumes_exactly, check_step_matches, one_step, single_process_step, start_world, tiny_config
+from parallel_helpers import LetterReward
+from rl_step_helpers import (
+    check_resumes_exactly,
+    check_step_matches,
+    one_step,
+    single_process_step,
+    start_world,
+    tiny_config,
+    updates_step,
+)
 
 import megatron_omni.generation.generator as generator
 from megatron_omni.models.masking import ModalityMask
+from megatron_omni.runs.omni import build_run, run
 
 WORK = Path(os.environ.get("OPPO_WORK", "/nonexistent"))
-OPPO = ["oppo.grpo.group_size=2", "oppo.sampling.max_new_tokens=6", "oppo.sampling.temperature=1.0"]
+# train.seed 1: the first step's completions hold visual and audio evidence (the reference checks it).
+OPPO = ["oppo.grpo.group_size=2", "oppo.sampling.max_new_tokens=6", "oppo.sampling.temperature=1.0", "train.seed=1"]
 config = partial(tiny_config, "toy_oppo.yaml", WORK, overrides=OPPO)
+# Two mini-batches per rollout batch at a learning rate that moves the policy far enough in one
+# update for the PPO clip to act on the second; Adam's eps keeps each update a smooth function of
+# its gradient (a rounding-level gradient cannot flip an update's sign between layouts).
+UPDATES = {"oppo.grpo.mini_batches": 2, "optimizer.lr": 1e-2, "optimizer.min_lr": 1e-2, "optimizer.adam_eps": 1e-4}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -51,11 +70,36 @@ def test_step_matches_single_process(reference):
                         "perception_kl_visual", "perception_kl_audio", "evidence_visual_tokens"))
 
 
-def test_stopped_run_resumes_exactly():
+def updates(tp, pp):
+    return updates_step(config(tp, pp, **UPDATES))
+
+
+@pytest.fixture(scope="module")
+def updates_reference():
+    return single_process_step(WORK / "updates_reference.pt", updates)
+
+
+def test_two_minibatch_step_matches_single_process(updates_reference):
+    if dist.get_world_size() == 1:  # the reference itself: the first update cannot clip, the second does
+        metrics = updates_reference["metrics"]
+        assert metrics["update0_clip_fraction"] == 0 and metrics["update1_clip_fraction"] > 0
+        return
+    check_step_matches(updates_reference, updates, [(2, 1), (1, 2)],
+                       ("update0_policy_loss", "update0_grad_norm", "update1_policy_loss", "update1_clip_fraction",
+                        "update1_ref_kl", "update1_perception_loss", "update1_grad_norm"))
+
+
+def test_stopped_run_of_minibatches_resumes_exactly():
     if dist.get_world_size() == 1:
         pytest.skip("the resume check runs in the two-process launch")
-    check_resumes_exactly(partial(config, 2, 1), WORK / "resume",
-                          ("reward_total", "policy_loss", "perception_loss", "grad_norm", "ref_kl"))
+    # PP=2 (the loop's pipeline shape for RL micro-batches); a cosine schedule over 3 steps x 2
+    # optimizer steps, so the resumed scheduler's position shows in the learning rate.
+    cosine = {**UPDATES, "optimizer.min_lr": 1e-3, "optimizer.lr_decay_style": "cosine"}
+    straight = check_resumes_exactly(partial(config, 1, 2, **cosine), WORK / "resume",
+                                     ("reward_total", "policy_loss", "perception_loss", "grad_norm", "ref_kl",
+                                      "clip_fraction", "lr"))
+    # The schedule spans train.steps x mini_batches optimizer steps: min_lr after the last one only.
+    assert straight[-1]["lr"] == pytest.approx(1e-3) and straight[-2]["lr"] > 2e-3
 
 
 def test_a_prompt_without_openset_labels_is_skipped_and_replaced(reference, capsys):
@@ -104,3 +148,49 @@ def test_scoring_keeps_rows_only_frees_kv_cache_and_offloaded_reference_changes_
     metrics, grads = one_step(config(1, 1, **{"oppo.offload_reference": True}), group_size=2,
                               inspect=lambda r, mbs: check_stores(r, mbs, contexts))
     rl_step_helpers.check_same_step(metrics, grads, reference)
+
+
+def test_minibatch_runs_clip_and_gspo_and_grpo_curves_differ():
+    if dist.get_world_size() > 1:
+        pytest.skip("runs in the one-process launch")
+    curves = {level: run(config(1, 1, **UPDATES, **{"oppo.grpo.ratio_level": level, "train.steps": 2,
+                                                    "output_dir": WORK / f"curve_{level}"}), reward=LetterReward())
+              for level in ("token", "sequence")}
+    assert max(r["clip_fraction"] for r in curves["token"]) > 0
+    for key in ("policy_loss", "grad_norm"):
+        assert [r[key] for r in curves["token"]] != [r[key] for r in curves["sequence"]], key
+
+
+class EqualFirst(LetterReward):
+    """The stand-in's evidence; rewards all equal on the first call, all different after it."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def compute(self, completions, samples):
+        self.calls += 1
+        n = len(completions)
+        return {"total": torch.zeros(n) if self.calls == 1 else torch.arange(n, dtype=torch.float) / n}
+
+
+def test_dynamic_sampling_refills_from_the_sampler_and_overlong_completions_are_filtered(reference):
+    if dist.get_world_size() > 1:
+        pytest.skip("runs in the one-process launch")
+    r = build_run(config(1, 1, **{"oppo.grpo.dynamic_sampling": True, "oppo.grpo.overlong": "filter"}), reward=EqualFirst())
+    first = r.sampler.next_indices()
+    microbatches, metrics = r.algorithm.prepare(first, 0, draw=r.sampler.next_indices)
+    # Both groups of the first draw had equal rewards: one more global batch was drawn and used.
+    assert metrics["dynamic_sampling_rounds"] == 1 and r.sampler.consumed_samples == 2 * len(first)
+    assert metrics["dynamic_sampling_uninformative_groups"] == metrics["dynamic_sampling_dropped_groups"] == 2
+    assert metrics["dynamic_sampling_filled_groups"] == 0
+    samples = r.algorithm.prompts.dataset.samples
+    assert [mb.batch.sample_ids[0] for mb in microbatches] == [samples[i].id for i in r.sampler.indices_at(len(first))]
+    # Overlong filtering: a completion without its stop token (cut at max_new_tokens) has no loss.
+    stop, truncated = r.algorithm.sampling.stop_token_ids, []
+    for mb in microbatches:
+        for row in range(mb.batch.tokens.shape[0]):
+            last = mb.batch.prompt_lengths[row] + 6 - 1  # the last place a 6-token completion can end
+            ended = any(int(t) in stop for t in mb.batch.tokens[row, mb.batch.prompt_lengths[row]:last + 1])
+            truncated.append(not ended)
+            assert bool(mb.batch.loss_mask[row].any()) == ended
+    assert metrics["truncated_fraction"] == sum(truncated) / len(truncated)

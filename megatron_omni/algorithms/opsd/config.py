@@ -69,6 +69,20 @@ class OPSDConfig:
             raise ConfigError(f"{key}.group_size must be >= 2, got {self.group_size}")
         if self.grpo_weight < 0:
             raise ConfigError(f"{key}.grpo_weight must be >= 0, got {self.grpo_weight}")
+        # OmniOPSD makes one update per rollout batch, so the mix's PPO ratio is 1 and its token
+        # count normalises the distillation loss too: these would change nothing or mix normalisers.
+        unsupported = {
+            "clip_eps_low": "the PPO ratio is 1 with one update per rollout batch: nothing is clipped",
+            "clip_eps_high": "the PPO ratio is 1 with one update per rollout batch: nothing is clipped",
+            "ratio_level": "the PPO ratio is 1 with one update per rollout batch: token and sequence ratios agree",
+            "loss_aggregation": "the mix shares the distillation loss's normaliser, the completion tokens",
+            "tis_cap": "OmniOPSD does not read the engine's log-probs",
+        }
+        defaults = PolicyLossConfig()
+        for name, why in unsupported.items():
+            if getattr(self.grpo, name) != getattr(defaults, name):
+                raise ConfigError(f"{key}.grpo.{name}={getattr(self.grpo, name)!r} is not supported by OmniOPSD ({why}); "
+                                  f"remove it (PPO mini-batches and these options: algorithm=oppo, oppo.grpo.*)")
         if self.offload_teacher and self.teacher == "student":
             raise ConfigError(f"{key}.offload_teacher=true needs a teacher with weights of its own: "
                               f"{key}.teacher=student is the policy itself")

@@ -66,6 +66,7 @@ class OmniOPSD:
         self.pad_token_id = pad_token_id
         self.sampling = stopping_at(o.sampling, stop_token_ids)
         self.group = o.group_size
+        self.microbatch_rows = cfg.train.micro_batch_size * self.group  # the pipeline's shape (training/loop.py)
         self.tp_group = parallel_state.get_tensor_model_parallel_group()
         self.loss = DistillationLoss(o.loss, cfg.model.vocab_size, self.tp_group)
         self.grpo = GRPOLoss(o.grpo) if o.grpo_weight else None
@@ -140,8 +141,7 @@ class OmniOPSD:
 
         started = time.perf_counter()
         with self.teacher.scoring(self.model_chunks) as chunks:
-            forward_only(chunks, microbatches, lambda mb: mb.teacher_batch, store, teacher_length,
-                         self.cfg.train.micro_batch_size * self.group)
+            forward_only(chunks, microbatches, lambda mb: mb.teacher_batch, store, teacher_length, self.microbatch_rows)
         self.teacher_seconds += time.perf_counter() - started
 
     # ------------------------------------------------------------------ loss
