@@ -46,6 +46,7 @@ import random
 import re
 import shutil
 import threading
+import traceback
 import zlib
 from multiprocessing.managers import SyncManager
 from pathlib import Path
@@ -104,10 +105,50 @@ def _model_sharded_state_dict(model_chunks) -> dict:
     return {f"model{i}": unwrap(c).sharded_state_dict() for i, c in enumerate(model_chunks)}
 
 
-def _sharded_state_dict(model_chunks, optimizer, is_loading: bool, extra_models: dict | None) -> dict:
+# The distributed optimizer's layout on disk. megatron-core's default for it
+# ("fully_sharded_model_space") stores flattened ranges, which its own dist_checkpointing save
+# refuses; "dp_reshardable" stores each rank's contiguous buffer shard as it is (no gather, no
+# communication), and a checkpoint loads at the same TP/PP with any data-parallel size.
+# Written as the checkpoint's content metadata, so a load reads the layout the save used.
+OPTIMIZER_LAYOUT = {"distrib_optim_sharding_type": "dp_reshardable"}
+
+
+def _allocate_optimizer_state(optimizer) -> None:
+    """A distributed optimizer that has not stepped yet holds no Adam state (torch allocates it at
+    the first step), and megatron builds its load target from that state: give it state first
+    (megatron's zero-gradient step; what it writes is replaced by the load)."""
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        allocate = getattr(inner, "_init_optimizer_states_with_dummy_values", None)
+        if allocate is not None and not inner.optimizer.state:
+            allocate()
+
+
+def _restore_adam_steps(optimizer) -> None:
+    """torch Adam keeps a ``step`` tensor per parameter. The distributed optimizer saves the step in
+    its parameter groups and, at load, writes it into one tensor shared by every parameter, then
+    copies the per-parameter state over it, ``step`` included, from the load target (which holds
+    the steps from before the load: its layout does not save them). Each parameter gets its own
+    tensor with the saved step; one shared tensor would also advance once per parameter in
+    torch's foreach Adam."""
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if not hasattr(inner, "_init_optimizer_states_with_dummy_values"):
+            continue
+        for group in inner.optimizer.param_groups:
+            for param in group["params"]:
+                state = inner.optimizer.state.get(param, {})
+                if "step" in group and isinstance(state.get("step"), torch.Tensor):
+                    state["step"] = torch.tensor(float(group["step"]), dtype=state["step"].dtype,
+                                                 device=state["step"].device)
+
+
+def _sharded_state_dict(model_chunks, optimizer, is_loading: bool, extra_models: dict | None,
+                        optimizer_layout: dict | None = None) -> dict:
     state = _model_sharded_state_dict(model_chunks)
     if optimizer is not None:
-        state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=is_loading)
+        if is_loading:
+            _allocate_optimizer_state(optimizer)
+        state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=is_loading,
+                                                          metadata=optimizer_layout or OPTIMIZER_LAYOUT)
     for name, chunks in (extra_models or {}).items():
         # Other models a run trains besides the policy (an EMA teacher): their own key prefix.
         for i, chunk in enumerate(chunks):
@@ -229,7 +270,13 @@ def _out_of_space(exc: BaseException) -> bool:
 def _reason(exc: BaseException) -> str:
     """One line: the innermost failure (a CheckpointException's first rank failure, not its traceback)."""
     inner = [e for e in _causes(exc) if not isinstance(e, CheckpointException)] or [exc]
-    text = " ".join(f"{type(inner[-1]).__name__}: {inner[-1]}".split())
+    failure = inner[-1]
+    message = str(failure)
+    if not message and failure.__traceback__ is not None:
+        # A bare assert says nothing: name the line that raised it.
+        frame = traceback.extract_tb(failure.__traceback__)[-1]
+        message = f"at {frame.filename}:{frame.lineno} ({frame.line})"
+    text = " ".join(f"{type(failure).__name__}: {message}".split())
     return text if len(text) <= 300 else text[:297] + "..."
 
 
@@ -249,7 +296,7 @@ def save_checkpoint(save_dir, step: int, model_chunks, optimizer, run_state: dic
     state = _sharded_state_dict(model_chunks, optimizer, False, extra_models)
     needed = _bytes_to_save(state)
     try:
-        dist_checkpointing.save(state, str(tmp))
+        dist_checkpointing.save(state, str(tmp), content_metadata=OPTIMIZER_LAYOUT)
         (tmp / "rng").mkdir(exist_ok=True)
         torch.save({"layout": _layout(), **_rng_state()}, tmp / "rng" / f"rank{rank:05d}.pt")
         if rank == 0:
@@ -318,7 +365,10 @@ def remove_stale_tmp(save_dir) -> None:
 
 def _load_checkpoint(ckpt_dir: Path, model_chunks, optimizer, extra_models: dict | None) -> dict:
     try:
-        state = dist_checkpointing.load(_sharded_state_dict(model_chunks, optimizer, True, extra_models), str(ckpt_dir))
+        # Checkpoints written before the layout was recorded hold no distributed-optimizer state.
+        layout = dist_checkpointing.load_content_metadata(str(ckpt_dir)) or OPTIMIZER_LAYOUT
+        state = dist_checkpointing.load(_sharded_state_dict(model_chunks, optimizer, True, extra_models, layout),
+                                        str(ckpt_dir))
     except _FAILURES as exc:
         raise CheckpointError(f"{ckpt_dir}: dist_checkpointing load failed ({_reason(exc)})") from exc
     if len(model_chunks) == 1:
@@ -331,7 +381,11 @@ def _load_checkpoint(ckpt_dir: Path, model_chunks, optimizer, extra_models: dict
             prefix = f"{name}{i}."
             unwrap(chunk).load_state_dict({k[len(prefix):]: v for k, v in state[f"{name}{i}"].items()})
     if optimizer is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        # With fp32 weights the distributed optimizer's main parameters are views of the model's
+        # (leaves that require grad), which its in-place copies may only write outside autograd.
+        with torch.no_grad():
+            optimizer.load_state_dict(state["optimizer"])
+        _restore_adam_steps(optimizer)
     run_state = _torch_load(ckpt_dir / "run_state.pt")
     rng_file = ckpt_dir / "rng" / f"rank{dist.get_rank():05d}.pt"
     if rng_file.is_file():

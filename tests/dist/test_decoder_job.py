@@ -20,25 +20,31 @@ def workdir():
     return shared_tmpdir()
 
 
-def job(workdir, name, steps, save_interval, exit_at_step=None):
+def job(workdir, name, steps, save_interval, exit_at_step=None, distributed_optimizer=False):
     out = os.path.join(workdir, name)
     return RunConfig.load(CONFIG, [
         f"output_dir={out}", f"train.save_dir={out}/ckpt", f"train.steps={steps}",
         f"train.exit_at_step={'null' if exit_at_step is None else exit_at_step}",
         f"train.save_interval={save_interval}", "logging.progress_bar=false", "logging.tensorboard=false",
         "train.seq_length=32", "train.global_batch_size=8", "train.micro_batch_size=4",
+        f"parallel.use_distributed_optimizer={str(distributed_optimizer).lower()}",
     ])
 
 
-def test_stopped_run_resumes_exactly(workdir):
-    straight = run(job(workdir, "straight", steps=6, save_interval=0))
-    run(job(workdir, "stopped", steps=6, save_interval=3, exit_at_step=3))  # stops after its checkpoint
-    resumed = run(job(workdir, "stopped", steps=6, save_interval=3))
+@pytest.mark.parametrize("distributed_optimizer", [False, True], ids=["optimizer", "distributed_optimizer"])
+def test_stopped_run_resumes_exactly(workdir, distributed_optimizer):
+    """With the distributed optimizer the Adam state is sharded over the two data-parallel ranks and
+    saved in megatron's dp_reshardable layout; its resume must be as exact as the plain optimizer's."""
+    tag = "dist_opt_" if distributed_optimizer else ""
+    straight = run(job(workdir, f"{tag}straight", steps=6, save_interval=0, distributed_optimizer=distributed_optimizer))
+    # stops after its checkpoint
+    run(job(workdir, f"{tag}stopped", steps=6, save_interval=3, exit_at_step=3, distributed_optimizer=distributed_optimizer))
+    resumed = run(job(workdir, f"{tag}stopped", steps=6, save_interval=3, distributed_optimizer=distributed_optimizer))
     assert [r["step"] for r in resumed] == [4, 5, 6]
     for a, b in zip(resumed, straight[3:]):
         assert a["lm_loss"] == b["lm_loss"] and a["grad_norm"] == b["grad_norm"] and a["lr"] == b["lr"]
     if dist.get_rank() == 0:
-        logged = read_metrics(os.path.join(workdir, "stopped", "metrics.jsonl"))
+        logged = read_metrics(os.path.join(workdir, f"{tag}stopped", "metrics.jsonl"))
         assert [r["step"] for r in logged] == [1, 2, 3, 4, 5, 6]
         assert [r["lm_loss"] for r in logged] == [r["lm_loss"] for r in straight]
 
