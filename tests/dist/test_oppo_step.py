@@ -32,7 +32,9 @@ from rl_step_helpers import (
     updates_step,
 )
 
+import megatron_omni.algorithms.oppo as oppo_module
 import megatron_omni.generation.generator as generator
+from megatron_omni.data.errors import SampleTooLongError
 from megatron_omni.models.masking import ModalityMask
 from megatron_omni.runs.omni import build_run, run
 
@@ -42,8 +44,10 @@ OPPO = ["oppo.grpo.group_size=2", "oppo.sampling.max_new_tokens=6", "oppo.sampli
 config = partial(tiny_config, "toy_oppo.yaml", WORK, overrides=OPPO)
 # Two mini-batches per rollout batch at a learning rate that moves the policy far enough in one
 # update for the PPO clip to act on the second; Adam's eps keeps each update a smooth function of
-# its gradient (a rounding-level gradient cannot flip an update's sign between layouts).
-UPDATES = {"oppo.grpo.mini_batches": 2, "optimizer.lr": 1e-2, "optimizer.min_lr": 1e-2, "optimizer.adam_eps": 1e-4}
+# its gradient (a rounding-level gradient cannot flip an update's sign between layouts). TIS reads
+# the engine's log-probs beside the trainer's behaviour forward.
+UPDATES = {"oppo.grpo.mini_batches": 2, "optimizer.lr": 1e-2, "optimizer.min_lr": 1e-2, "optimizer.adam_eps": 1e-4,
+           "oppo.grpo.tis_cap": 2.0}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -80,13 +84,17 @@ def updates_reference():
 
 
 def test_two_minibatch_step_matches_single_process(updates_reference):
-    if dist.get_world_size() == 1:  # the reference itself: the first update cannot clip, the second does
+    if dist.get_world_size() == 1:
+        # The reference itself: the first update cannot clip (pi_old is the policy it starts from),
+        # the second does; the engine sampled with the trainer's own numbers, so TIS weights are ~1
+        # (the engine's log-probs sit at the right completion tokens) and none is capped.
         metrics = updates_reference["metrics"]
         assert metrics["update0_clip_fraction"] == 0 and metrics["update1_clip_fraction"] > 0
+        assert metrics["update0_tis_logprob_abs_diff"] < 1e-4 and metrics["update0_tis_capped_fraction"] == 0
         return
     check_step_matches(updates_reference, updates, [(2, 1), (1, 2)],
                        ("update0_policy_loss", "update0_grad_norm", "update1_policy_loss", "update1_clip_fraction",
-                        "update1_ref_kl", "update1_perception_loss", "update1_grad_norm"))
+                        "update1_ref_kl", "update1_perception_loss", "update1_grad_norm", "update1_tis_logprob_abs_diff"))
 
 
 def test_stopped_run_of_minibatches_resumes_exactly():
@@ -194,3 +202,13 @@ def test_dynamic_sampling_refills_from_the_sampler_and_overlong_completions_are_
             truncated.append(not ended)
             assert bool(mb.batch.loss_mask[row].any()) == ended
     assert metrics["truncated_fraction"] == sum(truncated) / len(truncated)
+
+
+def test_a_prompt_without_room_for_its_completion_stops_before_any_rollout(monkeypatch):
+    if dist.get_world_size() > 1:
+        pytest.skip("runs in the one-process launch")
+    r = build_run(config(1, 1, **{"train.seq_length": 64}), reward=LetterReward())
+    monkeypatch.setattr(oppo_module, "collect_rollouts", lambda *args, **kwargs: pytest.fail("a rollout ran"))
+    with pytest.raises(SampleTooLongError, match=r"train.jsonl, line \d+: sample \S+ has \d+ tokens, more than train.seq_length "
+                                                 r"\(64\) minus oppo.sampling.max_new_tokens \(6\) for the completion"):
+        r.algorithm.prepare(r.sampler.next_indices(), 0)
