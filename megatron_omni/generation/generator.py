@@ -1,24 +1,28 @@
-"""Sampling from a megatron model with megatron-core's static KV cache, at any TP/PP: all
-prompts of a step in one decode.
+"""Sampling from a megatron model at any TP/PP: all prompts of a step in one decode.
 
 Layout. ``B`` prompts of lengths ``P_i`` with ``G`` completions each make ``B x G`` rows. Each
-prompt is prefilled once, alone (batch 1, causal, its media encoded once), in a context of its own;
-its KV cache is then copied into its G rows of one shared cache, *left-padded* to the longest
-prompt ``L``: prompt i's keys sit at slots ``[L - P_i, L)``, its completions from slot ``L`` on.
-All rows therefore share megatron's one ``sequence_len_offset`` (``StaticInferenceContext`` has
-no per-row offset), and every decode step runs all live rows as one batch of one token each.
+prompt is prefilled once, alone (batch 1, causal, its media encoded once), and its keys and values
+are written into its G rows of one KV cache *left-padded* to the longest prompt ``L``: prompt i
+sits at slots ``[L - P_i, L)``, its completions from slot ``L`` on. All rows share one write slot,
+so every decode step runs all live rows as one batch of one token each.
 
-Exactness. The pad slots hold zeros and are masked: each decode step passes a boolean attention
-mask [rows, 1, 1, slots] that is True on a row's pad slots, and megatron's local attention adds
--10000 there, so their softmax weight is exactly 0 and the zero values add nothing; nothing is
-recomputed. Positions are per row: position_ids [3, rows, slots] carry each prompt's own TMRoPE
-positions (and ``extend_positions`` text positions after it); megatron rotates the cached
-(unrotated) keys with them at every step. Transformer Engine's attention ignores masks in
-megatron's static inference, so prompts of different lengths need the local attention spec.
+The cache is the engine's own (`KVCache`), not megatron's ``StaticInferenceContext`` cache:
+megatron's static path keeps keys unrotated and re-applies RoPE to the whole cache at every step,
+and repeats grouped keys and values to every head, which made a CPU decode step several times
+dearer than transformers'. While the engine runs, each megatron attention module of the model
+computes its projections, RoPE and output projection with megatron's own functions, but stores
+keys *rotated* (RoPE of the new token only, with the positions the model computed) and attends
+with torch's SDPA over the grouped cache (no repeat). megatron's ``StaticInferenceContext`` is
+still passed, for what GPTModel does in inference (logits of the last token only, 1-D RoPE tables).
+
+Exactness. Pad slots are masked (SDPA gives them exactly zero weight) and nothing is recomputed.
+Positions are per row: position_ids [3, rows, 1] carry each row's own TMRoPE positions (and
+``extend_positions`` text positions after the prompt); with 1-D RoPE a row's positions are its
+slots, which shifts a row's positions by its padding and leaves every relative distance as is.
 
 Work. A finished row stops costing work: once a quarter of the batch has finished, the batch is
-compacted (the live rows of the KV cache, positions and masks are gathered), so the decode
-batch shrinks with the rows still running.
+compacted (the live rows of the cache, positions and masks are gathered), so the decode batch
+shrinks with the rows still running.
 
 Sampling (`sampling.choose_tokens`) runs on the last pipeline stage's logits shard, on its device,
 without gathering the vocabulary over TP; the chosen tokens and their log-probs are broadcast
@@ -28,11 +32,15 @@ The one host read per token is whether every row is done.
 """
 from __future__ import annotations
 
+import math
 import time
+import types
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.inference.communication_utils import (
     broadcast_from_last_pipeline_stage,
@@ -40,12 +48,13 @@ from megatron.core.inference.communication_utils import (
     send_to_next_pipeline_rank,
 )
 from megatron.core.inference.contexts import StaticInferenceContext
-from megatron.core.transformer.dot_product_attention import DotProductAttention
+from megatron.core.models.common.embeddings.rope_utils import apply_rotary_pos_emb
+from megatron.core.transformer.attention import SelfAttention
 
 from megatron_omni.generation.sampling import SamplingConfig, VocabShard, choose_tokens, row_keys
 from megatron_omni.parallel.device import step_device
 
-__all__ = ["Generated", "Generator", "GPTAdapter", "ModelAdapter", "Prompt", "SamplingConfig"]
+__all__ = ["Generated", "Generator", "GPTAdapter", "KVCache", "ModelAdapter", "Prompt", "SamplingConfig"]
 
 COMPACT_WHEN_DONE = 0.25  # compact once this share of the current batch has finished
 
@@ -74,16 +83,92 @@ class Generated:
 class ModelAdapter(Protocol):
     """What the generator needs from a model stage.
 
-    ``forward(tokens [b, s], position_ids, ctx, attention_mask, media)`` returns this TP rank's
-    vocabulary shard of the logits [b, s', V / tp] on the last pipeline stage and the hidden state
-    to send on elsewhere; ``media`` (prefill only) holds a multimodal prompt's media inputs.
+    ``forward(tokens [b, s], position_ids, ctx, media)`` returns this TP rank's vocabulary shard of
+    the last token's logits [b, 1, V / tp] on the last pipeline stage and the hidden state to send
+    on elsewhere; ``media`` (prefill only) holds a multimodal prompt's media inputs.
     """
 
     model: torch.nn.Module
 
-    def forward(self, tokens, position_ids, ctx: StaticInferenceContext, attention_mask, media) -> torch.Tensor: ...
+    def forward(self, tokens, position_ids, ctx: StaticInferenceContext, media) -> torch.Tensor: ...
 
     def set_input_tensor(self, tensor: torch.Tensor) -> None: ...
+
+
+class KVCache:
+    """Rotated keys and values [rows, groups, slots, head dim] of each attention layer of this
+    stage, and where the next forward goes: ``rows`` (a prefill's G rows; None: the whole batch
+    decodes), ``start`` (the first slot it writes) and ``visible`` (decode: [rows, 1, 1, slots]
+    True where a row may attend, None: everywhere)."""
+
+    def __init__(self, rows: int, slots: int):
+        self.size, self.slots = rows, slots
+        self.layers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.rows: slice | None = None
+        self.start = 0
+        self.visible: torch.Tensor | None = None
+
+    def attend(self, layer: int, query, key, value, scale: float) -> torch.Tensor:
+        """Store this forward's (rotated) keys and values; attention of ``query`` [b, heads, s, d]
+        over what its rows may see: [b, heads, s, d]."""
+        key, value = key.permute(1, 2, 0, 3), value.permute(1, 2, 0, 3)  # [b, groups, s, d]
+        if layer not in self.layers:
+            shape = (self.size, key.shape[1], self.slots, key.shape[3])
+            self.layers[layer] = (key.new_zeros(shape), value.new_zeros(shape))
+        keys, values = self.layers[layer]
+        end = self.start + key.shape[2]
+        if self.rows is not None:  # a prompt's prefill: it attends to itself, causally
+            keys[self.rows, :, self.start : end] = key
+            values[self.rows, :, self.start : end] = value
+            return F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scale, enable_gqa=True)
+        keys[:, :, self.start : end] = key
+        values[:, :, self.start : end] = value
+        mask = self.visible[..., :end] if self.visible is not None else None
+        return F.scaled_dot_product_attention(query, keys[:, :, :end], values[:, :, :end], attn_mask=mask,
+                                              scale=scale, enable_gqa=True)
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Only these rows of the batch decode on (a compaction)."""
+        self.layers = {layer: (k[rows], v[rows]) for layer, (k, v) in self.layers.items()}
+        self.size = int(rows.sum()) if rows.dtype == torch.bool else rows.numel()
+        if self.visible is not None:
+            self.visible = self.visible[rows]
+
+
+def _cached_attention(cache: KVCache, attn: SelfAttention, hidden_states, attention_mask=None, key_value_states=None,
+                      inference_context=None, rotary_pos_emb=None, **unused):
+    """megatron's SelfAttention.forward on the engine's cache (its projections, RoPE and output
+    projection; keys stored rotated; SDPA over the grouped cache)."""
+    query, key, value = attn.get_query_key_value_tensors(hidden_states, key_value_states)  # [s, b, heads, d]
+    s, b = query.shape[:2]
+    if rotary_pos_emb is not None:
+        q_emb, k_emb = rotary_pos_emb if isinstance(rotary_pos_emb, tuple) else (rotary_pos_emb, rotary_pos_emb)
+        if q_emb.shape[0] != s:  # 1-D RoPE: a table over every slot
+            q_emb, k_emb = q_emb[cache.start : cache.start + s], k_emb[cache.start : cache.start + s]
+        query = apply_rotary_pos_emb(query, q_emb, config=attn.config)
+        key = apply_rotary_pos_emb(key, k_emb, config=attn.config)
+    scale = attn.config.softmax_scale or 1.0 / math.sqrt(query.shape[-1])
+    context = cache.attend(attn.layer_number, query.permute(1, 2, 0, 3), key, value, scale)
+    return attn.linear_proj(context.permute(2, 0, 1, 3).reshape(s, b, -1))
+
+
+@contextmanager
+def _engine_attention(model: torch.nn.Module, cache: KVCache):
+    """The model's megatron attention modules on ``cache`` while the engine runs."""
+    modules = [m for m in model.modules() if isinstance(m, SelfAttention)]
+    for m in modules:
+        if getattr(m.config, "attention_output_gate", False) or m.config.sequence_parallel or m.config.context_parallel_size > 1:
+            raise NotImplementedError("generation runs without gated attention, sequence or context parallelism")
+        m.forward = types.MethodType(lambda self, *args, **kwargs: _cached_attention(cache, self, *args, **kwargs), m)
+    try:
+        yield
+    finally:
+        for m in modules:
+            del m.forward
+
+
+def _keep_vocab_shard(module, args, kwargs):
+    return args, {**kwargs, "runtime_gather_output": False}
 
 
 class Generator:
@@ -102,10 +187,8 @@ class Generator:
         self.last_stage = parallel_state.is_pipeline_last_stage()
         self.tp_group = parallel_state.get_tensor_model_parallel_group()
         self.tp_rank = parallel_state.get_tensor_model_parallel_rank()
-        self.masks_apply = all(isinstance(m, DotProductAttention) for m in adapter.model.modules()
-                               if type(m).__name__.endswith("DotProductAttention"))
 
-    def _forward(self, tokens, position_ids, ctx, attention_mask=None, media=None) -> torch.Tensor | None:
+    def _forward(self, tokens, position_ids, ctx, media=None) -> torch.Tensor | None:
         """One forward over the pipeline: this TP rank's last-token logits shard [b, V / tp] on the
         last stage, None elsewhere."""
         b, s = tokens.shape
@@ -113,10 +196,9 @@ class Generator:
             recv = torch.empty((s, b, self.hidden_size), dtype=self.params_dtype, device=self.device)
             recv_from_prev_pipeline_rank_(recv, self.pp_group)
             self.adapter.set_input_tensor(recv)
-        output = self.adapter.forward(tokens, position_ids, ctx, attention_mask, media)
+        output = self.adapter.forward(tokens, position_ids, ctx, media)
         if not self.last_stage:
             send_to_next_pipeline_rank(output.to(self.params_dtype), self.pp_group)
-        ctx.increment_sequence_len_offset(s)
         return output[:, -1] if self.last_stage else None
 
     def _choose(self, logits, cfg, keys, step) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,86 +217,68 @@ class Generator:
     def generate(self, prompts: list[Prompt], group_size: int, cfg: SamplingConfig) -> Generated:
         """``group_size`` completions of each prompt, all decoded together (collective over the
         model's TP/PP ranks)."""
+        if not prompts:
+            raise ValueError("generate() needs at least one prompt")
         model = self.adapter.model
         was_training = model.training
-        contexts: list[StaticInferenceContext] = []
-        model.eval()  # megatron uses the KV cache only outside training mode
+        longest = max(int(p.tokens.shape[0]) for p in prompts)
+        cache = KVCache(len(prompts) * group_size, longest + cfg.max_new_tokens)
+        # GPTModel's inference mode: logits of the last token only, 1-D RoPE tables over every slot.
+        ctx = StaticInferenceContext(max_batch_size=cache.size, max_sequence_length=cache.slots)
+        model.eval()
         # GPTModel insists on gathering the vocabulary over TP in inference; the sampler works on
         # the shards, so the output layer's gather is switched off for the decode.
         hooks = [m.register_forward_pre_hook(_keep_vocab_shard, with_kwargs=True)
                  for name, m in model.named_modules() if name.rsplit(".", 1)[-1] == "output_layer"]
         try:
-            return self._generate(prompts, group_size, cfg, contexts)
+            with _engine_attention(model, cache):
+                return self._generate(prompts, group_size, cfg, cache, ctx, longest)
         finally:
+            # The KV cache goes here, before the training forwards, even while something (a
+            # traceback) still holds the cache or the context.
+            cache.layers.clear()
+            ctx.key_value_memory_dict.clear()
             for hook in hooks:
                 hook.remove()
-            # The KV caches (keys and values [slots, rows, groups, head dim] per layer) go here,
-            # before the training forwards, even while something (a traceback) still holds a context.
-            for ctx in contexts:
-                ctx.key_value_memory_dict.clear()
             model.train(was_training)
 
-    def _generate(self, prompts, group_size, cfg, contexts) -> Generated:
+    def _generate(self, prompts, group_size, cfg, cache: KVCache, ctx, longest) -> Generated:
         started = time.perf_counter()
-        if not prompts:
-            raise ValueError("generate() needs at least one prompt")
-        lengths = [int(p.tokens.shape[0]) for p in prompts]
-        longest, new = max(lengths), cfg.max_new_tokens
-        if not self.masks_apply and len(set(lengths)) > 1:
-            raise NotImplementedError(
-                f"prompts of lengths {sorted(set(lengths))} need attention masks, which Transformer Engine's "
-                "attention ignores in megatron's static inference: generate with the local attention spec "
-                "(precision.transformer_engine=false)")
-        rows, slots = len(prompts) * group_size, longest + new
-        device = self.device
+        new, rows, device = cfg.max_new_tokens, cache.size, self.device
         mrope = prompts[0].positions.dim() == 2
-        positions = torch.zeros((3, rows, slots) if mrope else (rows, slots), dtype=torch.long, device=device)
-        padded = torch.zeros(rows, slots, dtype=torch.bool, device=device)  # True: a row's pad slots
-        seeds = []
-
-        # Prefill: each prompt alone (its media once), its KV into its G rows, left-padded to `longest`.
-        decode = StaticInferenceContext(max_batch_size=rows, max_sequence_length=slots)
-        contexts.append(decode)
-        first_logits = []
-        for i, (prompt, length) in enumerate(zip(prompts, lengths)):
+        # Each row's position at each slot (pad slots: 0, never seen).
+        positions = torch.zeros((3, rows, cache.slots) if mrope else (rows, cache.slots), dtype=torch.long, device=device)
+        padded = torch.zeros(rows, cache.slots, dtype=torch.bool, device=device)  # True: a row's pad slots
+        seeds, first_logits = [], []
+        for i, prompt in enumerate(prompts):  # prefill: each prompt alone, its media once
+            length = int(prompt.tokens.shape[0])
             if prompt.positions.shape[-1] < length + new:
                 raise ValueError(f"prompt {i}: positions cover {prompt.positions.shape[-1]} tokens, "
                                  f"need {length} + max_new_tokens ({new})")
-            ctx = StaticInferenceContext(max_batch_size=1, max_sequence_length=length)
-            contexts.append(ctx)
             pos = prompt.positions[..., : length + new].to(device)
-            logits = self._forward(prompt.tokens[None].to(device), pos[..., :length].unsqueeze(-2), ctx,
-                                   media=prompt.media)
-            first_logits.append(logits)
-            block, pad = slice(i * group_size, (i + 1) * group_size), longest - length
-            positions[..., block, pad:] = pos.unsqueeze(-2)
-            padded[block, :pad] = True
-            for layer, (keys, values) in ctx.key_value_memory_dict.items():
-                if layer not in decode.key_value_memory_dict:
-                    shape = (slots, rows, *keys.shape[2:])
-                    decode.key_value_memory_dict[layer] = (keys.new_zeros(shape), values.new_zeros(shape))
-                cache_k, cache_v = decode.key_value_memory_dict[layer]
-                cache_k[pad:longest, block] = keys[:length]
-                cache_v[pad:longest, block] = values[:length]
-            ctx.key_value_memory_dict.clear()
+            cache.rows, cache.start = slice(i * group_size, (i + 1) * group_size), longest - length
+            positions[..., cache.rows, cache.start :] = pos.unsqueeze(-2)
+            padded[cache.rows, : cache.start] = True
+            first_logits.append(self._forward(prompt.tokens[None].to(device), pos[..., :length].unsqueeze(-2), ctx,
+                                              media=prompt.media))
             seeds += [_row_seed(prompt.seed, g) for g in range(group_size)]
-        decode.sequence_len_offset = longest
+        cache.rows = None
+        cache.visible = ~padded[:, None, None, :] if bool(padded.any()) else None
         logits = torch.cat(first_logits).repeat_interleave(group_size, dim=0) if self.last_stage else None
         keys = row_keys(seeds, device)
 
         out_tokens = torch.full((rows, new), self.pad_token_id, dtype=torch.long, device=device)
         out_logprobs = torch.zeros((rows, new), device=device)
-        lengths_out = torch.full((rows,), new, dtype=torch.long, device=device)
+        lengths = torch.full((rows,), new, dtype=torch.long, device=device)
         live = torch.arange(rows, device=device)  # the original row of each row of the batch
         done = torch.zeros(rows, dtype=torch.bool, device=device)  # per row of the batch
         stops = torch.tensor(cfg.stop_token_ids, dtype=torch.long, device=device)
-        mask = padded[:, None, None, :] if bool(padded.any()) else None  # None: nothing to hide
         for t in range(new):
             token, logprob = self._choose(logits, cfg, keys, t)
             out_tokens[live, t], out_logprobs[live, t] = token, logprob
             # A finished row still in the batch keeps decoding until a compaction; its tokens are cut.
             finished = torch.isin(token, stops) & ~done
-            lengths_out[live[finished]] = t + 1
+            lengths[live[finished]] = t + 1
             done |= finished
             running = int((~done).sum())  # the step's one host read
             if running == 0 or t == new - 1:
@@ -223,14 +287,12 @@ class Generator:
                 keep = ~done
                 live, keys, token, done = live[keep], keys[keep], token[keep], done[keep]
                 positions = positions[..., keep, :]
-                mask = mask[keep] if mask is not None else None
-                for layer, (cache_k, cache_v) in decode.key_value_memory_dict.items():
-                    decode.key_value_memory_dict[layer] = (cache_k[:, keep], cache_v[:, keep])
-            end = longest + t + 1
-            logits = self._forward(token[:, None], positions[..., :end], decode,
-                                   mask[..., :end] if mask is not None else None)
+                cache.keep(keep)
+            cache.start = longest + t
+            slot = positions[..., cache.start : cache.start + 1]
+            logits = self._forward(token[:, None], slot, ctx)
 
-        lengths_host = lengths_out.tolist()
+        lengths_host = lengths.tolist()
         tokens_host, logprobs_host = out_tokens.cpu(), out_logprobs.cpu()
         completions, logprobs = [], []
         for i in range(len(prompts)):
@@ -239,10 +301,6 @@ class Generator:
             logprobs.append([logprobs_host[r, : lengths_host[r]].clone() for r in block])
         elapsed = time.perf_counter() - started
         return Generated(completions, logprobs, tokens_per_second=sum(lengths_host) / max(elapsed, 1e-9))
-
-
-def _keep_vocab_shard(module, args, kwargs):
-    return args, {**kwargs, "runtime_gather_output": False}
 
 
 def _row_seed(seed: int, completion: int) -> int:
@@ -256,11 +314,11 @@ class GPTAdapter:
     def __init__(self, model):
         self.model = model
 
-    def forward(self, tokens, position_ids, ctx, attention_mask, media):
+    def forward(self, tokens, position_ids, ctx, media):
         if media:
             raise ValueError("a text model takes no media")
         # True: GPTModel's inference check; the generator keeps the output layer's logits sharded.
-        return self.model(tokens, position_ids, attention_mask, inference_context=ctx, runtime_gather_output=True)
+        return self.model(tokens, position_ids, None, inference_context=ctx, runtime_gather_output=True)
 
     def set_input_tensor(self, tensor):
         self.model.set_input_tensor(tensor)

@@ -18,11 +18,10 @@ class OmniAdapter:
     def __init__(self, model, modality_mask: ModalityMask | None = None):
         self.model, self.modality_mask = model, modality_mask
 
-    def forward(self, tokens, position_ids, ctx, attention_mask, media):
+    def forward(self, tokens, position_ids, ctx, media):
         extra = {**media, "modality_mask": self.modality_mask} if media else {}
         # True: GPTModel's inference check; the generator keeps the output layer's logits sharded.
-        return self.model(tokens, position_ids, attention_mask, inference_context=ctx, runtime_gather_output=True,
-                          **extra)
+        return self.model(tokens, position_ids, None, inference_context=ctx, runtime_gather_output=True, **extra)
 
     def set_input_tensor(self, tensor):
         self.model.set_input_tensor(tensor)

@@ -44,19 +44,15 @@ class SamplingConfig:
             raise ConfigError(f"{key}.top_k must be >= 0 (0: no top-k), got {self.top_k}")
 
 
-def _mul32(x: torch.Tensor, m: int) -> torch.Tensor:
-    """(x * m) mod 2**32 for int64 x < 2**32 without int64 overflow (16-bit halves)."""
-    return (((((x >> 16) * m) & 0xFFFF) << 16) + (x & 0xFFFF) * m) & _MASK32
-
-
 def mix32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer hash (lowbias32) of int64 values, elementwise; low 32 bits are used."""
+    """A 32-bit integer hash of int64 values, elementwise (Wellons' hash-prospector function with
+    multipliers below 2**31: a product of a 32-bit value never leaves int64's range)."""
     x = x & _MASK32
     x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
+    x = (x * 0x21F0AAAD) & _MASK32
     x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
-    return x ^ (x >> 16)
+    x = (x * 0x735A2D97) & _MASK32
+    return x ^ (x >> 15)
 
 
 def row_keys(seeds: list[int], device) -> torch.Tensor:
@@ -67,10 +63,11 @@ def row_keys(seeds: list[int], device) -> torch.Tensor:
     return mix32(mix32(low) ^ mix32(high + _GOLDEN))
 
 
-def gumbel_noise(keys: torch.Tensor, step: int, columns: torch.Tensor) -> torch.Tensor:
-    """Gumbel(0, 1) noise [rows, columns] of (row key, step, global vocabulary id): fp32."""
+def gumbel_noise(keys: torch.Tensor, step: int, ids: torch.Tensor) -> torch.Tensor:
+    """Gumbel(0, 1) noise of (row key, step, global vocabulary id): fp32 [rows, n] for ``ids``
+    [n] (the same ids on every row) or [rows, n]."""
     step_keys = mix32(keys ^ mix32(torch.full_like(keys, (step * _GOLDEN + 1) & _MASK32)))
-    bits = mix32(step_keys[:, None] ^ mix32(columns + 0x632BE5AB)[None, :])
+    bits = mix32(step_keys[:, None] ^ mix32(ids + 0x632BE5AB))
     # 24 bits -> u in (0, 1), never 0 or 1, exact in fp32
     u = ((bits >> 8).float() + 0.5) * (1.0 / (1 << 24))
     return -torch.log(-torch.log(u))
@@ -104,12 +101,11 @@ class VocabShard:
         return tensor
 
 
-def _threshold(z: torch.Tensor, cfg: SamplingConfig, shard: VocabShard) -> torch.Tensor:
+def _threshold(values: torch.Tensor, cfg: SamplingConfig, shard: VocabShard, k: int) -> torch.Tensor:
     """[rows, 1]: the smallest value of z kept by top-k, then top-p over the renormalised top-k
-    set (a token is dropped once the mass before it reaches top_p; the top token always stays)."""
-    k = cfg.top_k if 0 < cfg.top_k < shard.vocab_size else 0
-    local = torch.topk(z, min(k, z.shape[-1]), dim=-1).values if k else torch.sort(z, dim=-1, descending=True).values
-    values = shard.all_gather(local).transpose(0, 1).reshape(z.shape[0], -1)  # [rows, tp * C]
+    set (a token is dropped once the mass before it reaches top_p; the top token always stays).
+    ``values``: this shard's candidates, its k largest values of z (k = 0: all, sorted)."""
+    values = shard.all_gather(values).transpose(0, 1).reshape(values.shape[0], -1)  # [rows, tp * C]
     values = torch.sort(values, dim=-1, descending=True).values[:, : k or None]
     if cfg.top_p >= 1.0:
         return values[:, -1:]
@@ -126,18 +122,35 @@ def choose_tokens(logits: torch.Tensor, shard: VocabShard, cfg: SamplingConfig, 
 
     ``keys``: each row's noise key (`row_keys`), unused when greedy; ``suppressed``: global ids
     never chosen (they still count in the log-prob's normaliser). Collective over ``shard.group``;
-    every rank returns the same tokens [rows] (int64) and log-probs [rows] (fp32)."""
-    columns = torch.arange(shard.start, shard.start + logits.shape[-1], device=logits.device)
-    raw = logits.float().masked_fill(columns >= shard.vocab_size, float("-inf"))
+    every rank returns the same tokens [rows] (int64) and log-probs [rows] (fp32).
+
+    With top-k only a shard's k largest values can be drawn, so the noise is drawn for those
+    candidates alone (k per row instead of the vocabulary). Equal logits at the top-k boundary
+    are the one case where a shard's candidates and the whole vocabulary's could differ."""
+    width = logits.shape[-1]
+    raw = logits.float()
+    if shard.start + width > shard.vocab_size:  # megatron's padding columns
+        raw = raw.masked_fill(torch.arange(shard.start, shard.start + width, device=raw.device) >= shard.vocab_size,
+                              float("-inf"))
     peak = shard.all_reduce(raw.max(dim=-1).values, dist.ReduceOp.MAX)
     total = shard.all_reduce(torch.exp(raw - peak[:, None]).sum(dim=-1), dist.ReduceOp.SUM)
-    score = raw.masked_fill(torch.isin(columns, suppressed), float("-inf"))
-    if not cfg.greedy:
+    local = suppressed[(suppressed >= shard.start) & (suppressed < shard.start + width)] - shard.start
+    score = raw.index_fill(1, local, float("-inf"))
+    k = cfg.top_k if 0 < cfg.top_k < shard.vocab_size else 0
+    if cfg.greedy:
+        best, index = score.max(dim=-1)  # the first of equal maxima: the lowest id, as on one rank
+    elif k:
+        values, index = torch.topk(score / cfg.temperature, min(k, width), dim=-1)
+        values = values.masked_fill(values < _threshold(values, cfg, shard, k), float("-inf"))
+        best, pick = (values + gumbel_noise(keys, step, index + shard.start)).max(dim=-1)
+        index = index.gather(1, pick[:, None])[:, 0]
+    else:
         score = score / cfg.temperature
-        if cfg.top_p < 1.0 or 0 < cfg.top_k < shard.vocab_size:
-            score = score.masked_fill(score < _threshold(score, cfg, shard), float("-inf"))
-        score = score + gumbel_noise(keys, step, columns)
-    best, index = score.max(dim=-1)  # the first of equal maxima: the lowest id, as on one rank
+        if cfg.top_p < 1.0:
+            ordered = torch.sort(score, dim=-1, descending=True).values
+            score = score.masked_fill(score < _threshold(ordered, cfg, shard, 0), float("-inf"))
+        columns = torch.arange(shard.start, shard.start + width, device=raw.device)
+        best, index = (score + gumbel_noise(keys, step, columns)).max(dim=-1)
     winners = torch.stack([best.double(), (index + shard.start).double(), raw.gather(1, index[:, None])[:, 0].double()])
     gathered = shard.all_gather(winners)  # [tp, 3, rows]; equal maxima: the lowest rank, i.e. the lowest id
     rank = gathered[:, 0].argmax(dim=0, keepdim=True)  # [1, rows]
