@@ -74,9 +74,10 @@ def full_store_oppo(base):
 
                 self._forward_only(self.model_chunks, microbatches, store_masked, modality_mask=mask)
 
-        @staticmethod
-        def _ref_logprobs(mb, logprobs):
-            return mb.scores.pop("ref_logprobs", None)
+        def _kept_logprobs(self, mb, name, logprobs):
+            if name == "ref_logprobs":  # held whole, [b, s]
+                return self._read(mb, name)
+            return super()._kept_logprobs(mb, name, logprobs)
 
     return FullStore
 

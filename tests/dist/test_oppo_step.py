@@ -182,9 +182,11 @@ class EqualFirst(LetterReward):
 
 
 def test_dynamic_sampling_refills_from_the_sampler_and_overlong_completions_are_filtered(reference):
+    """Also pi_old from the engine with two mini-batches: no behaviour forward."""
     if dist.get_world_size() > 1:
         pytest.skip("runs in the one-process launch")
-    r = build_run(config(1, 1, **{"oppo.grpo.dynamic_sampling": True, "oppo.grpo.overlong": "filter"}), reward=EqualFirst())
+    r = build_run(config(1, 1, **{"oppo.grpo.dynamic_sampling": True, "oppo.grpo.overlong": "filter",
+                                  "oppo.grpo.behaviour_logprobs": "engine", "oppo.grpo.mini_batches": 2}), reward=EqualFirst())
     first = r.sampler.next_indices()
     microbatches, metrics = r.algorithm.prepare(first, 0, draw=r.sampler.next_indices)
     # Both groups of the first draw had equal rewards: one more global batch was drawn and used.
@@ -202,6 +204,10 @@ def test_dynamic_sampling_refills_from_the_sampler_and_overlong_completions_are_
             truncated.append(not ended)
             assert bool(mb.batch.loss_mask[row].any()) == ended
     assert metrics["truncated_fraction"] == sum(truncated) / len(truncated)
+    # pi_old from the engine: its log-probs of the kept completions' tokens, and no behaviour forward.
+    for mb in microbatches:
+        assert "old_logprobs" not in mb.scores
+        assert mb.scores["engine_logprobs"].shape == (len(mb.rows["completion"]),)
 
 
 def test_a_prompt_without_room_for_its_completion_stops_before_any_rollout(monkeypatch):
