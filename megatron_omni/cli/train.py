@@ -8,11 +8,14 @@ With no manifests configured, the toy emotion data set is generated (once) and u
 from __future__ import annotations
 
 from megatron_omni.cli.launch import launch
-from megatron_omni.runs.config import OmniTrainConfig
-from megatron_omni.runs.omni import run
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Imported here rather than at the top: each rank's checkpoint helper is a spawned interpreter
+    # that imports this module again as its __main__, and needs none of the training stack.
+    from megatron_omni.runs.config import OmniTrainConfig
+    from megatron_omni.runs.omni import run
+
     launch(__doc__, run, config_cls=OmniTrainConfig, argv=argv)
 
 
