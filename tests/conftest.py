@@ -60,8 +60,9 @@ if _REPORTS:
 def torchrun(tmp_path_factory):
     """Run pytest modules in one `torchrun --nproc-per-node N` launch (tests/test_dist_suites.py
     launches every tests/dist/ module through it). Returns {module: None if it passed, else the
-    reason with the ranks' output}; the launch stops at the first failure (-x), so a module after
-    a failed one did not run, and one that did not finish (timeout, crash) failed."""
+    reason with the ranks' output} for the modules that came to a result: the launch stops at the
+    first failure (-x), so the modules after a failed one are left out (they did not run), and when
+    the launch itself failed (timeout, crash) every module failed."""
 
     def run(modules: list[str], nproc: int, timeout: int = 600, extra_env: dict | None = None) -> dict[str, str | None]:
         reports = tmp_path_factory.mktemp("torchrun_reports")
@@ -87,7 +88,6 @@ def torchrun(tmp_path_factory):
         first = next((i for i, m in enumerate(modules) if m in failed), None)
         if first is None:  # no test failed: the launch itself did (timeout, crash), nothing can be trusted
             return {m: output for m in modules}
-        return {m: None if i < first else output if i == first else f"not run: {modules[first]} failed first in the "
-                f"same launch\n{output}" for i, m in enumerate(modules)}
+        return {m: None if i < first else output for i, m in enumerate(modules[: first + 1])}
 
     return run

@@ -77,15 +77,17 @@ def launch(torchrun):
     outcomes: dict[str, Prepared | str] = {}
 
     def run(request, suite: Suite) -> Prepared:
-        if suite.id not in outcomes and suite.shares_launch:
-            selected = {item.callspec.params["suite"].id for item in request.session.items
-                        if getattr(item, "originalname", None) == "test_suite" and item.path == Path(__file__)}
+        selected = {item.callspec.params["suite"].id for item in request.session.items
+                    if getattr(item, "originalname", None) == "test_suite" and item.path == Path(__file__)}
+        while suite.id not in outcomes and suite.shares_launch:
+            # The entries after a failed one did not run: they go again in a launch of their own.
             batch = [s for s in SUITES if s.shares_launch and s.nproc == suite.nproc and s.id not in outcomes
                      and (s.id in selected or s is suite)]
             results = torchrun([f"tests/dist/{s.module}" for s in batch], suite.nproc, timeout=sum(s.timeout for s in batch))
             for s in batch:
-                failure = results[f"tests/dist/{s.module}"]
-                outcomes[s.id] = Prepared() if failure is None else f"{s.id}: {failure}"
+                if f"tests/dist/{s.module}" in results:
+                    failure = results[f"tests/dist/{s.module}"]
+                    outcomes[s.id] = Prepared() if failure is None else f"{s.id}: {failure}"
         if suite.id not in outcomes:
             outcomes[suite.id] = f"{suite.id} failed earlier in this session"
             prepared = request.getfixturevalue(suite.fixture) if suite.fixture else Prepared()
