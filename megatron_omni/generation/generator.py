@@ -98,15 +98,15 @@ class ModelAdapter(Protocol):
 class KVCache:
     """Rotated keys and values [rows, groups, slots, head dim] of each attention layer of this
     stage, and where the next forward goes: ``rows`` (a prefill's G rows; None: the whole batch
-    decodes), ``start`` (the first slot it writes) and ``visible`` (decode: [rows, 1, 1, slots]
-    True where a row may attend, None: everywhere)."""
+    decodes), ``start`` (the first slot it writes) and ``padding`` (decode: [rows, 1, 1, slots]
+    True on a row's pad slots, None: no row has any)."""
 
     def __init__(self, rows: int, slots: int):
         self.size, self.slots = rows, slots
         self.layers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.rows: slice | None = None
         self.start = 0
-        self.visible: torch.Tensor | None = None
+        self.padding: torch.Tensor | None = None
 
     def attend(self, layer: int, query, key, value, scale: float) -> torch.Tensor:
         """Store this forward's (rotated) keys and values; attention of ``query`` [b, heads, s, d]
@@ -121,18 +121,27 @@ class KVCache:
             keys[self.rows, :, self.start : end] = key
             values[self.rows, :, self.start : end] = value
             return F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scale, enable_gqa=True)
+        if query.shape[2] != 1:
+            raise ValueError(f"a decode step takes one token per row, got {query.shape[2]}")
         keys[:, :, self.start : end] = key
         values[:, :, self.start : end] = value
-        mask = self.visible[..., :end] if self.visible is not None else None
-        return F.scaled_dot_product_attention(query, keys[:, :, :end], values[:, :, :end], attn_mask=mask,
-                                              scale=scale, enable_gqa=True)
+        # One query token against the grouped cache: each group's query heads share its keys
+        # (megatron orders the heads group by group), without repeating the keys per head; two
+        # batched matmuls beat SDPA's CPU kernel, which tiles for long queries.
+        b, heads, _, d = query.shape
+        groups = keys.shape[1]
+        scores = torch.matmul(query.reshape(b, groups, heads // groups, d), keys[:, :, :end].transpose(-1, -2)) * scale
+        if self.padding is not None:
+            scores = scores.masked_fill(self.padding[..., :end], float("-inf"))
+        probs = torch.softmax(scores.float(), dim=-1).to(values.dtype)
+        return torch.matmul(probs, values[:, :, :end]).reshape(b, heads, 1, d)
 
     def keep(self, rows: torch.Tensor) -> None:
         """Only these rows of the batch decode on (a compaction)."""
         self.layers = {layer: (k[rows], v[rows]) for layer, (k, v) in self.layers.items()}
         self.size = int(rows.sum()) if rows.dtype == torch.bool else rows.numel()
-        if self.visible is not None:
-            self.visible = self.visible[rows]
+        if self.padding is not None:
+            self.padding = self.padding[rows]
 
 
 def _cached_attention(cache: KVCache, attn: SelfAttention, hidden_states, attention_mask=None, key_value_states=None,
@@ -263,7 +272,7 @@ class Generator:
                                               media=prompt.media))
             seeds += [_row_seed(prompt.seed, g) for g in range(group_size)]
         cache.rows = None
-        cache.visible = ~padded[:, None, None, :] if bool(padded.any()) else None
+        cache.padding = padded[:, None, None, :] if bool(padded.any()) else None
         logits = torch.cat(first_logits).repeat_interleave(group_size, dim=0) if self.last_stage else None
         keys = row_keys(seeds, device)
 

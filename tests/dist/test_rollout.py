@@ -174,3 +174,32 @@ def test_suppressed_tokens_are_never_generated():
         out = generator(cfg, model, suppressed).generate(prompts(), 8, mode)
         generated = torch.tensor([t for rows in out.completions for row in rows for t in row])
         assert generated.numel() > 0 and not torch.isin(generated, torch.tensor(suppressed)).any()
+
+
+@torch.no_grad()
+def test_evaluation_answers_split_over_data_parallel_ranks_equal_one_at_a_time():
+    """OmniAnswerer at DP=4: a call's samples decoded together, a quarter on each rank and
+    gathered, equal each sample answered alone (one rank's replica, the others idle), masked or not."""
+    from pathlib import Path
+
+    from megatron_omni.config import load_config
+    from megatron_omni.runs.config import OmniTrainConfig
+    from megatron_omni.runs.omni import answerer_for, prepare_model, resolve_dataset
+
+    repo = Path(__file__).resolve().parents[2]
+    cfg = load_config(repo / "examples/configs/toy_oppo.yaml", [
+        "parallel.tensor_model_parallel_size=1", "init_from=null", f"dataset.toy_dir={repo / 'data_toy'}",
+        "model.num_layers=2", "evaluation.max_new_tokens=8"], cls=OmniTrainConfig)
+    resolve_dataset(cfg)
+    tokenizer, processor, chunks = prepare_model(cfg, wrap_ddp=False)
+    assert parallel_state.get_data_parallel_world_size() == 4
+    for name, param in chunks[0].named_parameters():  # a freshly initialised decoder answers every prompt alike
+        if name.startswith("language_model.decoder") and param.dim() == 2:
+            param.data.mul_(8.0)
+    answerer = answerer_for(cfg, chunks, tokenizer, processor, cfg.dataset.test_manifest)
+    records = [s.to_record() for s in answerer.prompts.samples[:5]]
+    for masked in (None, "audio"):
+        together = answerer(records, mask_modality=masked)
+        alone = [answerer([record], mask_modality=masked)[0] for record in records]
+        assert together == alone and all(isinstance(text, str) for text in together), masked
+    assert len(set(together)) > 1
