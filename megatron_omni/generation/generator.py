@@ -9,13 +9,15 @@ so every decode step runs all live rows as one batch of one token each.
 The cache is the engine's own (`KVCache`), not megatron's ``StaticInferenceContext`` cache:
 megatron's static path keeps keys unrotated and re-applies RoPE to the whole cache at every step,
 and repeats grouped keys and values to every head, which made a CPU decode step several times
-dearer than transformers'. While the engine runs, each megatron attention module of the model
+dearer than transformers' (tools/bench_rollout.py). While the engine runs, each megatron attention module of the model
 computes its projections, RoPE and output projection with megatron's own functions, but stores
 keys *rotated* (RoPE of the new token only, with the positions the model computed) and attends
-with torch's SDPA over the grouped cache (no repeat). megatron's ``StaticInferenceContext`` is
+over the grouped cache without repeating it per head (prefill: causal SDPA over the prompt; a
+decode step: two batched matmuls per key group). megatron's ``StaticInferenceContext`` is
 still passed, for what GPTModel does in inference (logits of the last token only, 1-D RoPE tables).
 
-Exactness. Pad slots are masked (SDPA gives them exactly zero weight) and nothing is recomputed.
+Exactness. Pad slots are masked (-inf scores: exactly zero weight on their zero keys and values)
+and nothing is recomputed.
 Positions are per row: position_ids [3, rows, 1] carry each row's own TMRoPE positions (and
 ``extend_positions`` text positions after the prompt); with 1-D RoPE a row's positions are its
 slots, which shifts a row's positions by its padding and leaves every relative distance as is.
@@ -147,7 +149,7 @@ class KVCache:
 def _cached_attention(cache: KVCache, attn: SelfAttention, hidden_states, attention_mask=None, key_value_states=None,
                       inference_context=None, rotary_pos_emb=None, **unused):
     """megatron's SelfAttention.forward on the engine's cache (its projections, RoPE and output
-    projection; keys stored rotated; SDPA over the grouped cache)."""
+    projection; keys stored rotated; attention over the grouped cache)."""
     query, key, value = attn.get_query_key_value_tensors(hidden_states, key_value_states)  # [s, b, heads, d]
     s, b = query.shape[:2]
     if rotary_pos_emb is not None:
@@ -192,6 +194,7 @@ class Generator:
         self.pad_token_id = pad_token_id
         self.params_dtype = params_dtype
         self.pp_group = parallel_state.get_pipeline_model_parallel_group()
+        self.pp_size = parallel_state.get_pipeline_model_parallel_world_size()
         self.first_stage = parallel_state.is_pipeline_first_stage()
         self.last_stage = parallel_state.is_pipeline_last_stage()
         self.tp_group = parallel_state.get_tensor_model_parallel_group()
@@ -218,6 +221,8 @@ class Generator:
             width = logits.shape[-1]
             shard = VocabShard(self.tp_rank * width, width, self.vocab_size, self.tp_group)
             token, logprob = choose_tokens(logits, shard, cfg, keys, step, self.suppressed)
+            if self.pp_size == 1:
+                return token, logprob
             picked = torch.stack([token.double(), logprob.double()])
         picked = broadcast_from_last_pipeline_stage([2, rows], torch.float64, picked, self.pp_group)
         return picked[0].long(), picked[1].float()
