@@ -169,7 +169,8 @@ def _engine_attention(model: torch.nn.Module, cache: KVCache):
     modules = [m for m in model.modules() if isinstance(m, SelfAttention)]
     for m in modules:
         if getattr(m.config, "attention_output_gate", False) or m.config.sequence_parallel or m.config.context_parallel_size > 1:
-            raise NotImplementedError("generation runs without gated attention, sequence or context parallelism")
+            raise NotImplementedError("the generation engine's attention needs parallel.sequence_parallel=false, no "
+                                      "context parallelism and no gated attention (one decode token cannot be split)")
         m.forward = types.MethodType(lambda self, *args, **kwargs: _cached_attention(cache, self, *args, **kwargs), m)
     try:
         yield
