@@ -230,10 +230,23 @@ class Generator:
 
     @torch.no_grad()
     def generate(self, prompts: list[Prompt], group_size: int, cfg: SamplingConfig) -> Generated:
-        """``group_size`` completions of each prompt, all decoded together (collective over the
-        model's TP/PP ranks)."""
+        """``group_size`` completions of each prompt, decoded together up to ``cfg.max_decode_rows``
+        rows at a time (collective over the model's TP/PP ranks). A row's draws depend on its
+        prompt's seed only, so how the prompts are split into decodes changes no completion."""
         if not prompts:
             raise ValueError("generate() needs at least one prompt")
+        per_decode = len(prompts) if cfg.max_decode_rows is None else max(1, cfg.max_decode_rows // group_size)
+        started = time.perf_counter()
+        parts = [self._decode(prompts[i : i + per_decode], group_size, cfg) for i in range(0, len(prompts), per_decode)]
+        if len(parts) == 1:
+            return parts[0]
+        tokens = sum(len(ids) for part in parts for group in part.completions for ids in group)
+        return Generated([group for part in parts for group in part.completions],
+                         [group for part in parts for group in part.logprobs],
+                         tokens_per_second=tokens / max(time.perf_counter() - started, 1e-9))
+
+    def _decode(self, prompts: list[Prompt], group_size: int, cfg: SamplingConfig) -> Generated:
+        """One decode of every prompt's G rows in one batch."""
         model = self.adapter.model
         was_training = model.training
         longest = max(int(p.tokens.shape[0]) for p in prompts)

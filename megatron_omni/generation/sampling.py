@@ -31,10 +31,18 @@ class SamplingConfig:
     top_k: int = 50  # 0: no top-k
     greedy: bool = False
     stop_token_ids: list[int] = field(default_factory=list)
+    # Rows (prompts x completions per prompt) decoded together at most: a rank's prompts go in
+    # consecutive decodes of max_decode_rows // G prompts (one at least), which bounds the KV cache
+    # at rows x (longest prompt + max_new_tokens) slots. null: all of a rank's prompts at once.
+    # The completions do not depend on it.
+    max_decode_rows: int | None = None
 
     def validate(self, key: str) -> None:
         if self.max_new_tokens < 1:
             raise ConfigError(f"{key}.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.max_decode_rows is not None and self.max_decode_rows < 1:
+            raise ConfigError(f"{key}.max_decode_rows must be >= 1 (null: all prompts in one decode), "
+                              f"got {self.max_decode_rows}")
         if not self.greedy and self.temperature <= 0:
             raise ConfigError(f"{key}.temperature must be > 0 when sampling, got {self.temperature} "
                               f"(set {key}.greedy=true for greedy decoding)")

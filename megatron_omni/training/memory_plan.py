@@ -7,7 +7,8 @@ are one stage.
 
 The peak is the persistent state (weights, gradients, optimizer states, frozen copies kept on the
 device) plus the largest of the step's phases:
-  rollout   the static KV cache of one prompt's group and the prefill logits
+  rollout   the engine's KV cache of the rows decoded together (a rank's prompts, or
+            sampling.max_decode_rows of them, x G) and one prompt's prefill logits
   scoring   one no-grad micro-batch forward (reference / masked / up-front teacher) and the
             stores kept until the losses read them
   training  activations of the in-flight micro-batches, the loss path's logit-sized buffers, the
@@ -103,6 +104,15 @@ def _rl(cfg) -> tuple[int, int, int]:
     group = section.grpo.group_size if cfg.algorithm == "oppo" else section.group_size
     new = section.sampling.max_new_tokens
     return group, cfg.train.seq_length - new, new
+
+
+def _decode_rows(cfg, group: int, dp: int) -> int:
+    """Rows the rollout engine decodes together: a data-parallel rank's prompts of a step, at most
+    ``sampling.max_decode_rows // G`` of them (one at least), x G."""
+    section = cfg.oppo if cfg.algorithm == "oppo" else cfg.opsd
+    prompts = max(1, cfg.train.global_batch_size // dp)
+    bound = section.sampling.max_decode_rows
+    return group * (prompts if bound is None else min(prompts, max(1, bound // group)))
 
 
 def layer_activation_elements(m: ModelConfig, tokens: int, seq: int, tp: int, core_attention: bool,
@@ -226,10 +236,11 @@ def plan_memory(cfg: PlannedRun, world_size: int, cpu: bool = False, evidence_fr
     if algorithm in ("oppo", "opsd"):
         group, prompt, completion = _rl(cfg)
         kv = cfg.model.num_query_groups // tp * m.head_dim
-        # megatron's static context: max_batch x max_seq x layers x (k, v) x kv heads x head_dim.
+        # The engine's cache: rows x slots x layers x (k, v) x kv heads x head_dim; a prompt is
+        # prefilled alone, its logits [1, prompt, V/TP] in the model dtype.
         phases["rollout"] = {
-            "KV cache": width * group * (prompt + completion) * layers * 2 * kv,
-            "prefill logits": 4 * group * prompt * vocab / tp,
+            "KV cache": width * _decode_rows(cfg, group, dp) * (prompt + completion) * layers * 2 * kv,
+            "prefill logits": width * prompt * vocab / tp,
         }
         completion_rows = rows * completion
         n_micro = microbatches

@@ -23,6 +23,7 @@ def omni_config(*overrides: str) -> OmniTrainConfig:
         (["opsd.sampling.temperature=-1"], "opsd.sampling.temperature must be > 0 when sampling"),
         (["oppo.sampling.top_p=0"], r"oppo.sampling.top_p must lie in (0, 1]"),
         (["oppo.sampling.top_p=1.5"], r"oppo.sampling.top_p must lie in (0, 1]"),
+        (["oppo.sampling.max_decode_rows=0"], r"oppo.sampling.max_decode_rows must be >= 1 (null: all prompts in one decode)"),
         (["opsd.sampling.top_k=-1"], "opsd.sampling.top_k must be >= 0"),
         (["oppo.sampling.max_new_tokens=0"], "oppo.sampling.max_new_tokens must be >= 1"),
         (["opsd.loss.temperature=0"], "opsd.loss.temperature must be positive"),

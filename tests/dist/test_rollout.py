@@ -2,6 +2,8 @@
 batch against a no-cache greedy loop per prompt, stop tokens, suppressed tokens, and the same
 samples at TP=2, PP=2 and TP=2xPP=2 as in one process, whatever else is in the batch. Runs under
 `torchrun --nproc-per-node 4` (tests/test_dist_suites.py: rollout-x4)."""
+import dataclasses
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -127,6 +129,14 @@ def test_sampling_is_layout_batch_and_resume_independent():
     cfg, model = build()
     resumed = generator(cfg, model).generate(prompts(TEXTS[1:2], seeds=(6,)), 4, SAMPLING)
     assert resumed.completions[0] == reference.completions[1]
+    # A bound on the rows decoded together (4: one prompt per decode; 8: two prompts, then one):
+    # the same completions and log-probs.
+    for rows in (4, 8):
+        split = generator(cfg, model).generate(prompts(), 4, dataclasses.replace(SAMPLING, max_decode_rows=rows))
+        assert split.completions == reference.completions, rows
+        for got, want in zip(split.logprobs, reference.logprobs):
+            for row, expected in zip(got, want):
+                torch.testing.assert_close(row, expected, atol=1e-5, rtol=1e-5)
     for tp, pp in [(2, 1), (1, 2), (2, 2)]:
         out = sampled(tp, pp)
         assert out.completions == reference.completions, (tp, pp)
