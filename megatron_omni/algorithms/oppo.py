@@ -298,10 +298,7 @@ class OPPO:
 
 def _chosen(parts: list[tuple[Rollouts, dict]], chosen: list[tuple[int, int]], group: int) -> tuple[Rollouts, dict]:
     """The rollouts and rewards of the chosen (part, group) pairs, in that order."""
-    entries = [(parts[p], k) for p, g in chosen for k in range(g * group, (g + 1) * group)]
-    pick = lambda name: [getattr(r, name)[k] for (r, _), k in entries]  # noqa: E731
-    tokens_per_second = sum(r.tokens_per_second for r, _ in parts) / len(parts)
-    rollouts = Rollouts(pick("indices"), pick("prompts"), pick("completion_ids"), pick("texts"), pick("logprobs"),
-                        tokens_per_second)
-    rewards = {name: torch.stack([rw[name][k] for (_, rw), k in entries]) for name in parts[0][1]}
+    entries = [(p, k) for p, g in chosen for k in range(g * group, (g + 1) * group)]
+    rollouts = Rollouts.joined([r for r, _ in parts], entries)
+    rewards = {name: torch.stack([parts[p][1][name][k] for p, k in entries]) for name in parts[0][1]}
     return rollouts, rewards

@@ -3,7 +3,7 @@ per prompt from the current policy, flattened one entry per completion, and thei
 micro-batches."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -27,6 +27,13 @@ class Rollouts:
     # definition): fp32 on the CPU, len(completion_ids[i]) values per completion.
     logprobs: list[torch.Tensor]
     tokens_per_second: float  # of the step's decode
+
+    @classmethod
+    def joined(cls, parts: list[Rollouts], entries: list[tuple[int, int]]) -> Rollouts:
+        """The (part, entry) pairs of several rollouts, in that order; tokens/s is the parts' mean."""
+        lists = {f.name: [getattr(parts[p], f.name)[k] for p, k in entries]
+                 for f in fields(cls) if f.name != "tokens_per_second"}
+        return cls(**lists, tokens_per_second=sum(r.tokens_per_second for r in parts) / len(parts))
 
     def sequences(self) -> list[ProcessedSample]:
         """Prompt + completion of each entry, the loss mask on the completion."""

@@ -139,9 +139,9 @@ class KVCache:
         return torch.matmul(probs, values[:, :, :end]).reshape(b, heads, 1, d)
 
     def keep(self, rows: torch.Tensor) -> None:
-        """Only these rows of the batch decode on (a compaction)."""
+        """Only the rows of the batch marked in ``rows`` (bool [rows]) decode on (a compaction)."""
         self.layers = {layer: (k[rows], v[rows]) for layer, (k, v) in self.layers.items()}
-        self.size = int(rows.sum()) if rows.dtype == torch.bool else rows.numel()
+        self.size = int(rows.sum())
         if self.padding is not None:
             self.padding = self.padding[rows]
 

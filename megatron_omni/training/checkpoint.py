@@ -59,6 +59,7 @@ from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.dist_checkpointing.dict_utils import nested_values
 from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
 from megatron.core.dist_checkpointing.strategies import filesystem_async
+from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 from torch.distributed.checkpoint import CheckpointException
 
 from megatron_omni.training.model_setup import unwrap
@@ -113,14 +114,19 @@ def _model_sharded_state_dict(model_chunks) -> dict:
 OPTIMIZER_LAYOUT = {"distrib_optim_sharding_type": "dp_reshardable"}
 
 
+def _distributed_optimizers(optimizer) -> list[DistributedOptimizer]:
+    """The distributed optimizers inside a run's (possibly chained) megatron optimizer."""
+    return [inner for inner in getattr(optimizer, "chained_optimizers", [optimizer])
+            if isinstance(inner, DistributedOptimizer)]
+
+
 def _allocate_optimizer_state(optimizer) -> None:
     """A distributed optimizer that has not stepped yet holds no Adam state (torch allocates it at
     the first step), and megatron builds its load target from that state: give it state first
     (megatron's zero-gradient step; what it writes is replaced by the load)."""
-    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
-        allocate = getattr(inner, "_init_optimizer_states_with_dummy_values", None)
-        if allocate is not None and not inner.optimizer.state:
-            allocate()
+    for inner in _distributed_optimizers(optimizer):
+        if not inner.optimizer.state:
+            inner._init_optimizer_states_with_dummy_values()
 
 
 def _restore_adam_steps(optimizer) -> None:
@@ -130,13 +136,13 @@ def _restore_adam_steps(optimizer) -> None:
     the steps from before the load: its layout does not save them). Each parameter gets its own
     tensor with the saved step; one shared tensor would also advance once per parameter in
     torch's foreach Adam."""
-    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
-        if not hasattr(inner, "_init_optimizer_states_with_dummy_values"):
-            continue
+    for inner in _distributed_optimizers(optimizer):
         for group in inner.optimizer.param_groups:
+            if "step" not in group:
+                continue
             for param in group["params"]:
                 state = inner.optimizer.state.get(param, {})
-                if "step" in group and isinstance(state.get("step"), torch.Tensor):
+                if isinstance(state.get("step"), torch.Tensor):
                     state["step"] = torch.tensor(float(group["step"]), dtype=state["step"].dtype,
                                                  device=state["step"].device)
 

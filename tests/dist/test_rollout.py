@@ -1,4 +1,4 @@
-"""The rollout engine on megatron's static KV cache: prompts of different lengths decoded in one
+"""The rollout engine (its own KV cache in megatron's attention modules): prompts of different lengths decoded in one
 batch against a no-cache greedy loop per prompt, stop tokens, suppressed tokens, and the same
 samples at TP=2, PP=2 and TP=2xPP=2 as in one process, whatever else is in the batch. Runs under
 `torchrun --nproc-per-node 4` (tests/test_dist_suites.py: rollout-x4)."""
