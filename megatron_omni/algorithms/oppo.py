@@ -98,6 +98,10 @@ class OPPO:
             out[m][rows] = token_masks[m]
         return out
 
+    @property
+    def sample_source(self):  # the loop prefetches the next batch's prompts through it
+        return self.prompts
+
     def state_dict(self) -> dict:
         return {"samples": self.prompts.state_dict()}  # the skip counts, checkpointed
 

@@ -14,18 +14,18 @@ from megatron_omni.parallel.device import step_device
 class SFT:
     def __init__(self, dataset, collator, micro_batch_size: int, seq_length: int):
         # The SFT target (description and openset) is checked by the processor.
-        self.source = step_samples(dataset, SampleRules(max_tokens=seq_length, budget=f"train.seq_length ({seq_length})"))
+        self.sample_source = step_samples(dataset, SampleRules(max_tokens=seq_length, budget=f"train.seq_length ({seq_length})"))
         self.collator = collator
         self.micro_batch_size, self.seq_length = micro_batch_size, seq_length
 
     def state_dict(self) -> dict:
-        return {"samples": self.source.state_dict()}  # the skip counts, checkpointed
+        return {"samples": self.sample_source.state_dict()}  # the skip counts, checkpointed
 
     def load_state_dict(self, state: dict) -> None:
-        self.source.load_state_dict(state["samples"])
+        self.sample_source.load_state_dict(state["samples"])
 
     def prepare(self, indices: list[int], step: int):
-        _, samples, metrics = self.source.load_step(indices)
+        _, samples, metrics = self.sample_source.load_step(indices)
         device = step_device()
         batches = [check_length(self.collator(chunk), self.seq_length).to(device)
                    for chunk in split_microbatches(samples, self.micro_batch_size)]

@@ -20,6 +20,10 @@ class MediaError(DataError):
         where = f" (sample {sample})" if sample else ""
         super().__init__(f"{self.path}{where}: {reason}")
 
+    def __reduce__(self):
+        # Pickled with its own arguments: a worker process (data.num_workers) hands it to the trainer.
+        return type(self), (self.path, self.reason, self.sample)
+
 
 class SampleTooLongError(DataError):
     """A processed sample has more tokens than the configured maximum sequence length."""

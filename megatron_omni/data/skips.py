@@ -27,6 +27,7 @@ import torch.distributed as dist
 
 from megatron_omni.data.dataset import OmniDataset
 from megatron_omni.data.errors import DataError, MediaError, MissingLabelError, SampleTooLongError, TooManySkippedError
+from megatron_omni.data.prefetch import SamplePool
 from megatron_omni.data.processor import ProcessedSample
 from megatron_omni.parallel.device import step_device
 
@@ -64,6 +65,10 @@ class SampleSource:
         self.kinds: Counter[str] = Counter()  # this process's, for the stop message
         self.examples: dict[str, str] = {}  # kind -> its first reason
         self.total_seen = self.total_skipped = 0  # over the group's ranks, since the run began
+        # data.num_workers > 0: a training step's samples load in worker processes, started at the
+        # first step (evaluation, which never prefetches, loads in this process).
+        self.num_workers = cfg.num_workers
+        self.pool: SamplePool | None = None
 
     def state_dict(self) -> dict:
         return {"seen": self.total_seen, "skipped": self.total_skipped}
@@ -77,12 +82,30 @@ class SampleSource:
         for name, reader in self.rules.required:
             if not getattr(sample, name):
                 raise MissingLabelError(f"{sample.location}: sample {sample.id} has no '{name}' ({reader})")
-        item = self.dataset.load(index)
+        item = self.pool.load(index) if self.pool is not None else self.dataset.load(index)
         limit = self.rules.max_tokens
         if limit is not None and item.length > limit:
             raise SampleTooLongError(f"{sample.location}: sample {sample.id} has {item.length} tokens, "
                                      f"more than {self.rules.budget}")
         return item
+
+    def prefetch(self, indices: list[int]) -> None:
+        """Start loading a coming step's ``indices`` in the worker processes (none without workers).
+        Nothing is counted until `load_step` takes the samples, so prefetched samples no step takes
+        change neither the skip counts nor the sampler's position."""
+        if self.num_workers:
+            self._workers().prefetch(indices)
+
+    def _workers(self) -> SamplePool:
+        if self.pool is None:
+            self.pool = SamplePool(self.dataset, self.num_workers)
+        return self.pool
+
+    def close(self) -> None:
+        """Stop the worker processes (the training loop calls it however the run ends)."""
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
 
     def _try(self, index: int) -> ProcessedSample | None:
         self.seen += 1
@@ -116,6 +139,8 @@ class SampleSource:
     def load_step(self, indices: list[int]) -> tuple[list[int], list[ProcessedSample], dict[str, float]]:
         """This rank's samples of a training step, bad ones replaced: (indices used, samples, metrics)."""
         self.seen, self.skipped = seen, skipped = self.total_seen, self.total_skipped
+        if self.num_workers:  # the step's own samples load side by side (prefetched already, usually)
+            self._workers().request(indices)
         taken = set(indices)  # a replacement is none of the step's own samples
         used: list[int] = []
         items: list[ProcessedSample] = []

@@ -14,6 +14,9 @@ and optionally
       policy (an EMA teacher), saved and resumed with the checkpoint;
   microbatch_rows: the rows of a micro-batch when they are not train.micro_batch_size (RL:
       micro_batch_size prompts x group_size completions), the pipeline's activation shape;
+  sample_source: the `data.skips.SampleSource` prepare loads its samples from; the loop has it
+      start loading the next batch's samples (in data.num_workers worker processes) before this
+      batch's prepare, and closes it when the run ends, however it ends;
   state_dict() / load_state_dict(state): its host-side state (the counts of skipped samples), the
       same on every rank, saved with rank 0's run state.
 A train step is one batch from the sampler; checkpoints, ``train.save_interval``,
@@ -128,6 +131,7 @@ def train(cfg: RunConfig, model_chunks, optimizer, scheduler, sampler: Resumable
     history = []
 
     saved_at, step_s, warned = None, 0.0, False
+    source = getattr(algorithm, "sample_source", None)
 
     def save():
         nonlocal saved_at, warned
@@ -154,7 +158,12 @@ def train(cfg: RunConfig, model_chunks, optimizer, scheduler, sampler: Resumable
             while state.step < last:
                 started = time.perf_counter()
                 draw = {"draw": sampler.next_indices} if getattr(algorithm, "draws_prompts", False) else {}
-                microbatches, metrics = algorithm.prepare(sampler.next_indices(), state.step, **draw)
+                indices = sampler.next_indices()
+                if source is not None and state.step + 1 < last:
+                    # Read ahead only: the sampler's position moves when a batch is drawn, so a
+                    # checkpoint never counts the prefetched batch (docs/DATA.md "Background loading").
+                    source.prefetch(sampler.indices_at(sampler.consumed_samples))
+                microbatches, metrics = algorithm.prepare(indices, state.step, **draw)
                 updates = algorithm.mini_batches(microbatches) if hasattr(algorithm, "mini_batches") else [microbatches]
                 per_update = []
                 for part in updates:
@@ -183,6 +192,8 @@ def train(cfg: RunConfig, model_chunks, optimizer, scheduler, sampler: Resumable
                     break
             save()
         finally:
+            if source is not None:
+                source.close()
             logger.close()
     return history
 

@@ -88,6 +88,10 @@ class OmniOPSD:
         return dataset.processor.process(dataset.samples[index], student_prompt.media, with_target=False,
                                          privileged=self.cfg.opsd.privileged)
 
+    @property
+    def sample_source(self):  # the loop prefetches the next batch's prompts through it
+        return self.prompts
+
     def state_dict(self) -> dict:
         return {"samples": self.prompts.state_dict()}  # the skip counts, checkpointed
 
