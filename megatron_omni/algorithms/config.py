@@ -8,6 +8,7 @@ from typing import Literal, Protocol
 from megatron_omni.algorithms.grpo import GRPOConfig
 from megatron_omni.algorithms.opsd.config import OPSDConfig
 from megatron_omni.config import ConfigError
+from megatron_omni.data.config import DataConfig
 from megatron_omni.generation.generator import SamplingConfig
 from megatron_omni.models.config import ModelConfig
 from megatron_omni.models.omni_config import OmniConfig
@@ -74,6 +75,7 @@ class RLRunSections(Protocol):
 
     model: ModelConfig
     omni: OmniConfig
+    data: DataConfig
     train: TrainConfig
     oppo: OPPOConfig
     opsd: OPSDConfig

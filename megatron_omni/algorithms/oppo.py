@@ -30,7 +30,7 @@ from megatron_omni.algorithms.grpo import (
     overlong_penalty,
 )
 from megatron_omni.algorithms.rollouts import Rollouts, collect_rollouts, prompt_rules, stopping_at
-from megatron_omni.algorithms.step_common import move_chunks, on_step_device, padded_microbatches, step_samples
+from megatron_omni.algorithms.step_common import move_chunks, on_step_device, step_microbatches, step_samples
 from megatron_omni.data.batch import OmniBatch
 from megatron_omni.kernels import evidence_masked_kl, vocab_parallel_logprob_entropy
 from megatron_omni.models.masking import ModalityMask
@@ -40,12 +40,14 @@ from megatron_omni.training.step import forward_only
 
 @dataclass
 class RLMicroBatch:
-    batch: OmniBatch
-    advantages: torch.Tensor  # [b]
-    evidence: dict[str, torch.Tensor]  # modality -> bool [b, s] over label positions, completion tokens only
+    batch: OmniBatch  # padded [b, s] or one packed row [1, s] (data.packing)
+    advantages: torch.Tensor  # [samples]
+    evidence: dict[str, torch.Tensor]  # modality -> bool, the batch's layout, over label positions, completion tokens only
     # "completion" and each modality -> long [n, 2] (batch row, position) of its True positions in
-    # row-major order: the rows the scoring forwards keep (their count is known on the host).
+    # row-major order (sample by sample, also when packed): the rows the scoring forwards keep
+    # (their count is known on the host).
     rows: dict[str, torch.Tensor]
+    mini_batch: int  # the part of the rollout batch (grpo.mini_batches) this micro-batch belongs to
     # Filled by the scoring forwards (last stage only), at the "completion" rows: "ref_logprobs",
     # "old_logprobs" (the rollout policy's, with several updates), "engine_logprobs" (the
     # engine's, when the loss reads them) fp32 [n_completion]; "masked" modality -> [n_m, V_local]
@@ -80,7 +82,8 @@ class OPPO:
         self.tp_group = parallel_state.get_tensor_model_parallel_group()
         self.beta = o.grpo.kl_beta
         self.draws_prompts = o.grpo.dynamic_sampling  # prepare takes the loop's draw (training/loop.py)
-        self.microbatch_rows = cfg.train.micro_batch_size * self.group
+        # The pipeline's activation shape: a packed micro-batch is one row of train.seq_length.
+        self.microbatch_rows = 1 if cfg.data.packing else cfg.train.micro_batch_size * self.group
 
     # ------------------------------------------------------------------ prepare
 
@@ -124,16 +127,17 @@ class OPPO:
                                                     [self.samples[i] for i in rollouts.indices], rollouts.prompts)]
         device = step_device()
         microbatches = []
-        for chunk, batch in padded_microbatches(rollouts.sequences(), cfg.train.micro_batch_size * self.group, seq):
-            for row, i in enumerate(chunk):
+        for part, chunk, batch in self._microbatches(rollouts.sequences()):
+            for i, (row, start, end) in zip(chunk, batch.sample_spans()):
                 if filtered[i]:  # DAPO's overlong filtering: no loss on a completion cut short
-                    batch.loss_mask[row] = 0
+                    batch.loss_mask[row, start:end] = 0
             # Masks and their rows are made on the host copies: no device read decides what is kept.
             completion = batch.loss_mask.bool()
-            masks = {m: torch.stack([evidence[i][m] for i in chunk]) & completion for m in MODALITIES}
+            masks = {m: batch.in_layout([evidence[i][m] for i in chunk]) & completion for m in MODALITIES}
             rows = {name: _positions(mask).to(device) for name, mask in (("completion", completion), *masks.items())}
             mb = RLMicroBatch(batch=batch.to(device), advantages=advantages[chunk].to(device),
-                              evidence={m: mask.to(device) for m, mask in masks.items()}, rows=rows, reads_left=g.epochs)
+                              evidence={m: mask.to(device) for m, mask in masks.items()}, rows=rows,
+                              mini_batch=part, reads_left=g.epochs)
             if engine:  # row-major like the completion rows: each kept completion's tokens in order
                 mb.scores["engine_logprobs"] = torch.cat(
                     [rollouts.logprobs[i] for i in chunk if not filtered[i]] or [torch.zeros(0)]).to(device)
@@ -150,6 +154,20 @@ class OPPO:
         if g.overlong != "keep":
             metrics["truncated_fraction"] = sum(truncated) / len(truncated)
         return microbatches, metrics
+
+    def _microbatches(self, sequences) -> list[tuple[int, list[int], OmniBatch]]:
+        """(mini-batch, entry indices, batch) per micro-batch: each of the grpo.mini_batches
+        consecutive parts of the rollout batch is split (or packed) on its own, so an optimizer
+        step never takes part of another's completions."""
+        cfg = self.cfg
+        size = len(sequences) // cfg.oppo.grpo.mini_batches  # whole: check_oppo_run
+        out = []
+        for part in range(cfg.oppo.grpo.mini_batches):
+            first = part * size
+            for chunk, batch in step_microbatches(sequences[first : first + size], cfg.train.micro_batch_size * self.group,
+                                                  cfg.train.seq_length, cfg.data.packing):
+                out.append((part, [first + i for i in chunk], batch))
+        return out
 
     def _sample(self, indices: list[int], prompts, step: int) -> tuple[Rollouts, dict[str, torch.Tensor]]:
         """Rollouts of ``prompts`` and their rewards (with DAPO's overlong penalty in the total)."""
@@ -243,10 +261,9 @@ class OPPO:
 
     def mini_batches(self, microbatches: list[RLMicroBatch]) -> list[list[RLMicroBatch]]:
         """The micro-batches of each optimizer step: grpo.mini_batches consecutive parts of the
-        rollout batch, all of them once per epoch (config validation makes them whole)."""
+        rollout batch, all of them once per epoch."""
         g = self.cfg.oppo.grpo
-        size = len(microbatches) // g.mini_batches
-        return [microbatches[k * size : (k + 1) * size] for k in range(g.mini_batches)] * g.epochs
+        return [[mb for mb in microbatches if mb.mini_batch == k] for k in range(g.mini_batches)] * g.epochs
 
     # ------------------------------------------------------------------ loss
 
@@ -274,9 +291,13 @@ class OPPO:
             mask = batch.loss_mask
             engine = self._kept_logprobs(mb, "engine_logprobs", logprobs)
             old = engine if o.grpo.behaviour_logprobs == "engine" else self._kept_logprobs(mb, "old_logprobs", logprobs)
+            ref = self._kept_logprobs(mb, "ref_logprobs", logprobs)
+            # The policy loss aggregates per completion: it reads one row per sample, as padded.
+            rows = batch.per_sample
             total, count, metrics = self.loss(
-                logprobs, logprobs.detach() if old is None else old, mb.advantages, mask,
-                ref_logprobs=self._kept_logprobs(mb, "ref_logprobs", logprobs), beta=self.beta, engine_logprobs=engine,
+                rows(logprobs), rows(logprobs.detach() if old is None else old), mb.advantages, rows(mask),
+                ref_logprobs=None if ref is None else rows(ref), beta=self.beta,
+                engine_logprobs=None if engine is None else rows(engine),
             )
             metrics["entropy"] = torch.stack([(entropy.detach() * mask).sum(), mask.sum()])
             if o.perception_loss:

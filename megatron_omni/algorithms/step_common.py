@@ -1,5 +1,5 @@
 """What every algorithm's step shares: its samples (skips, replacements), micro-batch splitting,
-the pipeline's fixed sequence length, padded micro-batches, the (token sum, token count, metrics)
+the pipeline's fixed sequence length, padded or packed micro-batches, the (token sum, token count, metrics)
 return megatron's schedule expects from a loss function, and frozen models kept on the CPU
 between their forwards."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import torch
 
-from megatron_omni.data.batch import OmniBatch, pad
+from megatron_omni.data.batch import OmniBatch, pack, pack_rows, pad
 from megatron_omni.data.dataset import OmniDataset
 from megatron_omni.data.processor import ProcessedSample
 from megatron_omni.data.skips import SampleRules, SampleSource
@@ -38,10 +38,21 @@ def check_length(batch: OmniBatch, seq_length: int) -> OmniBatch:
     return batch
 
 
-def padded_microbatches(sequences: list[ProcessedSample], per_micro: int, seq_length: int) -> list[tuple[list[int], OmniBatch]]:
-    """(entry indices, [per_micro, seq_length] batch) per micro-batch: the pipeline's fixed shape."""
-    return [(chunk, check_length(pad([sequences[i] for i in chunk], seq_length), seq_length))
-            for chunk in split_microbatches(list(range(len(sequences))), per_micro)]
+def microbatch_chunks(lengths: list[int], per_micro: int, seq_length: int, packing: bool) -> list[list[int]]:
+    """Entry indices of each micro-batch: ``per_micro`` consecutive entries padded, or the entries
+    packed into one row of ``seq_length`` tokens (``data.packing``)."""
+    if packing:
+        return pack_rows(lengths, seq_length)
+    return split_microbatches(list(range(len(lengths))), per_micro)
+
+
+def step_microbatches(sequences: list[ProcessedSample], per_micro: int, seq_length: int,
+                      packing: bool) -> list[tuple[list[int], OmniBatch]]:
+    """(entry indices, batch) per micro-batch in the pipeline's fixed shape: [per_micro,
+    seq_length] padded, or [1, seq_length] packed rows, each ending in a padding segment."""
+    layout = pack if packing else pad
+    chunks = microbatch_chunks([s.length for s in sequences], per_micro, seq_length, packing)
+    return [(chunk, check_length(layout([sequences[i] for i in chunk], seq_length), seq_length)) for chunk in chunks]
 
 
 def token_sum_loss(total: torch.Tensor, count: torch.Tensor, name: str, metrics: dict | None = None):

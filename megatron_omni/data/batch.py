@@ -84,6 +84,37 @@ class OmniBatch:
         return PackedSeqParams(qkv_format="thd", cu_seqlens_q=self.cu_seqlens, cu_seqlens_kv=self.cu_seqlens,
                                max_seqlen_q=self.max_seqlen, max_seqlen_kv=self.max_seqlen)
 
+    def sample_spans(self) -> list[tuple[int, int, int]]:
+        """(row, start, end) of each sample's tokens (a host read of a device batch's layout)."""
+        if self.packed:
+            cu = self.cu_seqlens.tolist()
+            return [(0, cu[k], cu[k + 1]) for k in range(self.num_samples)]
+        return [(k, 0, n) for k, n in enumerate(self.attention_mask.sum(1).tolist())]
+
+    def in_layout(self, values: Sequence[torch.Tensor]) -> torch.Tensor:
+        """[samples, s] per-sample values (sample k's tokens from position 0) in this batch's
+        layout, [b, s]; values past a sample's tokens are dropped when packed."""
+        if not self.packed:
+            return torch.stack(list(values))
+        row = values[0].new_zeros(self.tokens.shape[1:])
+        for (_, start, end), value in zip(self.sample_spans(), values):
+            row[start:end] = value[: end - start]
+        return row[None]
+
+    def per_sample(self, values: torch.Tensor) -> torch.Tensor:
+        """[b, s] values in this batch's layout -> [samples, s], sample k's tokens from position 0
+        and zeros after them, as a padded batch holds them (a padded batch's values as they are).
+        Gathered on the device without a host read; the gradient flows back to the packed row."""
+        if not self.packed:
+            return values
+        n, length = self.num_samples, values.shape[1]
+        starts = self.cu_seqlens[:n].long()
+        lengths = self.cu_seqlens[1 : n + 1].long() - starts
+        offsets = torch.arange(length, device=values.device)
+        index = (starts[:, None] + offsets).clamp(max=length - 1)
+        return torch.where(offsets < lengths[:, None], values[0][index], torch.zeros((), dtype=values.dtype,
+                                                                                   device=values.device))
+
     def to(self, device) -> "OmniBatch":
         """This batch on ``device``. To a GPU the tensors go through pinned host memory with
         non-blocking copies, so the transfer overlaps the work already queued on the GPU."""
@@ -154,6 +185,24 @@ def pad(samples: Sequence[ProcessedSample], pad_to_multiple_of: int = 1) -> Omni
         attention[row, :n] = True
     return OmniBatch(tokens=tokens, labels=labels, loss_mask=loss_mask, position_ids=positions,
                      attention_mask=attention, **_common(samples))
+
+
+def pack_rows(lengths: Sequence[int], row_length: int) -> list[list[int]]:
+    """Sample indices of each packed row of ``row_length`` tokens, first fit in sample order: a
+    sample goes into the first row with room for it, so every row lists its samples in order."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for index, length in enumerate(lengths):
+        if length > row_length:
+            raise ValueError(f"sample {index} is {length} tokens long, longer than a packed row of {row_length}")
+        row = next((r for r, free in enumerate(room) if length <= free), None)
+        if row is None:
+            rows.append([])
+            room.append(row_length)
+            row = len(rows) - 1
+        rows[row].append(index)
+        room[row] -= length
+    return rows
 
 
 def pack(samples: Sequence[ProcessedSample], pad_to_multiple_of: int = 1) -> OmniBatch:

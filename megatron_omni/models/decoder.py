@@ -16,7 +16,10 @@ from megatron.core.models.gpt.gpt_layer_specs import (
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.spec_utils import ModuleSpec
 
+from megatron_omni.models.attention import PackedDotProductAttention
 from megatron_omni.models.config import ModelConfig, ModelSections, transformer_engine_available
+from megatron_omni.models.moe import moe_transformer_fields
+from megatron_omni.models.mrope import InterleavedMultimodalRotaryEmbedding
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -32,7 +35,8 @@ def uses_transformer_engine(cfg: ModelSections) -> bool:
 
 
 def transformer_config(cfg: ModelSections) -> TransformerConfig:
-    """Qwen2.5: RMSNorm, SwiGLU, GQA, bias on QKV only, RoPE theta from the config."""
+    """Qwen2.5 / Qwen3: RMSNorm, SwiGLU (dense or experts), GQA, QKV bias or query/key RMSNorm,
+    RoPE theta from the config."""
     m, p, prec, rc = cfg.model, cfg.parallel, cfg.precision, cfg.recompute
     dtype = _DTYPES[prec.params_dtype]
     on_gpu = torch.cuda.is_available()
@@ -49,6 +53,10 @@ def transformer_config(cfg: ModelSections) -> TransformerConfig:
         activation_func=F.silu,
         add_bias_linear=False,
         add_qkv_bias=m.add_qkv_bias,
+        qk_layernorm=m.qk_layernorm,
+        **moe_transformer_fields(cfg),
+        # TE's grouped GEMM runs all local experts in one kernel on GPU; the local spec loops over them.
+        moe_grouped_gemm=m.num_moe_experts is not None and uses_transformer_engine(cfg),
         hidden_dropout=m.hidden_dropout,
         attention_dropout=m.attention_dropout,
         mrope_section=m.mrope_section,
@@ -85,9 +93,15 @@ def transformer_config(cfg: ModelSections) -> TransformerConfig:
 
 
 def layer_spec(cfg: ModelSections) -> ModuleSpec:
+    """TE's layers, or megatron's local ones with a core attention that takes packed (THD)
+    sequences as TE's does: packed and padded batches run the same layers on both machines."""
+    m = cfg.model
     if uses_transformer_engine(cfg):
-        return get_gpt_layer_with_transformer_engine_spec()
-    return get_gpt_layer_local_spec(normalization="RMSNorm")
+        return get_gpt_layer_with_transformer_engine_spec(
+            num_experts=m.num_moe_experts, moe_grouped_gemm=m.num_moe_experts is not None, qk_layernorm=m.qk_layernorm)
+    spec = get_gpt_layer_local_spec(num_experts=m.num_moe_experts, qk_layernorm=m.qk_layernorm, normalization="RMSNorm")
+    spec.submodules.self_attention.submodules.core_attention = PackedDotProductAttention
+    return spec
 
 
 def build_decoder(
@@ -105,7 +119,7 @@ def build_decoder(
     themselves.
     """
     m = cfg.model
-    return GPTModel(
+    decoder = GPTModel(
         config=config or transformer_config(cfg),
         transformer_layer_spec=layer_spec(cfg),
         vocab_size=padded_vocab_size(m, cfg.parallel.tensor_model_parallel_size),
@@ -119,6 +133,11 @@ def build_decoder(
         scatter_embedding_sequence_parallel=scatter_embedding_sequence_parallel,
         vp_stage=vp_stage,
     )
+    if m.mrope_interleaved:
+        # megatron-core's MRoPE only knows contiguous sections: swap in the interleaved table.
+        decoder.rotary_pos_emb = InterleavedMultimodalRotaryEmbedding(
+            kv_channels=m.head_dim, rotary_percent=1.0, rotary_base=int(m.rotary_base))
+    return decoder
 
 
 def text_position_ids(tokens: torch.Tensor, mrope: bool) -> torch.Tensor:

@@ -15,11 +15,6 @@ from megatron_omni.models.omni_config import OmniConfig, validate_omni
 from megatron_omni.rewards.config import RewardConfig
 from megatron_omni.training.config import RunConfig
 
-# Keys that the data library reads (OmniLoader, Collator) but training runs do not use yet: a
-# value other than the default would be silently ignored, so it is refused.
-NOT_WIRED_IN_RUNS = {"packing": False, "num_workers": 0, "pad_to_multiple_of": 1}
-
-
 @dataclass
 class OmniTrainConfig(RunConfig):
     algorithm: Literal["sft", "oppo", "opsd"] = "sft"
@@ -43,16 +38,35 @@ class OmniTrainConfig(RunConfig):
     def optimizer_steps_per_batch(self) -> int:
         return self.oppo.grpo.updates_per_rollout if self.algorithm == "oppo" else 1
 
+    def row_multiple(self) -> tuple[int, str]:
+        """What the rows of a training micro-batch are padded to a multiple of, and the key that sets
+        it. Rows of exactly train.seq_length where one length is needed: pipeline stages exchange
+        activations of one shape (PP > 1), packed rows, and the RL algorithms' scoring rows (their
+        per-token masks are train.seq_length long). Otherwise (SFT, padded, PP = 1) a row is as
+        long as its longest sample, rounded up to data.pad_to_multiple_of."""
+        fixed = self.parallel.pipeline_model_parallel_size > 1 or self.data.packing or self.algorithm != "sft"
+        return (self.train.seq_length, "train.seq_length") if fixed else (self.data.pad_to_multiple_of, "data.pad_to_multiple_of")
+
+    def check_row_lengths(self) -> None:
+        seq, multiple = self.train.seq_length, self.data.pad_to_multiple_of
+        if seq % multiple:
+            raise ConfigError(f"train.seq_length ({seq}) must be a multiple of data.pad_to_multiple_of ({multiple}): "
+                              "rows are padded to a multiple of it and never beyond train.seq_length")
+        rows, key = self.row_multiple()
+        if self.precision.fp8 is not None and rows % 16:
+            raise ConfigError(f"precision.fp8={self.precision.fp8!r}: Transformer Engine's FP8 matmuls need rows of a "
+                              f"multiple of 16 tokens; {key} is {rows}")
+        tp = self.parallel.tensor_model_parallel_size
+        if self.parallel.sequence_parallel and rows % tp:
+            raise ConfigError(f"parallel.sequence_parallel splits every row across the {tp} tensor-parallel ranks: "
+                              f"{key} ({rows}) must be a multiple of parallel.tensor_model_parallel_size")
+
     def check_across_sections(self, world_size: int | None) -> None:
         super().check_across_sections(world_size)
         if self.algorithm == "oppo":
             check_oppo_run(self, world_size)
         validate_omni(self.model, self.omni)
-        for name, default in NOT_WIRED_IN_RUNS.items():
-            if getattr(self.data, name) != default:
-                raise ConfigError(f"data.{name}={getattr(self.data, name)!r}: training runs do not use data.{name} yet "
-                                  f"(they pad every micro-batch to train.seq_length in the training process); "
-                                  f"remove it or set data.{name}={default!r}")
+        self.check_row_lengths()
         if self.needs_lexicon() and self.reward.wheel_dir is None:
             raise ConfigError("reward.wheel_dir must name the MER emotion-wheel lexicon folder (OPPO rewards, "
                               "opsd.grpo_weight > 0, evaluation)")

@@ -156,3 +156,25 @@ def assert_bit_identical(actual: dict, expected: dict) -> None:
     for key, tensor in expected.items():
         assert actual[key].dtype == tensor.dtype, key
         assert torch.equal(actual[key], tensor), key
+
+
+def processed_samples(batch: OmniBatch) -> list:
+    """The helper batch's samples as the data pipeline's ``ProcessedSample`` (next-token labels,
+    every token a target but the last), for the project's own ``pad`` and ``pack``."""
+    from megatron_omni.data.media import SampleMedia
+    from megatron_omni.data.processor import ProcessedSample
+    from megatron_omni.data.video import VideoFeatures
+
+    patches = [int(g.prod()) for g in batch.video_grid_thw]
+    pixels = batch.pixel_values_videos.split(patches)
+    samples = []
+    for i, n in enumerate(batch.lengths()):
+        ids = batch.input_ids[i, :n]
+        frames = int(batch.feature_attention_mask[i].sum())
+        media = SampleMedia(video=VideoFeatures(pixels[i], tuple(batch.video_grid_thw[i].tolist()), SECONDS_PER_GRID),
+                            audio_features=batch.input_features[i, :, :frames], audio_in_video=batch.use_audio_in_video)
+        samples.append(ProcessedSample(
+            sample_id=f"s{i}", input_ids=ids, labels=torch.cat([ids[1:], ids.new_zeros(1)]),
+            loss_mask=torch.cat([torch.ones(n - 1), torch.zeros(1)]), position_ids=batch.position_ids[:, i, :n],
+            prompt_length=1, pad_token_id=0, media=media))
+    return samples

@@ -34,16 +34,23 @@ def _token(tokenizer, token_id: int) -> str:
     return f"{token_id} {tokenizer.decode([token_id])!r}" if tokenizer is not None else str(token_id)
 
 
+def _completion(batch: OmniBatch, span: tuple[int, int, int]) -> tuple[int, torch.Tensor]:
+    """(row, positions) of a sample's loss-mask tokens, the sample's span (row, start, end) of ``batch``."""
+    row, start, end = span
+    return row, batch.loss_mask[row, start:end].nonzero().squeeze(1) + start
+
+
 def completion_rows(student: OmniBatch, teacher: OmniBatch, tokenizer=None) -> CompletionRows:
     """The completion rows of each sample in both views (their loss-mask positions), after checking
-    that the labels there are the same tokens; the error names the sample and the first mismatch."""
-    if student.tokens.shape[0] != teacher.tokens.shape[0]:
-        raise AlignmentError(f"student micro-batch has {student.tokens.shape[0]} sequences, teacher {teacher.tokens.shape[0]}")
+    that the labels there are the same tokens; the error names the sample and the first mismatch.
+    Either view may be padded or packed."""
+    if student.num_samples != teacher.num_samples:
+        raise AlignmentError(f"student micro-batch has {student.num_samples} sequences, teacher {teacher.num_samples}")
     student_rows, teacher_rows = [], []
-    for b, sample_id in enumerate(student.sample_ids):
-        s_pos = student.loss_mask[b].nonzero().squeeze(1)
-        t_pos = teacher.loss_mask[b].nonzero().squeeze(1)
-        s_tok, t_tok = student.labels[b, s_pos].tolist(), teacher.labels[b, t_pos].tolist()
+    for sample_id, s_span, t_span in zip(student.sample_ids, student.sample_spans(), teacher.sample_spans()):
+        s_row, s_pos = _completion(student, s_span)
+        t_row, t_pos = _completion(teacher, t_span)
+        s_tok, t_tok = student.labels[s_row, s_pos].tolist(), teacher.labels[t_row, t_pos].tolist()
         if s_tok != t_tok:
             k = next((i for i, (a, c) in enumerate(zip(s_tok, t_tok)) if a != c), min(len(s_tok), len(t_tok)))
             student_at = _token(tokenizer, s_tok[k]) if k < len(s_tok) else "end of completion"
@@ -53,6 +60,6 @@ def completion_rows(student: OmniBatch, teacher: OmniBatch, tokenizer=None) -> C
                 f"{len(s_tok)} vs {len(t_tok)} tokens, first mismatch at completion token {k}: "
                 f"student {student_at}, teacher {teacher_at}"
             )
-        student_rows.append(torch.stack([torch.full_like(s_pos, b), s_pos], 1))
-        teacher_rows.append(torch.stack([torch.full_like(t_pos, b), t_pos], 1))
+        student_rows.append(torch.stack([torch.full_like(s_pos, s_row), s_pos], 1))
+        teacher_rows.append(torch.stack([torch.full_like(t_pos, t_row), t_pos], 1))
     return CompletionRows(torch.cat(student_rows), torch.cat(teacher_rows))

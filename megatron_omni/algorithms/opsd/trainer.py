@@ -28,22 +28,22 @@ from megatron_omni.algorithms.opsd.alignment import CompletionRows, completion_r
 from megatron_omni.algorithms.opsd.loss import DistillationLoss
 from megatron_omni.algorithms.opsd.teacher import Teacher
 from megatron_omni.algorithms.rollouts import collect_rollouts, prompt_rules, stopping_at
-from megatron_omni.algorithms.step_common import padded_microbatches, step_samples
-from megatron_omni.data.batch import OmniBatch, pad
+from megatron_omni.algorithms.step_common import step_microbatches, step_samples
+from megatron_omni.data.batch import OmniBatch, pack, pad
 from megatron_omni.data.processor import attach_completion
 from megatron_omni.kernels import vocab_parallel_logprob_entropy
 from megatron_omni.parallel.device import step_device
 from megatron_omni.training.step import forward_only
 
-# Teacher sequences longer than train.seq_length are padded to a multiple of this (one shape for
-# all micro-batches of a step).
+# Teacher sequences (packed: teacher rows) longer than train.seq_length are padded to a multiple
+# of this (one shape for all micro-batches of a step).
 TEACHER_PAD_MULTIPLE = 16
 
 
 @dataclass
 class DistillMicroBatch:
-    batch: OmniBatch  # student view: prompt + completion, [b, train.seq_length]
-    teacher_batch: OmniBatch  # teacher view: privileged prompt + the same completion
+    batch: OmniBatch  # student view: prompt + completion, [b, train.seq_length] (packed: [1, train.seq_length])
+    teacher_batch: OmniBatch  # teacher view: privileged prompt + the same completion, the same layout
     rows: CompletionRows
     advantages: torch.Tensor | None  # [b] for the GRPO mix
     teacher_logits: torch.Tensor | None = None  # [N, V_local] completion rows, once scored
@@ -66,7 +66,8 @@ class OmniOPSD:
         self.pad_token_id = pad_token_id
         self.sampling = stopping_at(o.sampling, stop_token_ids)
         self.group = o.group_size
-        self.microbatch_rows = cfg.train.micro_batch_size * self.group  # the pipeline's shape (training/loop.py)
+        # The pipeline's shape (training/loop.py): a packed micro-batch is one row of train.seq_length.
+        self.microbatch_rows = 1 if cfg.data.packing else cfg.train.micro_batch_size * self.group
         self.tp_group = parallel_state.get_tensor_model_parallel_group()
         self.loss = DistillationLoss(o.loss, cfg.model.vocab_size, self.tp_group)
         self.grpo = GRPOLoss(o.grpo) if o.grpo_weight else None
@@ -117,13 +118,17 @@ class OmniOPSD:
         teacher_prompts = {i: self._teacher_prompt(i, p) for i, p in student_prompts.items()}
         teacher_sequences = [attach_completion(teacher_prompts[i], ids)
                              for i, ids in zip(rollouts.indices, rollouts.completion_ids)]
+        students = step_microbatches(rollouts.sequences(), cfg.train.micro_batch_size * self.group,
+                                     cfg.train.seq_length, cfg.data.packing)
+        # A packed teacher row holds the teacher sequences of its student row's samples.
+        layout = pack if cfg.data.packing else pad
+        longest = max(sum(teacher_sequences[i].length for i in chunk) if cfg.data.packing
+                      else max(teacher_sequences[i].length for i in chunk) for chunk, _ in students)
         # The student's shape when the privileged prompt fits: the same computation for the same input.
-        longest = max(s.length for s in teacher_sequences)
         teacher_length = max(cfg.train.seq_length, -(-longest // TEACHER_PAD_MULTIPLE) * TEACHER_PAD_MULTIPLE)
         microbatches, device = [], step_device()
-        for chunk, batch in padded_microbatches(rollouts.sequences(), cfg.train.micro_batch_size * self.group,
-                                                cfg.train.seq_length):
-            teacher_batch = pad([teacher_sequences[i] for i in chunk], teacher_length)
+        for chunk, batch in students:
+            teacher_batch = layout([teacher_sequences[i] for i in chunk], teacher_length)
             # Aligned on the host copies (it reads token ids), then everything moves to the device.
             rows = completion_rows(batch, teacher_batch, self.tokenizer)
             microbatches.append(DistillMicroBatch(
@@ -166,7 +171,10 @@ class OmniOPSD:
             if self.grpo is not None:
                 logprobs, _ = vocab_parallel_logprob_entropy(logits, batch.labels, group=self.tp_group,
                                                              vocab_size=self.cfg.model.vocab_size)
-                policy, _, policy_metrics = self.grpo(logprobs, logprobs.detach(), mb.advantages, batch.loss_mask)
+                # Aggregated per completion: one row per sample, as padded.
+                rows = batch.per_sample
+                policy, _, policy_metrics = self.grpo(rows(logprobs), rows(logprobs).detach(), mb.advantages,
+                                                      rows(batch.loss_mask))
                 total = total + self.cfg.opsd.grpo_weight * policy
                 metrics.update(policy_metrics)
             return total, count, metrics
