@@ -38,7 +38,6 @@ from megatron_omni.models.omni import build_omni_model
 
 # The layer a state-dict name belongs to: decoder layers, vision blocks, audio layers.
 _LAYER = re.compile(r"^(.*?\.(?:layers|blocks)\.\d+)\.")
-_DECODER_LAYER = re.compile(r"decoder\.layers\.(\d+)\.")
 
 Entry = ShardedTensor | ShardedTensorFactory
 
@@ -154,6 +153,15 @@ class _OnDemandSaveStrategy(SaveShardedStrategy):
         return True
 
 
+def _stored_tensor(entry: Entry) -> ShardedTensor:
+    """The entry as stored: itself, or the first tensor its factory builds (SwiGLU's gate half,
+    whose prepended-axis offsets are those of the up half too)."""
+    if isinstance(entry, ShardedTensor):
+        return entry
+    built = entry.build()
+    return next(iter(built.values() if isinstance(built, dict) else built))
+
+
 def check_names(entries: dict[str, Entry], mapped: set[str]) -> None:
     """The mapping must cover the built model's tensors exactly."""
     if set(entries) != mapped:
@@ -170,18 +178,20 @@ def save_streamed(folder: Path, cfg: OmniModelConfig, tensor: Callable[[str], to
     sharded = meta_sharded_state_dict(cfg)
     entries = tensor_entries(sharded)
     check_names(entries, mapped)
-    # A stored chunk is found by its checkpoint key, plus its layer for the stacked decoder layers.
-    owner: dict[tuple[str, int | None], str] = {}
+    # A stored chunk is found by its checkpoint key plus its offsets along the prepended axes:
+    # the layer for stacked decoder layers, then the global expert for MoE experts, which share
+    # one key per layer.
+    owner: dict[tuple[str, tuple[int, ...]], str] = {}
+    leading_axes: dict[str, int] = {}
     for name, entry in entries.items():
-        layer = _DECODER_LAYER.search(name)
-        stacked = isinstance(entry, ShardedTensorFactory) or entry.prepend_axis_num
-        owner[(entry.key, int(layer.group(1)) if stacked and layer else None)] = name
+        stored = _stored_tensor(entry)
+        leading = tuple(stored.global_offset[: stored.prepend_axis_num])
+        owner[(entry.key, leading)] = name
+        leading_axes[entry.key] = len(leading)
 
     def chunk(fqn: str, offsets: tuple[int, ...], sizes: tuple[int, ...]) -> torch.Tensor:
-        if (fqn, None) in owner:
-            name = owner[(fqn, None)]
-        else:  # a stacked layer: the leading offset is the layer
-            name, offsets, sizes = owner[(fqn, offsets[0])], offsets[1:], sizes[1:]
+        n = leading_axes[fqn]
+        name, offsets, sizes = owner[(fqn, offsets[:n])], offsets[n:], sizes[n:]
         full = tensor(name).to(entries[name].data.dtype)
         return full[tuple(slice(o, o + s) for o, s in zip(offsets, sizes))].contiguous()
 
