@@ -29,8 +29,10 @@ def split_microbatches(items: list, size: int) -> list[list]:
 
 
 def check_length(batch: OmniBatch, seq_length: int) -> OmniBatch:
-    # Pipeline stages exchange activations of one fixed shape [seq_length, micro_batch, hidden].
-    if batch.tokens.shape[1] != seq_length:
+    # No row is longer than train.seq_length. Where one length is needed (pipeline stages exchange
+    # activations of one shape) rows are padded to a multiple of train.seq_length, so a sample
+    # over it shows here as a longer row.
+    if batch.tokens.shape[1] > seq_length:
         raise ValueError(
             f"a micro-batch of samples {batch.sample_ids} is {batch.tokens.shape[1]} tokens long, "
             f"train.seq_length is {seq_length}: raise train.seq_length or shorten the samples"

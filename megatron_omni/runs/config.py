@@ -15,6 +15,7 @@ from megatron_omni.models.omni_config import OmniConfig, validate_omni
 from megatron_omni.rewards.config import RewardConfig
 from megatron_omni.training.config import RunConfig
 
+
 @dataclass
 class OmniTrainConfig(RunConfig):
     algorithm: Literal["sft", "oppo", "opsd"] = "sft"

@@ -67,7 +67,7 @@ def build_algorithm(cfg: OmniTrainConfig, tokenizer, processor, model_chunks, re
         from megatron_omni.algorithms.sft import SFT
 
         dataset = OmniDataset.from_manifest(cfg.dataset.train_manifest, processor, privileged=cfg.sft.privileged_fraction)
-        collator = Collator(processor.token_ids.pad_token_id, packing=cfg.data.packing, pad_to_multiple_of=cfg.train.seq_length)
+        collator = Collator(processor.token_ids.pad_token_id, packing=cfg.data.packing, pad_to_multiple_of=cfg.row_multiple()[0])
         return SFT(dataset, collator, cfg.train.micro_batch_size, cfg.train.seq_length), len(dataset)
 
     prompts = OmniDataset.from_manifest(cfg.dataset.train_manifest, processor, with_target=False)

@@ -51,9 +51,8 @@ def omni_config(*overrides: str) -> OmniTrainConfig:
         (["data.max_skipped_fraction=1.5"], r"data.max_skipped_fraction must lie in [0, 1]"),
         (["data.video.fps=0"], "data.video.fps must be positive"),
         (["dataset.train_manifest=train.jsonl"], "dataset.tokenizer_dir must name the tokenizer folder"),
-        (["data.packing=true"], "data.packing=True: training runs do not use data.packing yet"),
-        (["data.num_workers=2"], "data.num_workers=2: training runs do not use data.num_workers yet"),
-        (["data.pad_to_multiple_of=64"], "data.pad_to_multiple_of=64: training runs do not use data.pad_to_multiple_of yet"),
+        (["train.seq_length=100", "data.pad_to_multiple_of=64"],
+         "train.seq_length (100) must be a multiple of data.pad_to_multiple_of (64)"),
         (["algorithm=oppo", "reward.wheel_dir=null"], "reward.wheel_dir must name the MER emotion-wheel lexicon folder"),
     ],
 )
@@ -61,6 +60,27 @@ def test_section_rules_name_the_key(overrides, message):
     with pytest.raises(ConfigError) as err:
         omni_config(*overrides).validate(world_size=1)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.pad_to_multiple_of=8"], "precision.fp8='e4m3': Transformer Engine's FP8 matmuls need rows of a multiple of "
+                                    "16 tokens; data.pad_to_multiple_of is 8"),
+    # Pipeline stages and RL scoring rows are train.seq_length long whatever the multiple.
+    (["data.pad_to_multiple_of=8", "train.seq_length=200", "parallel.pipeline_model_parallel_size=2"],
+     "train.seq_length is 200"),
+    (["algorithm=oppo", "train.seq_length=200"], "train.seq_length is 200"),
+    (["parallel.tensor_model_parallel_size=2", "parallel.sequence_parallel=true", "precision.fp8=null"],
+     "parallel.sequence_parallel splits every row across the 2 tensor-parallel ranks: data.pad_to_multiple_of (1) must"),
+])
+def test_row_lengths_fit_fp8_and_sequence_parallelism(monkeypatch, overrides, message):
+    """Checked without a GPU: the Transformer Engine these settings need is taken to be there."""
+    for module in ("megatron_omni.models.config", "megatron_omni.training.config"):
+        monkeypatch.setattr(f"{module}.transformer_engine_available", lambda: True)
+    layout = ["precision.fp8=e4m3", "train.seq_length=256", "model.num_layers=2"]
+    with pytest.raises(ConfigError) as err:
+        omni_config(*layout, *overrides).validate(world_size=None)
+    assert message in str(err.value)
+    omni_config(*layout, "data.pad_to_multiple_of=16").validate(world_size=None)
 
 
 def test_greedy_sampling_needs_no_temperature():
