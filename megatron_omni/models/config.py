@@ -22,9 +22,19 @@ def transformer_engine_available() -> bool:
     return True
 
 
+ModelFamily = Literal["qwen2_5_omni", "qwen3_omni_moe"]
+MOE_FIELDS = ("num_moe_experts", "moe_ffn_hidden_size", "moe_router_topk", "moe_norm_topk_prob", "moe_aux_loss_coeff")
+
+
 @dataclass
 class ModelConfig:
-    """The Qwen2.5 language decoder (the defaults are a tiny model for CPU runs)."""
+    """The language decoder (the defaults are a tiny Qwen2.5 model for CPU runs).
+
+    ``family`` picks the architecture: ``qwen2_5_omni`` (dense SwiGLU MLP, Qwen2.5-Omni's towers) or
+    ``qwen3_omni_moe`` (the ``moe_*`` experts in every layer, Qwen3-Omni's towers with DeepStack).
+    """
+
+    family: ModelFamily = "qwen2_5_omni"
 
     vocab_size: int = 512
     hidden_size: int = 64
@@ -43,13 +53,54 @@ class ModelConfig:
     make_vocab_size_divisible_by: int = 128
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
+    # Width of one attention head; null means hidden_size / num_attention_heads (Qwen3-Omni-30B-A3B
+    # has 128 with hidden 2048 and 32 heads).
+    kv_channels: int | None = None
+    # RMSNorm over each query and key head before RoPE (Qwen3's q_norm / k_norm).
+    qk_layernorm: bool = False
+    # MRoPE channels assigned t, h, w, t, h, w, ... (Qwen3-Omni) instead of three blocks (Qwen2.5).
+    mrope_interleaved: bool = False
+    # The experts of the qwen3_omni_moe family (all null for the dense qwen2_5_omni; HF text-config
+    # names: num_experts, moe_intermediate_size, num_experts_per_tok, norm_topk_prob,
+    # router_aux_loss_coef).
+    num_moe_experts: int | None = None
+    moe_ffn_hidden_size: int | None = None
+    moe_router_topk: int | None = None
+    # Softmax over all experts, top-k, then the k weights renormalised to sum to 1; false keeps the
+    # softmax probabilities of the k experts as they are.
+    moe_norm_topk_prob: bool | None = None
+    # Weight of the load-balancing loss (transformers' formula per layer, averaged over layers).
+    moe_aux_loss_coeff: float | None = None
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+        return self.kv_channels if self.kv_channels is not None else self.hidden_size // self.num_attention_heads
 
     def validate(self, key: str) -> None:
-        if self.hidden_size % self.num_attention_heads:
+        moe = {name: getattr(self, name) for name in MOE_FIELDS}
+        if self.family == "qwen3_omni_moe":
+            missing = [name for name, value in moe.items() if value is None]
+            if missing:
+                raise ConfigError(f"{key}.family=qwen3_omni_moe needs {', '.join(f'{key}.{n}' for n in missing)}")
+            if self.num_moe_experts < 1 or self.moe_ffn_hidden_size < 1 or self.moe_aux_loss_coeff < 0:
+                raise ConfigError(f"{key}.num_moe_experts ({self.num_moe_experts}) and {key}.moe_ffn_hidden_size "
+                                  f"({self.moe_ffn_hidden_size}) must be >= 1, {key}.moe_aux_loss_coeff "
+                                  f"({self.moe_aux_loss_coeff}) >= 0")
+            if not 1 <= self.moe_router_topk <= self.num_moe_experts:
+                raise ConfigError(f"{key}.moe_router_topk ({self.moe_router_topk}) must lie in "
+                                  f"1..{key}.num_moe_experts ({self.num_moe_experts})")
+            if self.mrope_section is None:
+                raise ConfigError(f"{key}.family=qwen3_omni_moe needs {key}.mrope_section (3-D multimodal RoPE)")
+        else:
+            given = [name for name, value in moe.items() if value is not None]
+            if given:
+                raise ConfigError(f"{key}.{given[0]} is set but {key}.family is {self.family} (a dense decoder): "
+                                  f"set {key}.family=qwen3_omni_moe or drop the {key}.moe_* keys")
+        if self.mrope_interleaved and self.mrope_section is None:
+            raise ConfigError(f"{key}.mrope_interleaved needs {key}.mrope_section")
+        if self.kv_channels is not None and self.kv_channels < 1:
+            raise ConfigError(f"{key}.kv_channels must be >= 1, got {self.kv_channels}")
+        if self.kv_channels is None and self.hidden_size % self.num_attention_heads:
             raise ConfigError(f"{key}.hidden_size ({self.hidden_size}) must be divisible by "
                               f"{key}.num_attention_heads ({self.num_attention_heads})")
         if self.num_attention_heads % self.num_query_groups:

@@ -1,4 +1,5 @@
-"""The vision and audio towers: transformers' Qwen2.5-Omni modules, built from our dataclasses.
+"""The vision and audio towers: transformers' Qwen2.5-Omni or Qwen3-Omni modules (by the model
+family), built from our dataclasses.
 
 Reusing transformers' modules keeps the towers numerically identical to the reference model and
 their parameter names identical to the released checkpoints (``visual.*``, ``audio_tower.*``).
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from dataclasses import dataclass
 
 import torch
 from transformers.models.qwen2_5_omni.configuration_qwen2_5_omni import (
@@ -20,19 +22,51 @@ from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import (
     Qwen2_5OmniAudioEncoder,
     Qwen2_5OmniVisionEncoder,
 )
+from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import (
+    Qwen3OmniMoeAudioEncoderConfig,
+    Qwen3OmniMoeVisionEncoderConfig,
+)
+from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import (
+    Qwen3OmniMoeAudioEncoder,
+    Qwen3OmniMoeVisionEncoder,
+)
 
-from megatron_omni.models.omni_config import AudioEncoderConfig, VisionEncoderConfig
+from megatron_omni.models.config import ModelFamily
+from megatron_omni.models.omni_config import (
+    QWEN3_AUDIO_FIELDS,
+    QWEN3_VISION_FIELDS,
+    AudioEncoderConfig,
+    VisionEncoderConfig,
+)
+
+# Per family: transformers' (config, module) classes of each tower, and our fields the family's
+# config does not take.
+_VISION = {
+    "qwen2_5_omni": (Qwen2_5OmniVisionEncoderConfig, Qwen2_5OmniVisionEncoder, QWEN3_VISION_FIELDS),
+    "qwen3_omni_moe": (Qwen3OmniMoeVisionEncoderConfig, Qwen3OmniMoeVisionEncoder,
+                       ("window_size", "fullatt_block_indexes")),
+}
+_AUDIO = {
+    "qwen2_5_omni": (Qwen2_5OmniAudioEncoderConfig, Qwen2_5OmniAudioEncoder, QWEN3_AUDIO_FIELDS),
+    "qwen3_omni_moe": (Qwen3OmniMoeAudioEncoderConfig, Qwen3OmniMoeAudioEncoder, ()),
+}
 
 
-def hf_vision_config(cfg: VisionEncoderConfig) -> Qwen2_5OmniVisionEncoderConfig:
+def _fields(cfg, skipped: tuple[str, ...]) -> dict:
+    return {name: value for name, value in dataclasses.asdict(cfg).items() if name not in skipped}
+
+
+def hf_vision_config(cfg: VisionEncoderConfig, family: ModelFamily = "qwen2_5_omni"):
     """transformers' config of the same tower (our field names are transformers' names)."""
-    fields = dataclasses.asdict(cfg)
+    config_cls, _, skipped = _VISION[family]
+    fields = _fields(cfg, skipped)
     rope_theta = fields.pop("rope_theta")
-    return Qwen2_5OmniVisionEncoderConfig(**fields, rope_parameters={"rope_type": "axial", "rope_theta": rope_theta})
+    return config_cls(**fields, rope_parameters={"rope_type": "axial", "rope_theta": rope_theta})
 
 
-def hf_audio_config(cfg: AudioEncoderConfig) -> Qwen2_5OmniAudioEncoderConfig:
-    return Qwen2_5OmniAudioEncoderConfig(**dataclasses.asdict(cfg))
+def hf_audio_config(cfg: AudioEncoderConfig, family: ModelFamily = "qwen2_5_omni"):
+    config_cls, _, skipped = _AUDIO[family]
+    return config_cls(**_fields(cfg, skipped))
 
 
 def _skip_init():
@@ -49,15 +83,19 @@ def _build_tower(tower_cls, hf_config, dtype: torch.dtype, attn_implementation: 
 
 
 def build_vision_encoder(
-    cfg: VisionEncoderConfig, dtype: torch.dtype, attn_implementation: str, initialize: bool = True
-) -> Qwen2_5OmniVisionEncoder:
-    return _build_tower(Qwen2_5OmniVisionEncoder, hf_vision_config(cfg), dtype, attn_implementation, initialize)
+    cfg: VisionEncoderConfig, dtype: torch.dtype, attn_implementation: str, initialize: bool = True,
+    family: ModelFamily = "qwen2_5_omni",
+) -> torch.nn.Module:
+    tower_cls = _VISION[family][1]
+    return _build_tower(tower_cls, hf_vision_config(cfg, family), dtype, attn_implementation, initialize)
 
 
 def build_audio_encoder(
-    cfg: AudioEncoderConfig, dtype: torch.dtype, attn_implementation: str, initialize: bool = True
-) -> Qwen2_5OmniAudioEncoder:
-    return _build_tower(Qwen2_5OmniAudioEncoder, hf_audio_config(cfg), dtype, attn_implementation, initialize)
+    cfg: AudioEncoderConfig, dtype: torch.dtype, attn_implementation: str, initialize: bool = True,
+    family: ModelFamily = "qwen2_5_omni",
+) -> torch.nn.Module:
+    tower_cls = _AUDIO[family][1]
+    return _build_tower(tower_cls, hf_audio_config(cfg, family), dtype, attn_implementation, initialize)
 
 
 def checkpoint_blocks(tower: torch.nn.Module) -> None:
@@ -98,13 +136,23 @@ def _merged_tokens(output) -> torch.Tensor:
     return pooled if pooled is not None else output.last_hidden_state
 
 
-def encode_vision(tower: Qwen2_5OmniVisionEncoder, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+@dataclass
+class VisionFeatures:
+    """The merged tokens [n, out_hidden] of a vision-tower call, and (Qwen3-Omni) the DeepStack
+    features [n, out_hidden] of each ``deepstack_visual_indexes`` block, in the same token order."""
+
+    tokens: torch.Tensor
+    deepstack: list[torch.Tensor]
+
+
+def encode_vision(tower: torch.nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> VisionFeatures:
     """[sum_i t_i*h_i*w_i, C*T*P*P] patches -> [sum_i t_i*h_i*w_i / merge^2, out_hidden] tokens.
 
     Images (t = 1) and videos take the same tower: one call for a batch's images, one for its
     videos, as transformers' thinker does."""
     dtype = tower.patch_embed.proj.weight.dtype
-    return _merged_tokens(tower(pixel_values.to(dtype), grid_thw=grid_thw))
+    output = tower(pixel_values.to(dtype), grid_thw=grid_thw)
+    return VisionFeatures(_merged_tokens(output), list(getattr(output, "deepstack_features", None) or []))
 
 
 def audio_feature_lengths(input_features: torch.Tensor, feature_attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -121,7 +169,7 @@ def audio_token_counts(feature_lengths: torch.Tensor) -> torch.Tensor:
 
 
 def encode_audio(
-    tower: Qwen2_5OmniAudioEncoder, input_features: torch.Tensor, feature_attention_mask: torch.Tensor | None
+    tower: torch.nn.Module, input_features: torch.Tensor, feature_attention_mask: torch.Tensor | None
 ) -> torch.Tensor:
     """[clips, mel, frames] padded log-mel features -> [sum of audio tokens, output_dim] tokens."""
     lengths = audio_feature_lengths(input_features, feature_attention_mask)
@@ -131,5 +179,5 @@ def encode_audio(
     else:
         frames = frames.reshape(-1, frames.shape[-1])
     # The tower takes all clips' valid frames concatenated along time: [mel, total frames].
-    packed = frames.permute(1, 0).to(tower.conv1.weight.dtype)
+    packed = frames.permute(1, 0).to(next(tower.parameters()).dtype)
     return _merged_tokens(tower(packed, feature_lens=lengths))

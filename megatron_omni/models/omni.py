@@ -1,4 +1,5 @@
-"""The Qwen2.5-Omni thinker on megatron-core: towers + placeholder scatter + GPTModel decoder.
+"""The omni thinker on megatron-core: towers + placeholder scatter + GPTModel decoder, for the
+Qwen2.5-Omni (dense) and Qwen3-Omni MoE families (``model.family``).
 
     model = build_omni_model(cfg, pre_process, post_process, vp_stage, omni=omni_cfg)
     out = model(input_ids, position_ids,                      # position_ids: [3, b, s] TMRoPE
@@ -11,6 +12,11 @@ embedding ([s, b, h], replicated over TP ranks); the image, video and audio toke
 the towers overwrite the placeholder positions; the result enters the decoder as ``decoder_input``.
 Later stages receive hidden states through ``set_input_tensor`` as with any GPTModel.
 
+DeepStack (Qwen3-Omni): the vision tower also returns the merged outputs of a few of its blocks;
+the j-th is added to the hidden states at the image and video positions after decoder layer j, as
+transformers' ``Qwen3OmniMoeThinkerTextModel`` does. Those layers sit in the first pipeline chunk
+(checked at build), beside the towers; a forward hook on each adds the forward's additions.
+
 Checkpointing needs no override: MegatronModule's default ``sharded_state_dict`` takes the
 decoder's own sharded state dict and stores the towers as replicated tensors (replica id
 (0, tp_rank, dp_rank)), so a checkpoint saved at one TP/PP layout loads at another.
@@ -18,6 +24,7 @@ decoder's own sharded state dict and stores the towers as replicated tensors (re
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 
 import torch
 from megatron.core import tensor_parallel
@@ -28,6 +35,7 @@ from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.enums import ModelType
 from megatron.core.transformer.module import MegatronModule
 
+from megatron_omni.config import ConfigError
 from megatron_omni.models.config import ModelSections
 from megatron_omni.models.decoder import build_decoder, transformer_config
 from megatron_omni.models.encoders import (
@@ -61,6 +69,7 @@ class OmniModel(MegatronModule):
         language_model: GPTModel,
         vocab_size: int,
         initialize: bool = True,
+        family: str = "qwen2_5_omni",
     ):
         super().__init__(config=config)
         self._tower_fp32_buffers: dict[str, dict[str, torch.Tensor]] = {}
@@ -73,17 +82,25 @@ class OmniModel(MegatronModule):
         self.model_type = ModelType.encoder_or_decoder
         self.visual = None
         self.audio_tower = None
+        # This forward's DeepStack additions [s, b, h] (sequence-parallel shards under SP), one per
+        # decoder layer 0, 1, ...; None outside a forward or without images and videos.
+        self._deepstack: list[torch.Tensor] | None = None
         if self.post_process and language_model.vocab_size != vocab_size:
             language_model.output_layer.register_forward_hook(padded_vocab_hook(vocab_size))
         if self.pre_process:
             attn = omni.encoder_attn_implementation
-            self.visual = build_vision_encoder(omni.vision, config.params_dtype, attn, initialize)
-            self.audio_tower = build_audio_encoder(omni.audio, config.params_dtype, attn, initialize)
+            self.visual = build_vision_encoder(omni.vision, config.params_dtype, attn, initialize, family)
+            self.audio_tower = build_audio_encoder(omni.audio, config.params_dtype, attn, initialize, family)
             self.visual.requires_grad_(not omni.freeze_vision)
             self.audio_tower.requires_grad_(not omni.freeze_audio)
-            # Part of the released weights but unused by the thinker's forward: kept frozen so
-            # weight decay cannot drift it.
-            self.audio_tower.audio_bos_eos_token.requires_grad_(False)
+            if family == "qwen2_5_omni":
+                # Part of Qwen2.5-Omni's released weights but unused by the thinker's forward: kept
+                # frozen so weight decay cannot drift it.
+                self.audio_tower.audio_bos_eos_token.requires_grad_(False)
+            for layer in language_model.decoder.layers:
+                level = layer.layer_number - 1
+                if level < len(omni.vision.deepstack_visual_indexes or []):
+                    layer.register_forward_hook(partial(self._add_deepstack, level))
             self._tower_fp32_buffers = {"visual": fp32_buffers(self.visual), "audio_tower": fp32_buffers(self.audio_tower)}
 
     # ------------------------------------------------------------------ megatron plumbing
@@ -108,6 +125,12 @@ class OmniModel(MegatronModule):
             restore_buffers(getattr(self, name), saved)
         return self
 
+    def _add_deepstack(self, level: int, module, args, output):
+        if self._deepstack is None:
+            return output
+        hidden, context = output
+        return hidden + self._deepstack[level].to(hidden.dtype), context
+
     # ------------------------------------------------------------------ forward
 
     def embed(
@@ -120,19 +143,26 @@ class OmniModel(MegatronModule):
         input_features: torch.Tensor | None = None,
         feature_attention_mask: torch.Tensor | None = None,
         modality_mask: ModalityMask | None = None,
-    ) -> torch.Tensor:
-        """Text embeddings with image, video and audio tokens scattered in: [s, b, h] (first stage).
+    ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """Text embeddings with image, video and audio tokens scattered in: [s, b, h] (first stage),
+        and the DeepStack additions (one [s, b, h] per early decoder layer, zero off the image and
+        video positions; None without images and videos or for Qwen2.5-Omni).
 
         A "visual" modality mask degrades images and videos alike: both are what the model sees."""
         tokens = self.omni.tokens
         embeddings = self.language_model.embedding(input_ids=input_ids, position_ids=None)
+        deepstack = None
         for token_id, what, pixels, grid in (
             (tokens.image, "image", pixel_values, image_grid_thw),
             (tokens.video, "video", pixel_values_videos, video_grid_thw),
         ):
             if pixels is not None:
                 features = encode_vision(self.visual, mask_features(pixels, modality_mask, "visual"), grid)
-                embeddings = scatter_placeholders(embeddings, input_ids, token_id, features, what)
+                embeddings = scatter_placeholders(embeddings, input_ids, token_id, features.tokens, what)
+                if features.deepstack:
+                    deepstack = deepstack or [torch.zeros_like(embeddings) for _ in features.deepstack]
+                    deepstack = [scatter_placeholders(level, input_ids, token_id, extra, what)
+                                 for level, extra in zip(deepstack, features.deepstack)]
         if input_features is not None:
             mel = mask_features(input_features, modality_mask, "audio")
             audio = encode_audio(self.audio_tower, mel, feature_attention_mask)
@@ -149,7 +179,9 @@ class OmniModel(MegatronModule):
                 )
         if self.config.sequence_parallel:
             embeddings = tensor_parallel.scatter_to_sequence_parallel_region(embeddings)
-        return embeddings
+            if deepstack is not None:
+                deepstack = [tensor_parallel.scatter_to_sequence_parallel_region(level) for level in deepstack]
+        return embeddings, deepstack
 
     def forward(
         self,
@@ -167,30 +199,36 @@ class OmniModel(MegatronModule):
         packed_seq_params: PackedSeqParams | None = None,
         inference_context: BaseInferenceContext | None = None,
         runtime_gather_output: bool | None = None,
+        padding_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``inference_context`` (megatron's KV cache) and ``runtime_gather_output`` (full-vocab
         logits on every TP rank) pass through to GPTModel for generation: the prefill step
-        carries the media, decode steps only their new text tokens."""
+        carries the media, decode steps only their new text tokens. ``padding_mask`` [b, s]
+        (True at padding) keeps padded positions out of MoE routing and its load-balancing loss."""
         if position_ids.dim() != 3 or position_ids.shape[0] != 3:
             raise ValueError(
                 f"position_ids must be [3, batch, seq] (TMRoPE temporal/height/width rows), got {tuple(position_ids.shape)}"
             )
         decoder_input = None
         if self.pre_process:
-            decoder_input = self.embed(
+            decoder_input, self._deepstack = self.embed(
                 input_ids, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw,
                 input_features, feature_attention_mask, modality_mask,
             )
-        return self.language_model(
-            input_ids,
-            position_ids,
-            attention_mask,
-            decoder_input=decoder_input,
-            labels=labels,
-            packed_seq_params=packed_seq_params,
-            inference_context=inference_context,
-            runtime_gather_output=runtime_gather_output,
-        )
+        try:
+            return self.language_model(
+                input_ids,
+                position_ids,
+                attention_mask,
+                decoder_input=decoder_input,
+                labels=labels,
+                packed_seq_params=packed_seq_params,
+                inference_context=inference_context,
+                runtime_gather_output=runtime_gather_output,
+                padding_mask=padding_mask,
+            )
+        finally:
+            self._deepstack = None
 
 
 def build_omni_model(
@@ -208,6 +246,7 @@ def build_omni_model(
     """
     omni = omni if omni is not None else cfg.omni
     validate_omni(cfg.model, omni)
+    check_deepstack_layout(cfg, omni)
     config = transformer_config(cfg)
     if not initialize:
         config = dataclasses.replace(config, perform_initialization=False)
@@ -216,8 +255,25 @@ def build_omni_model(
     language_model = build_decoder(
         cfg, pre_process, post_process, vp_stage, config=config, scatter_embedding_sequence_parallel=False
     )
-    model = OmniModel(config, omni, language_model, cfg.model.vocab_size, initialize)
+    model = OmniModel(config, omni, language_model, cfg.model.vocab_size, initialize, cfg.model.family)
     if cfg.recompute.towers and model.pre_process:
         checkpoint_blocks(model.visual)
         checkpoint_blocks(model.audio_tower)
     return model
+
+
+def check_deepstack_layout(cfg: ModelSections, omni: OmniConfig) -> None:
+    """DeepStack's layers must sit in the first pipeline chunk (with the towers that feed them), and
+    a full recompute would run them again after the forward's additions are gone."""
+    levels = len(omni.vision.deepstack_visual_indexes or [])
+    if not levels:
+        return
+    p = cfg.parallel
+    first_chunk = cfg.model.num_layers // (p.pipeline_model_parallel_size * (p.virtual_pipeline_model_parallel_size or 1))
+    if levels > first_chunk:
+        raise ConfigError(
+            f"omni.vision.deepstack_visual_indexes feed decoder layers 0..{levels - 1}, but the first pipeline chunk "
+            f"holds {first_chunk} layers (model.num_layers / (PP x VPP)): use fewer pipeline stages")
+    if cfg.recompute.granularity == "full":
+        raise ConfigError("recompute.granularity=full is not supported with DeepStack (model.family=qwen3_omni_moe): "
+                          "use recompute.granularity=selective")

@@ -18,7 +18,13 @@ from megatron_omni.models.config import ModelConfig
 @dataclass
 class VisionEncoderConfig:
     """Qwen2.5-VL-style vision tower: 3-D patch embedding, window attention with a few
-    full-attention blocks, 2-D rotary positions, 2x2 patch merger into the decoder width."""
+    full-attention blocks, 2-D rotary positions, 2x2 patch merger into the decoder width.
+
+    Qwen3-Omni's tower (``model.family: qwen3_omni_moe``) attends over whole images instead of
+    windows (window_size and fullatt_block_indexes are Qwen2.5-Omni's only), adds a learned position
+    grid of ``num_position_embeddings`` entries and merges the outputs of the
+    ``deepstack_visual_indexes`` blocks for DeepStack; those two keys are Qwen3-Omni's only.
+    """
 
     depth: int = 2
     hidden_size: int = 32
@@ -35,12 +41,17 @@ class VisionEncoderConfig:
     out_hidden_size: int = 64
     hidden_act: str = "silu"
     rope_theta: float = 10000.0
+    num_position_embeddings: int | None = None
+    # Blocks whose merged outputs are added to the hidden states after decoder layers 0, 1, ...
+    deepstack_visual_indexes: list[int] | None = None
 
 
 @dataclass
 class AudioEncoderConfig:
     """Whisper-style audio tower: two convolutions over 128-bin log-mel frames, a transformer over
-    windows of 2 * n_window frames, stride-2 average pooling, projection into the decoder width."""
+    windows of 2 * n_window frames, stride-2 average pooling, projection into the decoder width
+    (Qwen2.5-Omni). Qwen3-Omni's tower takes chunks of 2 * n_window frames through three stride-2
+    2-D convolutions and attends within windows of n_window_infer frames."""
 
     num_mel_bins: int = 128
     encoder_layers: int = 2
@@ -53,6 +64,14 @@ class AudioEncoderConfig:
     output_dim: int = 64
     activation_function: str = "gelu"
     scale_embedding: bool = False
+    # Qwen3-Omni's tower only: width of its three 2-D convolutions, and the attention window in
+    # frames (transformers' names).
+    downsample_hidden_size: int | None = None
+    n_window_infer: int | None = None
+
+
+QWEN3_VISION_FIELDS = ("num_position_embeddings", "deepstack_visual_indexes")
+QWEN3_AUDIO_FIELDS = ("downsample_hidden_size", "n_window_infer")
 
 
 @dataclass
@@ -127,3 +146,19 @@ def validate_omni(model: ModelConfig, omni: OmniConfig, prefix: str = "omni") ->
             raise ConfigError(f"{prefix}.tokens.{name} ({token_id}) must lie in 0..model.vocab_size-1 ({model.vocab_size - 1})")
     if model.mrope_section is None:
         raise ConfigError("model.mrope_section must be set: the omni model uses 3-D multimodal RoPE")
+    qwen3 = model.family == "qwen3_omni_moe"
+    for section, names in ((v, QWEN3_VISION_FIELDS), (a, QWEN3_AUDIO_FIELDS)):
+        where = f"{prefix}.{'vision' if section is v else 'audio'}"
+        for name in names:
+            if qwen3 and getattr(section, name) is None:
+                raise ConfigError(f"{where}.{name} must be set for model.family=qwen3_omni_moe")
+            if not qwen3 and getattr(section, name) is not None:
+                raise ConfigError(f"{where}.{name} applies to model.family=qwen3_omni_moe only (family is "
+                                  f"{model.family}): set it to null")
+    if qwen3:
+        bad = [i for i in v.deepstack_visual_indexes if not 0 <= i < v.depth]
+        if bad:
+            raise ConfigError(f"{prefix}.vision.deepstack_visual_indexes {bad} outside 0..{v.depth - 1}")
+        if len(v.deepstack_visual_indexes) > model.num_layers:
+            raise ConfigError(f"{prefix}.vision.deepstack_visual_indexes feed {len(v.deepstack_visual_indexes)} "
+                              f"decoder layers but model.num_layers is {model.num_layers}")

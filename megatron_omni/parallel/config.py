@@ -13,9 +13,13 @@ class ParallelConfig:
     virtual_pipeline_model_parallel_size: int | None = None
     sequence_parallel: bool = False
     use_distributed_optimizer: bool = False
+    # Experts of a MoE decoder split over this many ranks (megatron's expert-parallel group, taken
+    # inside each pipeline stage's data-parallel x tensor-parallel ranks); the experts keep the TP
+    # layout of the dense layers (megatron's expert tensor parallelism = TP).
+    expert_model_parallel_size: int = 1
 
     def validate(self, key: str) -> None:
-        for name in ("tensor_model_parallel_size", "pipeline_model_parallel_size"):
+        for name in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "expert_model_parallel_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{key}.{name} must be >= 1, got {getattr(self, name)}")
         if self.virtual_pipeline_model_parallel_size is not None and self.pipeline_model_parallel_size < 2:

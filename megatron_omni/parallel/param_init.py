@@ -4,6 +4,10 @@ Used to initialise weights identically under any TP/PP layout and to gather full
 (tests, diagnostics). Megatron marks TP-sharded parameters with ``tensor_model_parallel`` and
 ``partition_dim``; the SwiGLU ``linear_fc1`` is the one layout that is not a plain split: each rank
 holds ``[gate_r; up_r]`` while the full matrix is ``[gate; up]``.
+
+MoE experts (megatron's ``mlp.experts.local_experts.<j>``, marked ``allreduce=False``) are split
+over the expert-parallel group: rank r holds experts ``r * local .. (r + 1) * local - 1``, named
+here by their global index; each expert is TP-sharded over the expert tensor-parallel group.
 """
 from __future__ import annotations
 
@@ -15,14 +19,29 @@ from megatron.core import parallel_state
 
 
 def global_param_name(model: torch.nn.Module, name: str) -> str:
-    """Replace a pipeline stage's local layer index by the global one (``layer_number - 1``)."""
+    """Replace a pipeline stage's local layer index by the global one (``layer_number - 1``) and an
+    expert-parallel rank's local expert index by the global one."""
     parts = name.split(".")
     if "layers" in parts:
         i = parts.index("layers")
         layer = model.get_submodule(".".join(parts[: i + 2]))
         if hasattr(layer, "layer_number"):
             parts[i + 1] = str(layer.layer_number - 1)
+    if "local_experts" in parts:
+        i = parts.index("local_experts")
+        local = len(model.get_submodule(".".join(parts[: i + 1])))
+        parts[i + 1] = str(parallel_state.get_expert_model_parallel_rank() * local + int(parts[i + 1]))
     return ".".join(parts)
+
+
+def _is_expert(param) -> bool:
+    return not getattr(param, "allreduce", True)
+
+
+def _tp_group_size_rank(param) -> tuple[int, int]:
+    if _is_expert(param):
+        return (parallel_state.get_expert_tensor_parallel_world_size(), parallel_state.get_expert_tensor_parallel_rank())
+    return parallel_state.get_tensor_model_parallel_world_size(), parallel_state.get_tensor_model_parallel_rank()
 
 
 def _is_glu_fc1(name: str, param) -> bool:
@@ -33,7 +52,7 @@ def full_shape(param, name: str) -> torch.Size:
     if not getattr(param, "tensor_model_parallel", False):
         return param.shape
     shape = list(param.shape)
-    shape[param.partition_dim] *= parallel_state.get_tensor_model_parallel_world_size()
+    shape[param.partition_dim] *= _tp_group_size_rank(param)[0]
     return torch.Size(shape)
 
 
@@ -41,8 +60,7 @@ def local_shard(full: torch.Tensor, param, name: str) -> torch.Tensor:
     """This TP rank's slice of ``full``."""
     if not getattr(param, "tensor_model_parallel", False):
         return full
-    tp = parallel_state.get_tensor_model_parallel_world_size()
-    rank = parallel_state.get_tensor_model_parallel_rank()
+    tp, rank = _tp_group_size_rank(param)
     if _is_glu_fc1(name, param):
         gate, up = full.chunk(2, dim=0)
         return torch.cat([gate.chunk(tp, dim=0)[rank], up.chunk(tp, dim=0)[rank]], dim=0)
@@ -53,7 +71,8 @@ def gather_full(local: torch.Tensor, param, name: str) -> torch.Tensor:
     """Inverse of ``local_shard`` (collective over the TP group)."""
     if not getattr(param, "tensor_model_parallel", False):
         return local
-    group = parallel_state.get_tensor_model_parallel_group()
+    group = (parallel_state.get_expert_tensor_parallel_group() if _is_expert(param)
+             else parallel_state.get_tensor_model_parallel_group())
     parts = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
     dist.all_gather(parts, local.contiguous(), group=group)
     if _is_glu_fc1(name, param):

@@ -75,8 +75,11 @@ def initialize_parallel(
     tensor_model_parallel_size: int = 1,
     pipeline_model_parallel_size: int = 1,
     virtual_pipeline_model_parallel_size: int | None = None,
+    expert_model_parallel_size: int = 1,
 ) -> None:
-    """(Re-)create megatron's TP/PP/DP groups; data parallel takes what is left of the world."""
+    """(Re-)create megatron's TP/PP/DP groups (and EP groups: experts split over
+    ``expert_model_parallel_size`` ranks of each stage, expert TP = TP); data parallel takes what is
+    left of the world."""
     from megatron.core import parallel_state
 
     world = dist.get_world_size()
@@ -86,12 +89,19 @@ def initialize_parallel(
             f"world size {world} is not divisible by tensor_model_parallel_size "
             f"({tensor_model_parallel_size}) x pipeline_model_parallel_size ({pipeline_model_parallel_size})"
         )
+    if world % (model_parallel * expert_model_parallel_size):
+        raise ValueError(
+            f"world size {world} is not divisible by tensor_model_parallel_size ({tensor_model_parallel_size}) x "
+            f"pipeline_model_parallel_size ({pipeline_model_parallel_size}) x expert_model_parallel_size "
+            f"({expert_model_parallel_size})"
+        )
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=tensor_model_parallel_size,
         pipeline_model_parallel_size=pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=virtual_pipeline_model_parallel_size,
+        expert_model_parallel_size=expert_model_parallel_size,
     )
 
 

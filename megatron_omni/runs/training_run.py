@@ -15,7 +15,8 @@ from megatron_omni.training.loop import train
 def start_layout(cfg: RunConfig) -> None:
     """megatron's parallel groups for the configured layout, then the run's seeds."""
     p = cfg.parallel
-    initialize_parallel(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.virtual_pipeline_model_parallel_size)
+    initialize_parallel(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.virtual_pipeline_model_parallel_size,
+                        p.expert_model_parallel_size)
     set_seed(cfg.train.seed)
 
 

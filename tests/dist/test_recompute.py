@@ -85,7 +85,8 @@ def _tower_grads(towers: bool):
     grid = torch.tensor([[2, 4, 4]])
     pixels = torch.randn(32, v.in_channels * v.temporal_patch_size * v.patch_size**2, generator=gen)
     mel = torch.randn(1, omni.audio.num_mel_bins, 40, generator=gen)
-    loss = encode_vision(model.visual, pixels, grid).square().sum() + encode_audio(model.audio_tower, mel, None).square().sum()
+    vision = encode_vision(model.visual, pixels, grid).tokens
+    loss = vision.square().sum() + encode_audio(model.audio_tower, mel, None).square().sum()
     loss.backward()
     grads = {f"{tower}.{n}": p.grad.clone() for tower in ("visual", "audio_tower")
              for n, p in getattr(model, tower).named_parameters() if p.grad is not None}

@@ -12,7 +12,7 @@ from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditio
 
 VOCAB = 128
 AUDIO, IMAGE, VIDEO, AUDIO_START, AUDIO_END, USER, VISION_START, VISION_END = range(100, 108)
-PATCH_DIM = 3 * 2 * 14 * 14  # channels x temporal patch x patch x patch
+PATCH_DIM = 3 * 2 * 14 * 14  # channels x temporal patch x patch x patch (Qwen2.5-Omni's tower)
 GRID = (2, 4, 4)  # t, h, w patches -> 2 * 4 * 4 / (2 * 2) = 8 video tokens
 SECONDS_PER_GRID = 2.0
 
@@ -42,9 +42,12 @@ def tiny_thinker_config(tie_word_embeddings: bool = False) -> Qwen2_5OmniThinker
 
 def make_hf_thinker(seed: int = 0, tie_word_embeddings: bool = False) -> Qwen2_5OmniThinkerForConditionalGeneration:
     torch.manual_seed(seed)
-    model = Qwen2_5OmniThinkerForConditionalGeneration(tiny_thinker_config(tie_word_embeddings)).eval()
-    # Random init leaves norm weights at 1 and biases at 0; perturb them so a mapping that mixes
-    # them up cannot pass.
+    return perturb_norms_and_biases(Qwen2_5OmniThinkerForConditionalGeneration(tiny_thinker_config(tie_word_embeddings)).eval())
+
+
+def perturb_norms_and_biases(model):
+    """Random init leaves norm weights at 1 and biases at 0; perturb them so a mapping that mixes
+    them up cannot pass."""
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith("bias") or "norm" in name:
@@ -54,6 +57,16 @@ def make_hf_thinker(seed: int = 0, tie_word_embeddings: bool = False) -> Qwen2_5
 
 def audio_tokens(frames: int) -> int:
     return ((frames - 1) // 2 + 1 - 2) // 2 + 1
+
+
+def model_audio_tokens(hf_model, frames: int) -> int:
+    """Audio placeholders of a clip of ``frames`` mel frames for this thinker (Qwen3-Omni's tower
+    takes chunks of 2 * n_window frames: transformers' own length rule)."""
+    if hf_model.config.model_type == "qwen3_omni_moe_thinker":
+        from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import _get_feat_extract_output_lengths
+
+        return int(_get_feat_extract_output_lengths(torch.tensor(frames), hf_model.config.audio_config.n_window))
+    return audio_tokens(frames)
 
 
 @dataclass
@@ -83,11 +96,11 @@ def _text(generator: torch.Generator, n: int) -> list[int]:
     return torch.randint(0, AUDIO, (n,), generator=generator).tolist()
 
 
-def _sample_tokens(generator, audio_frames: int, use_audio_in_video: bool, lead: int, tail: int) -> list[int]:
-    n_audio = audio_tokens(audio_frames)
+def _sample_tokens(generator, n_audio: int, use_audio_in_video: bool, lead: int, tail: int) -> list[int]:
     frame_tokens = GRID[1] * GRID[2] // 4
     if use_audio_in_video:
-        # 2-second chunks of 25 positions per second: frame 0 (t = 0), all audio (t < 50), frame 1 (t = 50).
+        # 2-second chunks of 25 positions per second: frame 0 (t = 0), all audio (t < 50), frame 1 (t = 50)
+        # (also Qwen3-Omni's order by position: every audio position lies below frame 1's).
         body = ([VISION_START, AUDIO_START] + [VIDEO] * frame_tokens + [AUDIO] * n_audio + [VIDEO] * frame_tokens
                 + [AUDIO_END, VISION_END])
         return _text(generator, lead) + body + _text(generator, tail)
@@ -97,10 +110,14 @@ def _sample_tokens(generator, audio_frames: int, use_audio_in_video: bool, lead:
 
 
 def make_batch(hf_model, use_audio_in_video: bool = False, seed: int = 0) -> OmniBatch:
-    """Two samples of different lengths (audio of 200 and 160 mel frames), right-padded."""
+    """Two samples of different lengths (audio of 200 and 160 mel frames), right-padded; for the
+    Qwen2.5-Omni or the Qwen3-Omni MoE thinker (patch size and audio token counts from its config)."""
     g = torch.Generator().manual_seed(seed)
     frames = [200, 160]
-    rows = [_sample_tokens(g, f, use_audio_in_video, lead, tail) for f, lead, tail in zip(frames, (3, 2), (3, 5))]
+    vision = hf_model.config.vision_config
+    patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+    rows = [_sample_tokens(g, model_audio_tokens(hf_model, f), use_audio_in_video, lead, tail)
+            for f, lead, tail in zip(frames, (3, 2), (3, 5))]
     seq = max(map(len, rows))
     input_ids = torch.zeros(len(rows), seq, dtype=torch.long)
     attention_mask = torch.zeros(len(rows), seq, dtype=torch.long)
@@ -119,7 +136,7 @@ def make_batch(hf_model, use_audio_in_video: bool = False, seed: int = 0) -> Omn
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids,
-        pixel_values_videos=torch.randn(len(rows) * GRID[0] * GRID[1] * GRID[2], PATCH_DIM, generator=g),
+        pixel_values_videos=torch.randn(len(rows) * GRID[0] * GRID[1] * GRID[2], patch_dim, generator=g),
         video_grid_thw=grid,
         input_features=torch.randn(len(rows), 128, max(frames), generator=g),
         feature_attention_mask=feature_attention_mask,

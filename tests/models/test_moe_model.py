@@ -1,0 +1,128 @@
+"""The Qwen3-Omni MoE thinker (model.family: qwen3_omni_moe) against transformers' tiny random
+Qwen3OmniMoeThinkerForConditionalGeneration: logits with video + audio + text (interleaved MRoPE,
+DeepStack, experts), the router without renormalisation, the load-balancing loss, and the
+configuration's errors."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from moe_helpers import load_megatron_state, make_hf_moe_thinker, megatron_state, moe_model_sections
+from omni_helpers import assert_close_on_valid, hf_logits, make_batch
+from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import load_balancing_loss_func
+
+from megatron_omni.config import ConfigError
+from megatron_omni.models.config import PrecisionConfig
+from megatron_omni.models.decoder import padded_vocab_size
+from megatron_omni.models.moe import router_metrics
+from megatron_omni.models.omni import build_omni_model
+from megatron_omni.models.omni_config import validate_omni
+from megatron_omni.training.config import RunConfig
+
+
+def run_config(model_cfg) -> RunConfig:
+    return RunConfig(model=model_cfg, precision=PrecisionConfig(transformer_engine=False))
+
+
+def built(hf_model, norm_topk_prob: bool = True):
+    model_cfg, omni = moe_model_sections(norm_topk_prob)
+    cfg = run_config(model_cfg)
+    model = build_omni_model(cfg, omni=omni, initialize=False)
+    load_megatron_state(model, megatron_state(hf_model, padded_vocab_size(model_cfg, 1)))
+    return model.eval(), cfg
+
+
+@pytest.fixture(scope="module")
+def hf_thinker():
+    return make_hf_moe_thinker(seed=0)
+
+
+@pytest.mark.parametrize("use_audio_in_video", [False, True])
+def test_logits_match_transformers(hf_thinker, megatron_world, use_audio_in_video):
+    model, _ = built(hf_thinker)
+    batch = make_batch(hf_thinker, use_audio_in_video)
+    with torch.no_grad():
+        actual = model(**batch.model_inputs())
+    assert_close_on_valid(actual, hf_logits(hf_thinker, batch), batch, atol=1e-4)
+
+
+def test_deepstack_and_interleaved_rope_take_part(hf_thinker, megatron_world):
+    """The parity above would not hold without either: dropping DeepStack's additions, or taking
+    megatron's block-sectioned MRoPE instead of the interleaved one, moves the logits."""
+    from megatron.core.models.common.embeddings.rotary_pos_embedding import MultimodalRotaryEmbedding
+
+    model, _ = built(hf_thinker)
+    batch = make_batch(hf_thinker)
+    expected = hf_logits(hf_thinker, batch)
+    with torch.no_grad():
+        for layer in model.language_model.decoder.layers:
+            layer._forward_hooks.clear()  # DeepStack's hooks
+        no_deepstack = model(**batch.model_inputs())
+        model, _ = built(hf_thinker)
+        model.language_model.rotary_pos_emb = MultimodalRotaryEmbedding(kv_channels=16, rotary_percent=1.0,
+                                                                         rotary_base=1_000_000)
+        blocked_rope = model(**batch.model_inputs())
+    n = batch.lengths()[0]
+    for wrong in (no_deepstack, blocked_rope):
+        assert (wrong[0, :n, :128] - expected[0, :n]).abs().max() > 1e-2
+
+
+def test_router_without_renormalisation_matches_transformers(megatron_world):
+    hf_model = make_hf_moe_thinker(seed=1, norm_topk_prob=False)
+    model, _ = built(hf_model, norm_topk_prob=False)
+    batch = make_batch(hf_model)
+    with torch.no_grad():
+        actual = model(**batch.model_inputs())
+    assert_close_on_valid(actual, hf_logits(hf_model, batch), batch, atol=1e-4)
+
+
+def test_load_balancing_loss_is_transformers_formula_per_layer(hf_thinker, megatron_world):
+    """A training forward with the padding masked: the logged loss is the mean over layers of
+    transformers' load_balancing_loss_func on each layer's router logits (padding excluded), and
+    its gradient reaches the router."""
+    model, cfg = built(hf_thinker)
+    batch = make_batch(hf_thinker)
+    with torch.no_grad():
+        router_logits = hf_thinker(**batch.model_inputs(), attention_mask=batch.attention_mask,
+                                   output_router_logits=True).router_logits
+    expected = sum(
+        float(load_balancing_loss_func((layer,), 4, 2, batch.attention_mask)) for layer in router_logits
+    ) / len(router_logits)
+    model.train()
+    logits = model(**batch.model_inputs(), padding_mask=~batch.attention_mask.bool())
+    logits[..., :128].logsumexp(-1)[batch.attention_mask.bool()].sum().backward()
+    metrics = router_metrics(cfg, num_microbatches=1)
+    assert metrics["moe_load_balancing_loss"] == pytest.approx(expected, rel=1e-5)
+    assert router_metrics(cfg, num_microbatches=1)["moe_load_balancing_loss"] == 0.0  # the tracker is cleared
+    router = model.language_model.decoder.layers[0].mlp.router.weight
+    assert router.grad is not None and router.grad.abs().max() > 0
+
+
+def test_family_rules_are_checked():
+    model_cfg, omni = moe_model_sections()
+    with pytest.raises(ConfigError, match="model.family=qwen3_omni_moe needs model.num_moe_experts"):
+        dataclasses.replace(model_cfg, num_moe_experts=None).validate("model")
+    with pytest.raises(ConfigError, match="model.num_moe_experts is set but model.family is qwen2_5_omni"):
+        dataclasses.replace(model_cfg, family="qwen2_5_omni").validate("model")
+    with pytest.raises(ConfigError, match="model.moe_router_topk \\(5\\) must lie in 1..model.num_moe_experts"):
+        dataclasses.replace(model_cfg, moe_router_topk=5).validate("model")
+    with pytest.raises(ConfigError, match="omni.vision.deepstack_visual_indexes must be set for model.family"):
+        no_deepstack = dataclasses.replace(omni.vision, deepstack_visual_indexes=None)
+        validate_omni(model_cfg, dataclasses.replace(omni, vision=no_deepstack))
+    dense = dataclasses.replace(model_cfg, family="qwen2_5_omni", **dict.fromkeys(
+        ("num_moe_experts", "moe_ffn_hidden_size", "moe_router_topk", "moe_norm_topk_prob", "moe_aux_loss_coeff")))
+    with pytest.raises(ConfigError, match="omni.vision.num_position_embeddings applies to model.family=qwen3_omni_moe only"):
+        validate_omni(dense, omni)
+
+
+def test_deepstack_layers_must_sit_in_the_first_pipeline_stage():
+    model_cfg, omni = moe_model_sections()
+    cfg = run_config(model_cfg)
+    cfg.parallel.pipeline_model_parallel_size = 4
+    with pytest.raises(ConfigError, match="feed decoder layers 0..1, but the first pipeline chunk holds 1 layers"):
+        build_omni_model(cfg, omni=omni)
+    cfg.parallel.pipeline_model_parallel_size = 1
+    cfg.recompute.granularity, cfg.recompute.method, cfg.recompute.num_layers = "full", "uniform", 1
+    with pytest.raises(ConfigError, match="recompute.granularity=full is not supported with DeepStack"):
+        build_omni_model(cfg, omni=omni)
