@@ -95,8 +95,7 @@ def initialize_parallel(
             f"pipeline_model_parallel_size ({pipeline_model_parallel_size}) x expert_model_parallel_size "
             f"({expert_model_parallel_size})"
         )
-    if parallel_state.model_parallel_is_initialized():
-        parallel_state.destroy_model_parallel()
+    destroy_parallel()
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=tensor_model_parallel_size,
         pipeline_model_parallel_size=pipeline_model_parallel_size,
@@ -117,7 +116,39 @@ def set_seed(seed: int) -> None:
 
 
 def destroy_parallel() -> None:
+    """Drop megatron's groups and destroy their process groups.
+
+    megatron's ``destroy_model_parallel`` only forgets its groups; torch.distributed keeps each one,
+    and under gloo each keeps a network thread that wakes every few milliseconds. A process that
+    re-creates its groups (tests, conversions, evaluation after training) would otherwise pile up
+    hundreds of such threads."""
     from megatron.core import parallel_state
 
-    if parallel_state.model_parallel_is_initialized():
-        parallel_state.destroy_model_parallel()
+    if not parallel_state.model_parallel_is_initialized():
+        return
+    groups = _megatron_groups(parallel_state)
+    parallel_state.destroy_model_parallel()
+    live = dist.distributed_c10d._world.pg_map  # a group this rank is not in was never registered
+    for group in groups:
+        if group is not dist.GroupMember.WORLD and group in live:
+            dist.destroy_process_group(group)
+
+
+def _megatron_groups(parallel_state) -> list[dist.ProcessGroup]:
+    """Every process group held in ``parallel_state``'s module globals (alone or in lists/dicts)."""
+    found: dict[int, dist.ProcessGroup] = {}
+
+    def visit(value) -> None:
+        if isinstance(value, dist.ProcessGroup):
+            found[id(value)] = value
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                visit(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                visit(item)
+
+    for name, value in vars(parallel_state).items():
+        if name.startswith("_") and name.lstrip("_").isupper():
+            visit(value)
+    return list(found.values())
