@@ -43,7 +43,7 @@ def tiny_config(config: str, work: Path, tp: int = 1, pp: int = 1, overrides: li
     ], cls=OmniTrainConfig)
 
 
-def one_step(cfg: OmniTrainConfig, group_size: int, inspect=None):
+def one_step(cfg: OmniTrainConfig, inspect=None):
     """Step 0's metrics (prepare + forward/backward, no optimizer update) and full gradients;
     ``inspect(run, microbatches)`` looks at the prepared micro-batches before the step runs."""
     r = build_run(cfg, reward=LetterReward())
@@ -53,7 +53,7 @@ def one_step(cfg: OmniTrainConfig, group_size: int, inspect=None):
     if inspect is not None:
         inspect(r, microbatches)
     metrics.update(run_microbatches(r.model_chunks, microbatches, r.algorithm.forward_step,
-                                    r.cfg.train.seq_length, r.cfg.train.micro_batch_size * group_size))
+                                    r.cfg.train.seq_length, r.algorithm.microbatch_rows))
     return metrics, full_tensors(r.model_chunks, "grad")
 
 
@@ -69,7 +69,7 @@ def updates_step(cfg: OmniTrainConfig):
     return metrics, full_tensors(r.model_chunks, "grad")
 
 
-def check_prompt_without_is_replaced(config, work: Path, field: str, reader: str, group_size: int, capsys) -> None:
+def check_prompt_without_is_replaced(config, work: Path, field: str, reader: str, capsys) -> None:
     """Step 0 of ``config(1, 1)`` under data.skip_bad_samples on the toy manifest (built by an earlier
     step in ``work``) whose first prompt of the step lacks ``field``: printed, counted, replaced."""
     samples = load_manifest(work / "toy" / "train.jsonl")
@@ -80,7 +80,7 @@ def check_prompt_without_is_replaced(config, work: Path, field: str, reader: str
     manifest = write_manifest(work / f"without_{field}.jsonl", samples)
     cfg = config(1, 1, **{"dataset.train_manifest": manifest, "dataset.tokenizer_dir": work / "toy" / "tokenizer",
                           "data.skip_bad_samples": True, "data.max_skipped_fraction": 0.5})
-    metrics, _ = one_step(cfg, group_size)
+    metrics, _ = one_step(cfg)
     assert metrics["skipped_samples"] == 1 and metrics["skipped_samples_total"] == 1
     out = capsys.readouterr().out
     assert f"[data] skipped sample {bad} (missing label): " in out and f"has no '{field}' ({reader})" in out

@@ -56,7 +56,7 @@ def world():
 
 
 def step(tp, pp):
-    return one_step(config(tp, pp), group_size=2)
+    return one_step(config(tp, pp))
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +72,48 @@ def test_step_matches_single_process(reference):
     check_step_matches(reference, step, [(2, 1), (1, 2)],
                        ("reward_total", "completion_length", "policy_loss", "perception_loss", "ref_kl", "entropy",
                         "perception_kl_visual", "perception_kl_audio", "evidence_visual_tokens"))
+
+
+# The step's four completions in one micro-batch, padded [4, 896] or one packed row of 896 tokens:
+# the perception loss is a mean per micro-batch, so the two layouts see the same micro-batches.
+ONE_MICROBATCH = {"train.micro_batch_size": 2, "train.seq_length": 896}
+
+
+def keep_scores(kept: dict, r, microbatches) -> None:
+    """The scoring forwards' outputs of the step's one micro-batch (reference log-probs of the
+    completion tokens, masked-input logits of the evidence rows), in row-major sample order."""
+    assert len(microbatches) == 1 and microbatches[0].batch.num_samples == 4
+    scores = microbatches[0].scores
+    kept.update(ref_logprobs=scores["ref_logprobs"].clone(), **{m: v.clone() for m, v in scores["masked"].items()})
+
+
+def packing_step(tp, pp, packing=True, scores=None):
+    inspect = None if scores is None else partial(keep_scores, scores)
+    return one_step(config(tp, pp, **ONE_MICROBATCH, **{"data.packing": packing}), inspect=inspect)
+
+
+@pytest.fixture(scope="module")
+def packed_reference():
+    """The packed single-process step (x1 computes and saves it, x2 loads it) and, in the
+    one-process launch, its scoring forwards' outputs."""
+    scores = {}
+    return single_process_step(WORK / "packed_reference.pt", partial(packing_step, scores=scores)), scores
+
+
+def test_packed_step_equals_padded_and_matches_single_process(packed_reference):
+    """Packed scoring forwards and step equal the padded ones (1e-5); packed at TP=2 and PP=2 equal
+    the packed single process."""
+    reference, packed_scores = packed_reference
+    keys = ("policy_loss", "perception_loss", "ref_kl", "entropy", "perception_kl_visual", "perception_kl_audio")
+    if dist.get_world_size() > 1:
+        check_step_matches(reference, packing_step, [(2, 1), (1, 2)], keys)
+        return
+    padded_scores = {}
+    check_step_matches(reference, partial(packing_step, packing=False, scores=padded_scores), [(1, 1)], keys)
+    assert set(packed_scores) == set(padded_scores) == {"ref_logprobs", "visual", "audio"}
+    for name, padded in padded_scores.items():
+        assert padded.numel() > 0, name
+        torch.testing.assert_close(packed_scores[name], padded, atol=1e-5, rtol=0)
 
 
 def updates(tp, pp):
@@ -113,7 +155,7 @@ def test_stopped_run_of_minibatches_resumes_exactly():
 def test_a_prompt_without_openset_labels_is_skipped_and_replaced(reference, capsys):
     if dist.get_world_size() > 1:
         pytest.skip("runs in the one-process launch")
-    rl_step_helpers.check_prompt_without_is_replaced(config, WORK, "openset", "the labels of OPPO's reward", 2, capsys)
+    rl_step_helpers.check_prompt_without_is_replaced(config, WORK, "openset", "the labels of OPPO's reward", capsys)
 
 
 def check_stores(r, microbatches, contexts):
@@ -153,7 +195,7 @@ def test_scoring_keeps_rows_only_frees_kv_cache_and_offloaded_reference_changes_
             contexts.append(self)
 
     monkeypatch.setattr(generator, "StaticInferenceContext", HeldContext)
-    metrics, grads = one_step(config(1, 1, **{"oppo.offload_reference": True}), group_size=2,
+    metrics, grads = one_step(config(1, 1, **{"oppo.offload_reference": True}),
                               inspect=lambda r, mbs: check_stores(r, mbs, contexts))
     rl_step_helpers.check_same_step(metrics, grads, reference)
 
