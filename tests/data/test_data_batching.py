@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from megatron_omni.data.batch import PAD_POSITION, SkippedSample, pack, pad
+from megatron_omni.data.batch import PAD_POSITION, SkippedSample, pack, pack_rows, pad
 from megatron_omni.data.dataset import Collator
 from megatron_omni.data.manifest import load_manifest
 from megatron_omni.data.media import load_media
@@ -92,3 +92,25 @@ def test_collator_drops_and_reports_skipped_samples(samples, packing):
     assert empty.num_samples == 0 and empty.skipped == [skipped]
     assert empty.loss_mask.sum() == 0 and empty.pixel_values_videos is None and empty.input_features is None
     assert empty.packed == packing
+
+
+def test_pack_rows_fills_the_first_row_with_room():
+    assert pack_rows([5, 4, 3, 2, 6, 1], 8) == [[0, 2], [1, 3, 5], [4]]
+    with pytest.raises(ValueError, match="sample 1 is 9 tokens long, longer than a packed row of 8"):
+        pack_rows([3, 9], 8)
+
+
+def test_per_sample_and_in_layout_map_packed_rows_to_padded_ones(samples):
+    padded, packed = pad(samples, 1), pack(samples, 8)
+    values = torch.arange(packed.tokens.shape[1], dtype=torch.float32)[None].requires_grad_()
+    rows = packed.per_sample(values)
+    assert rows.shape == (len(samples), packed.tokens.shape[1])
+    for k, (_, start, end) in enumerate(packed.sample_spans()):
+        assert torch.equal(rows[k, : end - start], values[0, start:end].detach())
+        assert not rows[k, end - start :].any()
+    rows.sum().backward()  # the padding segment's tokens get no gradient
+    assert torch.equal(values.grad[0], packed.attention_mask[0].float())
+    assert torch.equal(packed.per_sample(packed.loss_mask)[:, : padded.tokens.shape[1]], padded.loss_mask)
+    assert torch.equal(packed.in_layout(list(padded.labels)), packed.labels * packed.attention_mask)
+    assert padded.per_sample(padded.loss_mask) is padded.loss_mask
+    assert torch.equal(padded.in_layout(list(padded.labels)), padded.labels)
