@@ -153,7 +153,8 @@ def train(cfg: RunConfig, model_chunks, optimizer, scheduler, sampler: Resumable
     with StopRequest() as stop:
         try:
             last = min(t.steps, t.exit_at_step or t.steps)
-            # The pipeline's activation shape: an RL micro-batch holds group_size completions per prompt.
+            # The pipeline's activation shape: an RL micro-batch holds group_size completions per
+            # prompt; a packed micro-batch is one row.
             rows = getattr(algorithm, "microbatch_rows", t.micro_batch_size)
             while state.step < last:
                 started = time.perf_counter()

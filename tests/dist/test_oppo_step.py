@@ -5,7 +5,9 @@ per rollout batch stopped and resumed at PP=2 against the straight run; what the
 forwards keep (evidence rows, completion tokens) against the model's own forwards, the rollout KV
 cache released, and the step with the reference offloaded to the CPU equal to the plain one;
 toy runs of two mini-batches that clip and whose GSPO and GRPO curves differ; DAPO's dynamic
-sampling refilling a batch of equal rewards from the sampler, and overlong filtering.
+sampling refilling a batch of equal rewards from the sampler, and overlong filtering; with
+data.packing the step's completions in one packed row give the padded scoring forwards and step,
+and the packed step at TP=2 and PP=2 equals the packed single process.
 
 Launched by tests/test_dist_suites.py as oppo_step-x1 (one process: computes the single-process
 steps and writes them to $OPPO_WORK/reference.pt and updates_reference.pt) and oppo_step-x2 (two
