@@ -22,15 +22,15 @@ def global_param_name(model: torch.nn.Module, name: str) -> str:
     """Replace a pipeline stage's local layer index by the global one (``layer_number - 1``) and an
     expert-parallel rank's local expert index by the global one."""
     parts = name.split(".")
+    if "local_experts" in parts:
+        i = parts.index("local_experts")
+        local = len(model.get_submodule(".".join(parts[: i + 1])))
+        parts[i + 1] = str(parallel_state.get_expert_model_parallel_rank() * local + int(parts[i + 1]))
     if "layers" in parts:
         i = parts.index("layers")
         layer = model.get_submodule(".".join(parts[: i + 2]))
         if hasattr(layer, "layer_number"):
             parts[i + 1] = str(layer.layer_number - 1)
-    if "local_experts" in parts:
-        i = parts.index("local_experts")
-        local = len(model.get_submodule(".".join(parts[: i + 1])))
-        parts[i + 1] = str(parallel_state.get_expert_model_parallel_rank() * local + int(parts[i + 1]))
     return ".".join(parts)
 
 

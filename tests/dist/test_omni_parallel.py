@@ -1,5 +1,6 @@
 """The converted thinker at TP=2 and at PP=2 reproduces transformers' logits; a randomly
-initialised TP=2 model is saved for the resharding checks.
+initialised TP=2 model is saved for the resharding checks; the Qwen3-Omni MoE thinker reproduces
+transformers' logits at TP=2, EP=2 and PP=2.
 
 Runs under torchrun with 2 processes (tests/test_dist_suites.py: omni_parallel-x2), whose
 parent-side fixture, omni_parallel_cases, writes the inputs beside the checkpoints in $OMNI_PARALLEL_DIR:
@@ -9,6 +10,7 @@ and, after the launch, checks fresh_tp2/ (a model-only checkpoint) and fresh_tp2
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from megatron_omni.convert import load_model_checkpoint, read_model_config, save
 from megatron_omni.models.omni import build_omni_model
 from megatron_omni.parallel import destroy_parallel, init_distributed, initialize_parallel, set_seed
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))  # the transformers oracles
 WORK = Path(os.environ.get("OMNI_PARALLEL_DIR", "/nonexistent"))
 MODELS = ("untied", "tied")
 
@@ -111,3 +114,76 @@ def test_save_randomly_initialised_tp2_model(models):
         logits = full_vocab(model(**models["untied"]["cases"][0]["inputs"]))
     if dist.get_rank() == 0:
         torch.save(logits, WORK / "fresh_tp2_logits.pt")
+
+
+# ----------------------------------------------------------------------------- Qwen3-Omni MoE thinker
+# transformers' tiny MoE thinker is built on every rank from its seed (moe_helpers), its weights
+# copied into this rank's shard of OmniModel; no checkpoint involved.
+
+
+@pytest.fixture(scope="module")
+def moe_thinker():
+    from moe_helpers import make_hf_moe_thinker
+    from omni_helpers import hf_logits, make_batch
+
+    hf_model = make_hf_moe_thinker(seed=0)
+    batches = [make_batch(hf_model, use_audio_in_video) for use_audio_in_video in (False, True)]
+    return hf_model, [(batch, hf_logits(hf_model, batch)) for batch in batches]
+
+
+def build_moe(hf_model, tp: int, pp: int, ep: int):
+    from moe_helpers import load_megatron_state, megatron_state, moe_model_sections
+
+    from megatron_omni.models.config import PrecisionConfig
+    from megatron_omni.models.decoder import padded_vocab_size
+    from megatron_omni.parallel.config import ParallelConfig
+    from megatron_omni.training.config import RunConfig
+
+    initialize_parallel(tp, pp, expert_model_parallel_size=ep)
+    set_seed(1234)
+    model_cfg, omni = moe_model_sections()
+    cfg = RunConfig(model=model_cfg, precision=PrecisionConfig(transformer_engine=False),
+                    parallel=ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                                            expert_model_parallel_size=ep))
+    model = build_omni_model(cfg, parallel_state.is_pipeline_first_stage(), parallel_state.is_pipeline_last_stage(),
+                             omni=omni)  # initialised: megatron marks the TP shards as it draws them
+    load_megatron_state(model, megatron_state(hf_model, padded_vocab_size(model_cfg, tp)))
+    return model.eval()
+
+
+def assert_moe_matches(logits: torch.Tensor, batch, expected: torch.Tensor) -> None:
+    from omni_helpers import assert_close_on_valid
+
+    assert_close_on_valid(logits, expected, batch, atol=1e-4)
+
+
+@pytest.mark.parametrize("tp, ep", [(2, 1), (1, 2)], ids=["tp2", "ep2"])
+def test_moe_thinker_matches_transformers(moe_thinker, tp, ep):
+    """TP=2: attention and every expert sharded, all experts on each rank. EP=2: two experts per
+    rank, the tokens of both ranks (the same batch here) gathered by megatron's dispatcher."""
+    hf_model, cases = moe_thinker
+    model = build_moe(hf_model, tp=tp, pp=1, ep=ep)
+    experts = model.language_model.decoder.layers[0].mlp.experts.local_experts
+    assert len(experts) == 4 // ep
+    for batch, expected in cases:
+        with torch.no_grad():
+            assert_moe_matches(full_vocab(model(**batch.model_inputs())), batch, expected)
+
+
+def test_moe_thinker_pp2_matches_transformers(moe_thinker):
+    """Two decoder layers per stage: DeepStack's two layers and the towers on the first."""
+    hf_model, cases = moe_thinker
+    model = build_moe(hf_model, tp=1, pp=2, ep=1)
+
+    def forward_step(data_iterator, chunk):
+        return chunk(**next(data_iterator)), lambda output, non_loss_data=False: output
+
+    for batch, expected in cases:
+        inputs = batch.model_inputs()
+        collected = get_forward_backward_func()(
+            forward_step_func=forward_step, data_iterator=iter([inputs]), model=model, num_microbatches=1,
+            seq_length=inputs["input_ids"].shape[1], micro_batch_size=inputs["input_ids"].shape[0],
+            forward_only=True, collect_non_loss_data=True,
+        )
+        if parallel_state.is_pipeline_last_stage():
+            assert_moe_matches(collected[0], batch, expected)

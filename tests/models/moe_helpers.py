@@ -131,4 +131,6 @@ def load_megatron_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) 
     missing = [global_param_name(model, n) for n in names if global_param_name(model, n) not in state]
     assert not missing, missing
     for name, param in model.named_parameters():
-        param.copy_(local_shard(state[global_param_name(model, name)], param, name))
+        shard = local_shard(state[global_param_name(model, name)], param, name)
+        assert shard.shape == param.shape, (name, tuple(shard.shape), tuple(param.shape))
+        param.copy_(shard)
