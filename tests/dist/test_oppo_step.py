@@ -76,15 +76,15 @@ def test_step_matches_single_process(reference):
                         "perception_kl_visual", "perception_kl_audio", "evidence_visual_tokens"))
 
 
-# The step's four completions in one micro-batch, padded [4, 896] or one packed row of 896 tokens:
+# The step's two completions in one micro-batch, padded [2, 416] or one packed row of 416 tokens:
 # the perception loss is a mean per micro-batch, so the two layouts see the same micro-batches.
-ONE_MICROBATCH = {"train.micro_batch_size": 2, "train.seq_length": 896}
+ONE_MICROBATCH = {"train.global_batch_size": 1, "train.seq_length": 416}
 
 
 def keep_scores(kept: dict, r, microbatches) -> None:
     """The scoring forwards' outputs of the step's one micro-batch (reference log-probs of the
     completion tokens, masked-input logits of the evidence rows), in row-major sample order."""
-    assert len(microbatches) == 1 and microbatches[0].batch.num_samples == 4
+    assert len(microbatches) == 1 and microbatches[0].batch.num_samples == 2
     scores = microbatches[0].scores
     kept.update(ref_logprobs=scores["ref_logprobs"].clone(), **{m: v.clone() for m, v in scores["masked"].items()})
 
