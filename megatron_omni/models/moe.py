@@ -20,6 +20,7 @@ Tokens are never dropped (no capacity factor), so there is no dropped-token coun
 from __future__ import annotations
 
 import torch
+from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.moe import moe_utils
 
 from megatron_omni.models.config import ModelSections
@@ -54,17 +55,16 @@ def moe_transformer_fields(cfg: ModelSections) -> dict:
 LOAD_BALANCING = "load_balancing_loss"  # megatron's tracker entry of the aux_loss type
 
 
-def router_metrics(cfg: ModelSections, num_microbatches: int) -> dict[str, float]:
+def router_metrics(config: TransformerConfig, num_microbatches: int) -> dict[str, float]:
     """The step's load-balancing loss in transformers' scale (its formula per layer, averaged over
     the micro-batches, the data-parallel ranks and the layers), read from and then clearing
-    megatron's per-layer tracker; collective over the pipeline and data-parallel groups. Empty for a
-    dense decoder or a step without a training forward."""
-    m = cfg.model
+    megatron's per-layer tracker, which the training forwards fill; collective over the pipeline and
+    data-parallel groups. Empty for a dense decoder."""
     tracker = moe_utils.get_moe_layer_wise_logging_tracker()
-    if m.num_moe_experts is None or LOAD_BALANCING not in tracker:
+    if config.num_moe_experts is None or LOAD_BALANCING not in tracker:
         return {}
     moe_utils.reduce_aux_losses_tracker_across_ranks([LOAD_BALANCING])
     # megatron tracks E / k * sum_i f_i P_i per layer and micro-batch (f_i, P_i as transformers').
-    per_layer = tracker[LOAD_BALANCING]["values"].float() * m.moe_router_topk / num_microbatches
+    per_layer = tracker[LOAD_BALANCING]["values"].float() * config.moe_router_topk / num_microbatches
     moe_utils.clear_aux_losses_tracker()
-    return {"moe_load_balancing_loss": float(per_layer.sum()) / m.num_layers}
+    return {"moe_load_balancing_loss": float(per_layer.sum()) / config.num_layers}

@@ -152,6 +152,7 @@ class RunConfig:
             raise ConfigError(
                 f"parallel.tensor_model_parallel_size ({tp}) must divide model.ffn_hidden_size ({m.ffn_hidden_size})"
             )
+        check_experts(m, p)
         if m.num_layers % (pp * (vpp or 1)):
             what = f"pipeline_model_parallel_size ({pp})" + (f" x virtual_pipeline_model_parallel_size ({vpp})" if vpp else "")
             raise ConfigError(f"parallel.{what} must divide model.num_layers ({m.num_layers})")
@@ -167,9 +168,33 @@ class RunConfig:
             return
         if world_size % (tp * pp):
             raise ConfigError(f"world size {world_size} is not divisible by TP ({tp}) x PP ({pp})")
+        ep = p.expert_model_parallel_size
+        if world_size % (tp * pp * ep):
+            raise ConfigError(f"world size {world_size} is not divisible by TP ({tp}) x PP ({pp}) x "
+                              f"parallel.expert_model_parallel_size ({ep}): the experts split within a stage's "
+                              f"{world_size // (tp * pp)} data-parallel ranks")
         dp = world_size // (tp * pp)
         if t.global_batch_size % (t.micro_batch_size * dp):
             raise ConfigError(
                 f"train.global_batch_size ({t.global_batch_size}) must be a multiple of "
                 f"micro_batch_size ({t.micro_batch_size}) x data-parallel size ({dp})"
             )
+
+
+def check_experts(m: ModelConfig, p: ParallelConfig) -> None:
+    """The rules between the experts and the layout (megatron's MoE layer: expert TP = TP)."""
+    tp, ep = p.tensor_model_parallel_size, p.expert_model_parallel_size
+    if m.num_moe_experts is None:
+        if ep > 1:
+            raise ConfigError(f"parallel.expert_model_parallel_size ({ep}) needs a MoE decoder "
+                              f"(model.family=qwen3_omni_moe); model.family is {m.family}")
+        return
+    if m.num_moe_experts % ep:
+        raise ConfigError(f"parallel.expert_model_parallel_size ({ep}) must divide model.num_moe_experts ({m.num_moe_experts})")
+    if m.moe_ffn_hidden_size % tp:
+        raise ConfigError(f"parallel.tensor_model_parallel_size ({tp}) must divide model.moe_ffn_hidden_size "
+                          f"({m.moe_ffn_hidden_size})")
+    if tp > 1 and not p.sequence_parallel:
+        # megatron-core's MoE layer refuses to train at TP > 1 without sequence parallelism.
+        raise ConfigError(f"parallel.tensor_model_parallel_size ({tp}) with a MoE decoder needs parallel.sequence_parallel"
+                          " (megatron's MoE layer trains at TP > 1 only with it; on CPU use EP and PP instead)")

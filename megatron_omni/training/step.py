@@ -11,7 +11,9 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from megatron_omni.models.moe import router_metrics
 from megatron_omni.parallel.device import step_device
+from megatron_omni.training.model_setup import unwrap
 
 # forward_step(batch, model_chunk) -> (output_tensor, loss_func);
 # loss_func(output) -> (token-sum loss, token count, {name: scalar or [sum, count] tensor})
@@ -139,6 +141,7 @@ def optimizer_step(model_chunks, optimizer, scheduler, microbatches, forward_ste
     started = time.perf_counter()
     metrics = run_microbatches(model_chunks, microbatches, forward_step, seq_length, micro_batch_size)
     metrics["time_forward_backward_s"] = time.perf_counter() - started
+    metrics.update(router_metrics(unwrap(model_chunks[0]).config, len(microbatches)))
     started = time.perf_counter()
     finite = all(math.isfinite(v) for v in metrics.values()) and _grads_finite(model_chunks)
     update_successful, grad_norm = False, float("nan")

@@ -81,7 +81,7 @@ def test_load_balancing_loss_is_transformers_formula_per_layer(hf_thinker, megat
     """A training forward with the padding masked: the logged loss is the mean over layers of
     transformers' load_balancing_loss_func on each layer's router logits (padding excluded), and
     its gradient reaches the router."""
-    model, cfg = built(hf_thinker)
+    model, _ = built(hf_thinker)
     batch = make_batch(hf_thinker)
     with torch.no_grad():
         router_logits = hf_thinker(**batch.model_inputs(), attention_mask=batch.attention_mask,
@@ -92,9 +92,9 @@ def test_load_balancing_loss_is_transformers_formula_per_layer(hf_thinker, megat
     model.train()
     logits = model(**batch.model_inputs(), padding_mask=~batch.attention_mask.bool())
     logits[..., :128].logsumexp(-1)[batch.attention_mask.bool()].sum().backward()
-    metrics = router_metrics(cfg, num_microbatches=1)
+    metrics = router_metrics(model.config, num_microbatches=1)
     assert metrics["moe_load_balancing_loss"] == pytest.approx(expected, rel=1e-5)
-    assert router_metrics(cfg, num_microbatches=1)["moe_load_balancing_loss"] == 0.0  # the tracker is cleared
+    assert router_metrics(model.config, num_microbatches=1)["moe_load_balancing_loss"] == 0.0  # cleared
     router = model.language_model.decoder.layers[0].mlp.router.weight
     assert router.grad is not None and router.grad.abs().max() > 0
 
@@ -126,3 +126,22 @@ def test_deepstack_layers_must_sit_in_the_first_pipeline_stage():
     cfg.recompute.granularity, cfg.recompute.method, cfg.recompute.num_layers = "full", "uniform", 1
     with pytest.raises(ConfigError, match="recompute.granularity=full is not supported with DeepStack"):
         build_omni_model(cfg, omni=omni)
+
+
+def test_expert_layouts_are_checked():
+    model_cfg, _ = moe_model_sections()
+    cfg = run_config(model_cfg)
+    cfg.parallel.expert_model_parallel_size = 3
+    with pytest.raises(ConfigError, match=r"expert_model_parallel_size \(3\) must divide model.num_moe_experts \(4\)"):
+        cfg.validate()
+    cfg.parallel.expert_model_parallel_size = 2
+    with pytest.raises(ConfigError, match=r"world size 3 is not divisible by TP \(1\) x PP \(1\) x parallel.expert_model"):
+        cfg.validate(world_size=3)
+    cfg.validate(world_size=2)
+    cfg.parallel.tensor_model_parallel_size = 2
+    with pytest.raises(ConfigError, match="with a MoE decoder needs parallel.sequence_parallel"):
+        cfg.validate()
+    dense = RunConfig()
+    dense.parallel.expert_model_parallel_size = 2
+    with pytest.raises(ConfigError, match="expert_model_parallel_size \\(2\\) needs a MoE decoder"):
+        dense.validate()
