@@ -1,13 +1,14 @@
-"""Convert a Hugging Face Qwen2.5-Omni thinker into a model-only Megatron checkpoint.
+"""Convert a Hugging Face Qwen2.5-Omni or Qwen3-Omni (MoE) thinker into a model-only Megatron checkpoint.
 
     python tools/convert_hf_to_megatron.py --hf-dir Qwen2.5-Omni-7B --out-dir checkpoints/omni-7b [--dtype bf16]
 
---hf-dir is a thinker folder or a full released Qwen2.5-Omni folder. Only the thinker is trained
-and converted: the talker / token2wav weights and spk_dict.pt stay in --hf-dir, and
+--hf-dir is a thinker folder or a full released Qwen2.5-Omni / Qwen3-Omni folder (config.json's
+model_type says which). Only the thinker is trained and converted: the talker / token2wav /
+code2wav weights and spk_dict.pt stay in --hf-dir, and
 tools/convert_megatron_to_hf.py --base-model HF_DIR puts them back beside the trained thinker. The
 conversion runs in one CPU process, one tensor at a time (peak memory about a layer plus a source
 tensor's pages, whatever the model's size). The result loads at any tensor/pipeline-parallel
-layout (megatron_omni.convert.load_model_checkpoint) and carries omni_model.yaml and the
+layout, MoE experts at any expert-parallel size (megatron_omni.convert.load_model_checkpoint) and carries omni_model.yaml and the
 tokenizer/processor files.
 """
 from __future__ import annotations

@@ -6,11 +6,12 @@
 --checkpoint is a folder written by the HF -> Megatron converter, a training run's train.save_dir
 (--iteration picks one of its complete checkpoints, default the latest) or an iter_* folder, saved
 at any TP/PP with or without the distributed optimizer; the omni_model.yaml beside it describes the
-model. With --base-model (the full Qwen2.5-Omni folder the run started from) the output is the
-full model: the trained thinker, the base model's talker, token2wav, spk_dict.pt, config.json and
-tokenizer/processor files; it loads with Qwen2_5OmniForConditionalGeneration.from_pretrained and
-speaks. Without it the output is a thinker folder
-(Qwen2_5OmniThinkerForConditionalGeneration). Memory stays at one layer plus one output shard.
+model. With --base-model (the full released folder the run started from, of the checkpoint's
+model.family) the output is the full model: the trained thinker, the base model's talker,
+token2wav / code2wav, spk_dict.pt, config.json and tokenizer/processor files; a Qwen2.5-Omni one
+loads with Qwen2_5OmniForConditionalGeneration.from_pretrained and speaks. Without it the output
+is a thinker folder (Qwen2_5OmniThinkerForConditionalGeneration or
+Qwen3OmniMoeThinkerForConditionalGeneration). Memory stays at one layer plus one output shard.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", required=True,
                         help="Megatron checkpoint folder or training train.save_dir (with omni_model.yaml)")
     parser.add_argument("--iteration", type=int, help="which complete checkpoint of the folder (default: the latest)")
-    parser.add_argument("--base-model", help="full Qwen2.5-Omni HF folder: write the full model, speech included")
+    parser.add_argument("--base-model", help="full released HF folder of the model family: write the full model, speech included")
     parser.add_argument("--out-dir", required=True, help="Hugging Face folder to create")
     parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors file, e.g. 5GB or 500MB (default 5GB)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out-dir if it exists")

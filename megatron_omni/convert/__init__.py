@@ -1,4 +1,4 @@
-"""Checkpoint conversion between Hugging Face Qwen2.5-Omni thinkers and Megatron checkpoints."""
+"""Checkpoint conversion between Hugging Face thinkers (Qwen2.5-Omni, Qwen3-Omni MoE) and Megatron checkpoints."""
 from megatron_omni.convert.errors import ConversionError
 from megatron_omni.convert.hf_to_megatron import convert_hf_to_megatron
 from megatron_omni.convert.megatron_checkpoint import load_model_checkpoint, save_model_checkpoint

@@ -23,8 +23,9 @@ from megatron_omni.convert.errors import ConversionError
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 THINKER_PREFIX = "thinker."
-# Parts of a full Qwen2.5-Omni checkpoint that are not the thinker (speech generation).
-NON_THINKER_PREFIXES = ("talker.", "token2wav.")
+# Parts of a full checkpoint that are not the thinker (speech generation): Qwen2.5-Omni's talker
+# and token2wav, Qwen3-Omni's talker and code2wav.
+NON_THINKER_PREFIXES = ("talker.", "token2wav.", "code2wav.")
 
 _SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64,
                        "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
@@ -84,7 +85,7 @@ def _shard_files(folder: Path) -> list[str]:
 
 class HFCheckpoint:
     """A HF folder's tensors: the thinker's keyed without the ``thinker.`` prefix, the speech
-    generation's (``talker.*``, ``token2wav.*``) apart. Reads one tensor at a time."""
+    generation's (``talker.*``, ``token2wav.*``, ``code2wav.*``) apart. Reads one tensor at a time."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)

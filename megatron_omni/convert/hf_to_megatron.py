@@ -1,7 +1,8 @@
-"""Hugging Face Qwen2.5-Omni thinker folder -> model-only Megatron checkpoint, a tensor at a time.
+"""Hugging Face thinker folder (Qwen2.5-Omni or Qwen3-Omni MoE) -> model-only Megatron checkpoint,
+a tensor at a time.
 
-Only the thinker is converted; a full folder's talker / token2wav tensors and spk_dict.pt stay in
-the HF folder, from which ``convert_megatron_to_hf(..., base_model=...)`` takes them back.
+Only the thinker is converted; a full folder's talker / token2wav / code2wav tensors and its other
+files (spk_dict.pt) stay in the HF folder, from which ``convert_megatron_to_hf(..., base_model=...)`` takes them back.
 """
 from __future__ import annotations
 
@@ -48,9 +49,9 @@ def plan_conversion(hf_dir: str | Path, params_dtype: str | None = None,
     cfg, named_dtype = read_hf_config(hf_dir)
     checkpoint = HFCheckpoint(hf_dir)
     if checkpoint.speech:
-        log(f"[convert] {len(checkpoint.speech)} speech-generation tensors (talker.*, token2wav.*) are not part of "
+        log(f"[convert] {len(checkpoint.speech)} speech-generation tensors (talker.*, token2wav.*, code2wav.*) are not part of "
             f"the thinker and stay in {hf_dir}: tools/convert_megatron_to_hf.py --base-model {hf_dir} puts them "
-            "(and spk_dict.pt) back beside the trained thinker")
+            "(and the folder's other files) back beside the trained thinker")
     cfg.params_dtype = _weights_dtype(checkpoint, named_dtype, params_dtype)
     try:
         validate_omni(cfg.model, cfg.omni)
@@ -75,7 +76,7 @@ def thinker_tensors(checkpoint: HFCheckpoint, param_map: OmniParamMap) -> Callab
 def convert_hf_to_megatron(
     hf_dir: str | Path, out_dir: str | Path, params_dtype: str | None = None, overwrite: bool = False, log: Log = print
 ) -> Path:
-    """Convert a HF thinker folder (or a full Qwen2.5-Omni folder) into ``out_dir``.
+    """Convert a HF thinker folder (or a full Qwen2.5-Omni / Qwen3-Omni folder) into ``out_dir``.
 
     ``params_dtype`` ("fp32", "bf16", "fp16") defaults to the dtype config.json names. Nothing is
     written unless every check passes; ``out_dir`` appears only once complete. Each tensor is read,

@@ -1,4 +1,4 @@
-"""Parameter mapping between the HF Qwen2.5-Omni thinker and OmniModel's state dict.
+"""Parameter mapping between the HF thinkers (Qwen2.5-Omni, Qwen3-Omni MoE) and OmniModel's state dict.
 
 Decoder (per layer i; megatron names under ``language_model.``)::
 
@@ -13,7 +13,15 @@ Decoder (per layer i; megatron names under ``language_model.``)::
     model.embed_tokens.weight                       embedding.word_embeddings.weight  (rows padded)
     lm_head.weight                                  output_layer.weight  (rows padded; absent if tied)
 
-megatron's fused QKV is grouped per query group: for each of the G key/value heads, its
+Qwen3-Omni's MoE thinker has no QKV bias and adds, per layer i::
+
+    model.layers.i.self_attn.{q,k}_norm.weight              decoder.layers.i.self_attention.{q,k}_layernorm.weight
+    model.layers.i.mlp.gate.weight                          decoder.layers.i.mlp.router.weight
+    model.layers.i.mlp.experts.e.{gate,up}_proj.weight      decoder.layers.i.mlp.experts.local_experts.e.linear_fc1.weight
+    model.layers.i.mlp.experts.e.down_proj.weight           decoder.layers.i.mlp.experts.local_experts.e.linear_fc2.weight
+
+in place of the dense MLP; its vision tower's DeepStack mergers (``visual.merger_list.*``) are
+tower parameters like the rest. megatron's fused QKV is grouped per query group: for each of the G key/value heads, its
 H/G query heads, then its key head, then its value head. SwiGLU's fc1 holds [gate; up]. The
 towers keep transformers' names (``visual.*``, ``audio_tower.*``) on both sides. Every
 transform is a reshape, concatenation or slice, so a round trip is bit-exact.
@@ -43,15 +51,51 @@ class ParamMapping:
 def tower_parameter_shapes(cfg: OmniModelConfig) -> dict[str, tuple[int, ...]]:
     """Parameter names and shapes of both towers, from a weightless (meta-device) build."""
     shapes = {}
-    omni = cfg.omni
+    omni, family = cfg.omni, cfg.model.family
     with torch.device("meta"):
         towers = {
-            "visual": build_vision_encoder(omni.vision, torch.float32, "eager", initialize=False),
-            "audio_tower": build_audio_encoder(omni.audio, torch.float32, "eager", initialize=False),
+            "visual": build_vision_encoder(omni.vision, torch.float32, "eager", initialize=False, family=family),
+            "audio_tower": build_audio_encoder(omni.audio, torch.float32, "eager", initialize=False, family=family),
         }
     for prefix, tower in towers.items():
         shapes.update({f"{prefix}.{name}": tuple(t.shape) for name, t in tower.state_dict().items()})
     return shapes
+
+
+def _attention(m, hf: str, mg: str) -> list[ParamMapping]:
+    """Self-attention: fused QKV (its bias if the family has one), output projection and, for
+    Qwen3, the per-head RMSNorms of queries and keys."""
+    h, q, kv = m.hidden_size, m.num_attention_heads * m.head_dim, m.num_query_groups * m.head_dim
+    projections = (f"{hf}q_proj", f"{hf}k_proj", f"{hf}v_proj")
+    mappings = [
+        ParamMapping(f"{mg}linear_qkv.weight", tuple(f"{p}.weight" for p in projections), ((q, h), (kv, h), (kv, h)), "qkv"),
+    ]
+    if m.add_qkv_bias:
+        biases = tuple(f"{p}.bias" for p in projections)
+        mappings.append(ParamMapping(f"{mg}linear_qkv.bias", biases, ((q,), (kv,), (kv,)), "qkv"))
+    mappings.append(ParamMapping(f"{mg}linear_proj.weight", (f"{hf}o_proj.weight",), ((h, q),)))
+    if m.qk_layernorm:
+        mappings += [ParamMapping(f"{mg}{ours}_layernorm.weight", (f"{hf}{ours}_norm.weight",), ((m.head_dim,),))
+                     for ours in ("q", "k")]
+    return mappings
+
+
+def _mlp(h: int, ffn: int, hf: str, mg: str) -> list[ParamMapping]:
+    """A SwiGLU MLP: fc1 holds [gate; up]."""
+    return [
+        ParamMapping(f"{mg}linear_fc1.weight", (f"{hf}gate_proj.weight", f"{hf}up_proj.weight"), ((ffn, h), (ffn, h)), "gate_up"),
+        ParamMapping(f"{mg}linear_fc2.weight", (f"{hf}down_proj.weight",), ((h, ffn),)),
+    ]
+
+
+def _experts(m, hf: str, mg: str) -> list[ParamMapping]:
+    """A MoE layer: the router (transformers' ``gate``) and one SwiGLU MLP per expert, keyed by
+    its global index on both sides (megatron's state dict at EP = 1; the checkpoint stores one
+    key per layer with an expert axis, which EP ranks load their slice of)."""
+    mappings = [ParamMapping(f"{mg}router.weight", (f"{hf}gate.weight",), ((m.num_moe_experts, m.hidden_size),))]
+    for e in range(m.num_moe_experts):
+        mappings += _mlp(m.hidden_size, m.moe_ffn_hidden_size, f"{hf}experts.{e}.", f"{mg}experts.local_experts.{e}.")
+    return mappings
 
 
 class OmniParamMap:
@@ -59,6 +103,7 @@ class OmniParamMap:
 
     def __init__(self, cfg: OmniModelConfig, padded_vocab: int):
         m = cfg.model
+        self.family = m.family
         self.vocab_size = m.vocab_size
         self.padded_vocab = padded_vocab
         self.num_query_groups = m.num_query_groups
@@ -67,35 +112,17 @@ class OmniParamMap:
         self.mappings: list[ParamMapping] = [
             ParamMapping(name, (name,), (shape,)) for name, shape in tower_parameter_shapes(cfg).items()
         ]
-        h, kv, ffn = m.hidden_size, m.num_query_groups * m.head_dim, m.ffn_hidden_size
+        h = m.hidden_size
         self.mappings.append(
             ParamMapping(f"{LM}embedding.word_embeddings.weight", ("model.embed_tokens.weight",), ((m.vocab_size, h),), "vocab"))
         for i in range(m.num_layers):
             hf, mg = f"model.layers.{i}.", f"{LM}decoder.layers.{i}."
-            attn = f"{hf}self_attn."
             self.mappings += [
                 ParamMapping(f"{mg}input_layernorm.weight", (f"{hf}input_layernorm.weight",), ((h,),)),
-                ParamMapping(
-                    f"{mg}self_attention.linear_qkv.weight",
-                    (f"{attn}q_proj.weight", f"{attn}k_proj.weight", f"{attn}v_proj.weight"),
-                    ((h, h), (kv, h), (kv, h)),
-                    "qkv",
-                ),
-                ParamMapping(
-                    f"{mg}self_attention.linear_qkv.bias",
-                    (f"{attn}q_proj.bias", f"{attn}k_proj.bias", f"{attn}v_proj.bias"),
-                    ((h,), (kv,), (kv,)),
-                    "qkv",
-                ),
-                ParamMapping(f"{mg}self_attention.linear_proj.weight", (f"{attn}o_proj.weight",), ((h, h),)),
+                *_attention(m, f"{hf}self_attn.", f"{mg}self_attention."),
                 ParamMapping(f"{mg}pre_mlp_layernorm.weight", (f"{hf}post_attention_layernorm.weight",), ((h,),)),
-                ParamMapping(
-                    f"{mg}mlp.linear_fc1.weight",
-                    (f"{hf}mlp.gate_proj.weight", f"{hf}mlp.up_proj.weight"),
-                    ((ffn, h), (ffn, h)),
-                    "gate_up",
-                ),
-                ParamMapping(f"{mg}mlp.linear_fc2.weight", (f"{hf}mlp.down_proj.weight",), ((h, ffn),)),
+                *(_experts(m, f"{hf}mlp.", f"{mg}mlp.") if m.num_moe_experts else
+                  _mlp(h, m.ffn_hidden_size, f"{hf}mlp.", f"{mg}mlp.")),
             ]
         self.mappings.append(ParamMapping(f"{LM}decoder.final_layernorm.weight", ("model.norm.weight",), ((h,),)))
         if not m.tie_word_embeddings:

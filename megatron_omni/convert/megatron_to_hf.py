@@ -1,8 +1,9 @@
 """Megatron checkpoint (model-only or a training run's, saved at any TP/PP) -> Hugging Face folder.
 
-Without a base model the folder is a thinker (``Qwen2_5OmniThinkerForConditionalGeneration``).
-With ``base_model`` (a full released Qwen2.5-Omni folder) it is the full model: the thinker from
-the checkpoint under ``thinker.``, every other tensor (talker, token2wav), spk_dict.pt, config.json
+Without a base model the folder is a thinker (``Qwen2_5OmniThinkerForConditionalGeneration`` or
+``Qwen3OmniMoeThinkerForConditionalGeneration``, as the checkpoint's ``model.family`` says). With
+``base_model`` (a full released folder of the same family) it is the full model: the thinker from
+the checkpoint under ``thinker.``, every other tensor (talker, token2wav / code2wav), spk_dict.pt, config.json
 and the tokenizer/processor files from the base model, unchanged. Tensors are read a layer at a
 time and written to shards as they fill, so memory stays at a layer plus a shard.
 """
@@ -42,8 +43,11 @@ Log = Callable[[str], None]
 
 
 def check_base_model(base: HFCheckpoint, param_map: OmniParamMap, config_file: Path) -> None:
-    """The checkpoint's thinker must have the base model's tensors, shape for shape."""
-    thinker_config_dict(base.folder)  # a Qwen2.5-Omni folder, with a clear error otherwise
+    """The base model must be of the checkpoint's family and have its thinker's tensors, shape for shape."""
+    family, _ = thinker_config_dict(base.folder)  # a folder of a known family, with a clear error otherwise
+    if family.name != param_map.family:
+        raise ConversionError(f"the base model {base.folder} is a {family.full_type} model, but the checkpoint {config_file} "
+                              f"holds a {param_map.family} thinker (model.family)")
     ours, theirs = param_map.hf_shapes(), base.shapes()
     for key in [*ours, *sorted(set(theirs) - set(ours))]:
         if ours.get(key) != theirs.get(key):

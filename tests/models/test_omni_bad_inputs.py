@@ -60,7 +60,8 @@ def assert_nothing_written(out_dir) -> None:
 )
 def test_other_architectures_are_refused(hf_copy, tmp_path, config):
     (hf_copy / "config.json").write_text(json.dumps(config))
-    convert_fails(hf_copy, tmp_path / "out", "config.json", "is not a Qwen2.5-Omni thinker", repr(config.get("model_type")))
+    convert_fails(hf_copy, tmp_path / "out", "config.json", "is not a thinker this converter reads",
+                  repr(config.get("model_type")))
 
 
 def test_missing_key_is_listed(hf_copy, tmp_path, megatron_session):
