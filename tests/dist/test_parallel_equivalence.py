@@ -1,6 +1,7 @@
 """TP / PP / TPxPP / interleaved PP / distributed optimizer / resharded checkpoints against the
 single-process run. Runs inside `torchrun --nproc-per-node 4` (tests/test_dist_suites.py:
 parallel_equivalence-x4)."""
+import dataclasses
 import os
 import tempfile
 from functools import partial
@@ -31,8 +32,14 @@ def world():
     yield
 
 
-def make_cfg(tp=1, pp=1, vpp=None, tied=True, dist_opt=False) -> RunConfig:
+def make_cfg(tp=1, pp=1, vpp=None, tied=True, dist_opt=False, ep=1, moe=False) -> RunConfig:
     cfg = RunConfig()
+    if moe:  # a Qwen3-Omni-style decoder: 4 experts top-2 in every layer, q/k norms, interleaved MRoPE
+        cfg.model = dataclasses.replace(
+            cfg.model, family="qwen3_omni_moe", add_qkv_bias=False, qk_layernorm=True, mrope_interleaved=True,
+            num_moe_experts=4, moe_ffn_hidden_size=32, moe_router_topk=2, moe_norm_topk_prob=True,
+            moe_aux_loss_coeff=0.01)
+    cfg.parallel.expert_model_parallel_size = ep
     cfg.model.vocab_size = 512  # no TP-dependent padding: padded rows would change the softmax
     cfg.model.tie_word_embeddings = tied
     cfg.parallel.tensor_model_parallel_size = tp
@@ -66,7 +73,8 @@ def my_microbatches(step: int) -> list[dict]:
 
 def setup(cfg: RunConfig, ddp=True):
     p = cfg.parallel
-    initialize_parallel(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.virtual_pipeline_model_parallel_size)
+    initialize_parallel(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.virtual_pipeline_model_parallel_size,
+                        p.expert_model_parallel_size)
     set_seed(cfg.train.seed)
     return build_model_chunks(cfg, build_decoder, wrap_ddp=ddp)
 
@@ -109,6 +117,32 @@ def test_loss_and_grads_match_single_process(single_process, tp, pp, vpp, tied):
     # run_microbatches returns the DP mean of per-micro-batch means == the global-batch mean.
     assert abs(metrics["lm_loss"] - ref_loss) <= 1e-6 * abs(ref_loss)
     assert_close_rel(full_tensors(chunks, "grad"), ref_grads, rtol=1e-6)
+
+
+def _moe_step(ep: int, pp: int):
+    chunks = setup(make_cfg(pp=pp, ep=ep, moe=True))
+    for chunk in chunks:
+        chunk.zero_grad_buffer()
+    metrics = run_microbatches(chunks, my_microbatches(0), partial(lm_forward_step, mrope=True), SEQ, MICRO)
+    return metrics["lm_loss"], full_tensors(chunks, "grad")
+
+
+@pytest.fixture(scope="module")
+def moe_reference():
+    """The MoE decoder's loss and gradients with every expert on every rank (EP = 1, DP = 4), the
+    load-balancing loss's gradients included."""
+    return _moe_step(ep=1, pp=1)
+
+
+@pytest.mark.parametrize("ep,pp", [(2, 1), (4, 1), (2, 2)], ids=["ep2", "ep4", "ep2pp2"])
+def test_moe_expert_parallel_matches_all_experts_on_every_rank(moe_reference, ep, pp):
+    """Experts split over 2 or 4 ranks (with PP=2: two stages of EP=2): the same initial weights
+    (drawn by global expert index), loss and gradients as EP = 1."""
+    ref_loss, ref_grads = moe_reference
+    loss, grads = _moe_step(ep, pp)
+    assert abs(loss - ref_loss) <= 1e-6 * abs(ref_loss)
+    assert_close_rel(grads, ref_grads, rtol=1e-5)
+    assert any(".local_experts.3." in name for name in grads)
 
 
 def test_distributed_optimizer_tp2_dp2_matches_single_rank_adam():
