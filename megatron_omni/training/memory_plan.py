@@ -27,6 +27,15 @@ parallelism (Korthikanti et al.'s sbh(34 + 5as/h), re-derived for RMSNorm, GQA a
                              attention keeps only its output and row statistics)
 Selective recompute drops the probabilities and the expanded k, v (core attention runs again);
 full recompute keeps a unit's input (T*h) and, in the backward, one unit's full activations.
+Attention widths are a*d (q) and g*d (k, v), so a head width other than h / a (Qwen3) counts.
+Sequence parallelism divides the replicated terms (and the stage input) by t.
+
+A MoE layer (Qwen3-Omni) replaces the dense MLP: its experts' parameters are split over EP x TP
+ranks (expert TP = TP), their Adam states over the expert-data-parallel group DP / EP, so a fully
+sharded expert state is the same per GPU at any EP; its activations (derived, not measured) are,
+per token, k x 3f/t for the top-k experts' fc1 output and fc2 input, k x 2h whole for the permuted
+expert inputs and the outputs the combine weighs (the dispatcher hands each rank about T x k
+routed tokens when the load is balanced), and 2E for the router's logits and probabilities.
 """
 from __future__ import annotations
 
@@ -80,21 +89,36 @@ class Plan:
         return sum(self.persistent.values()) + self.step_peak
 
 
-def _decoder_layer_params(m: ModelConfig) -> int:
-    h, f, g, d = m.hidden_size, m.ffn_hidden_size, m.num_query_groups, m.head_dim
-    qkv = h * (h + 2 * g * d) + ((h + 2 * g * d) if m.add_qkv_bias else 0)
-    return qkv + h * h + 3 * h * f + 2 * h  # + proj, SwiGLU fc1 (2f) and fc2, the two norms
+def decoder_layer_params(m: ModelConfig) -> tuple[int, int]:
+    """(dense, expert) parameters of one decoder layer: attention (q/k norms for Qwen3), the two
+    norms and the dense SwiGLU MLP or the router; the experts' SwiGLU MLPs apart."""
+    h, g, d = m.hidden_size, m.num_query_groups, m.head_dim
+    q, kv = m.num_attention_heads * d, g * d
+    attention = h * (q + 2 * kv) + (q + 2 * kv if m.add_qkv_bias else 0) + q * h + (2 * d if m.qk_layernorm else 0)
+    if not m.num_moe_experts:
+        return attention + 2 * h + 3 * h * m.ffn_hidden_size, 0
+    return attention + 2 * h + m.num_moe_experts * h, m.num_moe_experts * 3 * h * m.moe_ffn_hidden_size
 
 
-def tower_params(omni) -> dict[str, int]:
-    """Parameter counts of the vision and audio towers, from the towers built on the meta device."""
+def decoder_params(m: ModelConfig) -> tuple[int, int]:
+    """(total, active per token) parameters of the decoder: the embedding and output layer, every
+    layer's dense part, and all experts (total) or the top-k experts a token runs (active)."""
+    dense, experts = decoder_layer_params(m)
+    tables = m.vocab_size * m.hidden_size * (1 if m.tie_word_embeddings else 2) + m.hidden_size
+    active = experts * m.moe_router_topk // m.num_moe_experts if m.num_moe_experts else 0
+    return tables + m.num_layers * (dense + experts), tables + m.num_layers * (dense + active)
+
+
+def tower_params(omni, family: str) -> dict[str, int]:
+    """Parameter counts of the model family's vision and audio towers, built on the meta device."""
     import torch
 
     from megatron_omni.models.encoders import build_audio_encoder, build_vision_encoder
 
+    attn = omni.encoder_attn_implementation
     with torch.device("meta"):
-        vision = build_vision_encoder(omni.vision, torch.float32, omni.encoder_attn_implementation, initialize=False)
-        audio = build_audio_encoder(omni.audio, torch.float32, omni.encoder_attn_implementation, initialize=False)
+        vision = build_vision_encoder(omni.vision, torch.float32, attn, initialize=False, family=family)
+        audio = build_audio_encoder(omni.audio, torch.float32, attn, initialize=False, family=family)
     return {"vision": sum(p.numel() for p in vision.parameters()), "audio": sum(p.numel() for p in audio.parameters())}
 
 
@@ -116,23 +140,33 @@ def _decode_rows(cfg, group: int, dp: int) -> int:
 
 
 def layer_activation_elements(m: ModelConfig, tokens: int, seq: int, tp: int, core_attention: bool,
-                              fused_attention: bool) -> float:
+                              fused_attention: bool, sequence_parallel: bool = False) -> float:
     """Elements one layer keeps for its backward (see the module docstring)."""
-    h, f, g, d, a = m.hidden_size, m.ffn_hidden_size, m.num_query_groups, m.head_dim, m.num_attention_heads
-    sharded = 2 * h + 2 * g * d + 3 * f + (0 if fused_attention or not core_attention else 2 * h)
+    h, g, d, a = m.hidden_size, m.num_query_groups, m.head_dim, m.num_attention_heads
+    q = a * d
+    attention = 2 * q + 2 * g * d + (0 if fused_attention or not core_attention else 2 * q)
+    if m.num_moe_experts:
+        # Every token runs top-k experts: the permuted expert inputs and the expert outputs the
+        # combine weighs (k x h each, whole on every rank), fc1's output and fc2's input (3f of
+        # an expert, sharded over TP), the router's logits and probabilities (2E).
+        k = m.moe_router_topk
+        mlp_sharded, mlp_whole = k * 3 * m.moe_ffn_hidden_size, k * 2 * h + 2 * m.num_moe_experts
+    else:
+        mlp_sharded, mlp_whole = 3 * m.ffn_hidden_size, 0
+    replicated = 4 * h / (tp if sequence_parallel else 1)
     probs = 0 if fused_attention or not core_attention else a * seq * tokens / tp
-    return tokens * 4 * h + tokens * sharded / tp + probs
+    return tokens * (replicated + mlp_whole) + tokens * (attention + mlp_sharded) / tp + probs
 
 
 def activation_bytes(m: ModelConfig, rc: RecomputeConfig | None, layers: int, tokens: int, seq: int, tp: int,
-                     width: int, fused_attention: bool) -> float:
+                     width: int, fused_attention: bool, sequence_parallel: bool = False) -> float:
     """Activations of one micro-batch on a stage of ``layers`` layers (``width`` bytes an element)."""
-    full = layer_activation_elements(m, tokens, seq, tp, True, fused_attention)
+    full = layer_activation_elements(m, tokens, seq, tp, True, fused_attention, sequence_parallel)
     if rc is None or rc.granularity is None:
         return width * layers * full
     if rc.granularity == "selective":
-        return width * layers * layer_activation_elements(m, tokens, seq, tp, False, fused_attention)
-    unit_input = tokens * m.hidden_size
+        return width * layers * layer_activation_elements(m, tokens, seq, tp, False, fused_attention, sequence_parallel)
+    unit_input = tokens * m.hidden_size / (tp if sequence_parallel else 1)
     if rc.method == "uniform":
         # Every unit keeps its input; the backward rebuilds one unit's activations at a time.
         return width * (layers / rc.num_layers * unit_input + rc.num_layers * full)
@@ -162,34 +196,43 @@ def plan_memory(cfg: PlannedRun, world_size: int, cpu: bool = False, evidence_fr
     """The plan of ``cfg`` on ``world_size`` GPUs (or CPU processes with ``cpu``)."""
     m, p, prec, t = cfg.model, cfg.parallel, cfg.precision, cfg.train
     tp, pp, vpp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.virtual_pipeline_model_parallel_size
+    ep, sp = p.expert_model_parallel_size, p.sequence_parallel
     dp = max(world_size // (tp * pp), 1)
+    # Experts are split over EP x TP ranks (expert TP = TP); their data-parallel group is what is left.
+    expert_dp = max(dp // ep, 1)
     width = 4 if cpu else _BYTES[prec.params_dtype]
     mixed = width < 4
     fused_attention = not cpu and prec.transformer_engine
     vocab = padded_vocab_size(m, tp)
     h, layers = m.hidden_size, m.num_layers // pp
     algorithm = cfg.algorithm
-    plan = Plan(layout=f"TP={tp} PP={pp}{f' VPP={vpp}' if vpp else ''} DP={dp}, {algorithm}, "
+    plan = Plan(layout=f"TP={tp}{' SP' if sp else ''} PP={pp}{f' VPP={vpp}' if vpp else ''}"
+                       f"{f' EP={ep}' if m.num_moe_experts else ''} DP={dp}, {algorithm}, "
                        f"{'CPU fp32' if cpu else prec.params_dtype}")
 
     # Weights of the first stage (embedding, towers) or the last (output layer); the larger is planned.
-    towers = tower_params(cfg.omni)
+    towers = tower_params(cfg.omni, m.family)
     frozen_towers = (towers["vision"] if cfg.omni.freeze_vision else 0) + (towers["audio"] if cfg.omni.freeze_audio else 0)
     embedding = vocab * h // tp
-    decoder = layers * _decoder_layer_params(m) // tp
+    dense_layer, expert_layer = decoder_layer_params(m)
+    decoder = layers * dense_layer // tp
+    experts = layers * expert_layer // (tp * ep)  # this rank's E / EP experts of each layer, TP-sharded
     output = embedding if (not m.tie_word_embeddings or pp > 1) else 0
     first = decoder + embedding + sum(towers.values()) + (output if pp == 1 else 0)
     last = decoder + output + h
-    stage_params = max(first, last)
+    stage_params = max(first, last) + experts
     is_first = first >= last or pp == 1
     trainable = stage_params - (frozen_towers if is_first else 0)
     plan.persistent["weights"] = width * stage_params
     # megatron DDP's contiguous buffer: fp32 main grads (grad_reduce_in_fp32) of trainable parameters.
     plan.persistent["gradients"] = 4 * trainable
-    # Adam: two fp32 moments, plus an fp32 master copy of 16-bit weights; sharded over DP by the
-    # distributed optimizer.
-    optimizer = (8 + (4 if mixed else 0)) * trainable
-    plan.persistent["optimizer states"] = optimizer / dp if p.use_distributed_optimizer else optimizer
+    # Adam: two fp32 moments, plus an fp32 master copy of 16-bit weights; sharded by the distributed
+    # optimizer over DP (the experts over their expert-data-parallel group).
+    per_param = 8 + (4 if mixed else 0)
+    if p.use_distributed_optimizer:
+        plan.persistent["optimizer states"] = per_param * ((trainable - experts) / dp + experts / expert_dp)
+    else:
+        plan.persistent["optimizer states"] = per_param * trainable
 
     frozen_copy, offloaded = 0.0, False
     if algorithm == "oppo" and cfg.oppo.grpo.kl_beta:
@@ -210,7 +253,7 @@ def plan_memory(cfg: PlannedRun, world_size: int, cpu: bool = False, evidence_fr
     seq = t.seq_length
     tokens = rows * seq
     logits = tokens * vocab / tp  # elements of one micro-batch's [b, s, V/TP]
-    hidden = width * tokens * h
+    hidden = width * tokens * h / (tp if sp else 1)
     last_stage = pp == 1 or not is_first
 
     # Training: 1F1B keeps PP micro-batches in flight on the first stage (VPP: (PP-1)*... chunks more).
@@ -221,9 +264,10 @@ def plan_memory(cfg: PlannedRun, world_size: int, cpu: bool = False, evidence_fr
         in_flight_chunks = min((pp - 1) * 2 + (vpp - 1) * pp + 1, microbatches * vpp)
     else:
         in_flight_chunks = in_flight
-    act = in_flight_chunks * activation_bytes(m, cfg.recompute, chunk_layers, tokens, seq, tp, width, fused_attention)
+    act = in_flight_chunks * activation_bytes(m, cfg.recompute, chunk_layers, tokens, seq, tp, width, fused_attention,
+                                              sp)
     plan.activations_without_recompute = in_flight_chunks * activation_bytes(m, None, chunk_layers, tokens, seq, tp,
-                                                                             width, fused_attention)
+                                                                             width, fused_attention, sp)
     training = {"activations": act + in_flight * hidden}  # + the stage's input / embedding output
     if last_stage:
         training["logits + loss buffers"] = logits * (width + 4 * (LOSS_LOGIT_BUFFERS[algorithm] - 1))
@@ -271,6 +315,12 @@ def plan_memory(cfg: PlannedRun, world_size: int, cpu: bool = False, evidence_fr
     if offloaded:
         plan.notes.append(f"{frozen_name} ({frozen_copy / 2**30:.1f} GiB) live on the CPU between their forwards")
     plan.notes.append(f"activations without recompute: {plan.activations_without_recompute / 2**30:.2f} GiB")
+    if m.num_moe_experts:
+        total, active = decoder_params(m)
+        plan.notes.append(f"decoder parameters: {total / 1e9:.2f} B, {active / 1e9:.2f} B active per token "
+                          f"(top-{m.moe_router_topk} of {m.num_moe_experts} experts); experts on this GPU: "
+                          f"{experts / 1e9:.2f} B ({m.num_moe_experts // ep} per layer, 1/{tp} of each), "
+                          f"their optimizer states sharded over {expert_dp} expert-data-parallel rank(s)")
     return plan
 
 

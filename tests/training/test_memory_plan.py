@@ -12,7 +12,7 @@ import pytest
 
 from megatron_omni.config import ConfigError, load_config
 from megatron_omni.runs.config import OmniTrainConfig
-from megatron_omni.training.memory_plan import activation_bytes, plan_memory
+from megatron_omni.training.memory_plan import activation_bytes, decoder_params, plan_memory
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "examples" / "configs"
@@ -101,3 +101,47 @@ def test_recompute_shrinks_activations_by_the_formula():
 def test_recompute_keys_refuse_bad_combinations(overrides, message):
     with pytest.raises(ConfigError, match=message):
         _cfg("toy_omni_sft.yaml", overrides).validate(1)
+
+
+QWEN3_30B = "qwen3_omni_30b_a3b_oppo.yaml"
+
+
+def _planned_30b(overrides: list[str] = ()):
+    cfg = _cfg(QWEN3_30B, [*overrides, "parallel.sequence_parallel=false"]).validate(16)
+    cfg.parallel.sequence_parallel = True  # needs Transformer Engine on CUDA to validate; the plan only reads it
+    return plan_memory(cfg, world_size=16)
+
+
+def test_qwen3_30b_config_fits_72_gb_on_16_gpus():
+    plan = _planned_30b()
+    assert plan.total <= 72e9
+    assert plan.layout.startswith("TP=4 SP PP=1 EP=4 DP=4")
+
+
+def test_moe_parameter_counts_are_the_built_models_and_the_released_size():
+    """The planner's decoder count equals megatron's MoE decoder built on the meta device (two
+    layers of the 30B shapes), and the 48 layers give Qwen3-30B-A3B's 30.5B total / 3.3B active."""
+    import torch
+
+    from megatron_omni.convert.world import single_process_world
+    from megatron_omni.models.decoder import build_decoder
+
+    cfg = _cfg(QWEN3_30B, ["model.num_layers=2", "parallel.tensor_model_parallel_size=1",
+                           "parallel.sequence_parallel=false", "parallel.expert_model_parallel_size=1"])
+    assert cfg.model.vocab_size % cfg.model.make_vocab_size_divisible_by == 0  # no padded rows to count
+    with single_process_world(), torch.device("meta"):
+        built = sum(p.numel() for p in build_decoder(cfg).parameters())
+    assert decoder_params(cfg.model)[0] == built
+    total, active = decoder_params(_cfg(QWEN3_30B).model)
+    assert abs(total - 30.5e9) < 0.1e9 and abs(active - 3.3e9) < 0.1e9
+
+
+def test_expert_states_split_over_ep_and_expert_data_parallel():
+    """Halving EP at the same DP doubles each GPU's experts (weights: bf16, gradients: fp32) while
+    their distributed-optimizer states stay the same (twice the experts over twice the expert-DP ranks)."""
+    ep4, ep2 = _planned_30b(), _planned_30b(["parallel.expert_model_parallel_size=2"])
+    m = _cfg(QWEN3_30B).model
+    experts_per_tp_rank = m.num_layers * m.num_moe_experts * 3 * m.hidden_size * m.moe_ffn_hidden_size / 4
+    assert ep2.persistent["weights"] - ep4.persistent["weights"] == pytest.approx(2 * experts_per_tp_rank / 4)
+    assert ep2.persistent["gradients"] - ep4.persistent["gradients"] == pytest.approx(4 * experts_per_tp_rank / 4)
+    assert ep2.persistent["optimizer states"] == pytest.approx(ep4.persistent["optimizer states"])
