@@ -89,7 +89,7 @@ class OmniBatch:
         if self.packed:
             cu = self.cu_seqlens.tolist()
             return [(0, cu[k], cu[k + 1]) for k in range(self.num_samples)]
-        return [(k, 0, n) for k, n in enumerate(self.attention_mask.sum(1).tolist())]
+        return [(k, 0, n) for k, n in enumerate(self.attention_mask.sum(1).tolist()[: self.num_samples])]
 
     def in_layout(self, values: Sequence[torch.Tensor]) -> torch.Tensor:
         """[samples, s] per-sample values (sample k's tokens from position 0) in this batch's
