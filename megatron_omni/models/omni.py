@@ -263,8 +263,9 @@ def build_omni_model(
 
 
 def check_deepstack_layout(cfg: ModelSections, omni: OmniConfig) -> None:
-    """DeepStack's layers must sit in the first pipeline chunk (with the towers that feed them), and
-    a full recompute would run them again after the forward's additions are gone."""
+    """DeepStack's layers must sit in the first pipeline chunk (with the towers that feed them).
+    A full recompute is refused: it would run them again in the backward, where the additions, a
+    branch of the vision tower's graph outside the recompute unit's inputs, cannot be re-entered."""
     levels = len(omni.vision.deepstack_visual_indexes or [])
     if not levels:
         return
