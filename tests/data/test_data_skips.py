@@ -120,7 +120,8 @@ def test_evaluation_leaves_skipped_samples_out(manifest, make_processor, capsys)
 
 def test_sft_job_whose_media_all_fail_stops_with_the_message(tmp_path, toy_set):
     """The real training entry on a manifest with a wrong media root: it stops at the first step,
-    naming what was skipped, instead of training on nothing (lm_loss 0) and exiting 0."""
+    naming what was skipped, instead of training on nothing (lm_loss 0) and exiting 0; its loader
+    workers stop with it."""
     moved = [dataclasses.replace(c, video=tmp_path / "elsewhere" / c.video.name, audio=tmp_path / "elsewhere" / c.audio.name)
              for c in load_manifest(toy_set.train_manifest)]
     manifest = write_manifest(tmp_path / "moved.jsonl", moved)
@@ -129,7 +130,7 @@ def test_sft_job_whose_media_all_fail_stops_with_the_message(tmp_path, toy_set):
         sys.executable, "-m", "megatron_omni.cli.train", "--config", "examples/configs/toy_omni_sft.yaml",
         "model.hidden_size=64", "model.ffn_hidden_size=128", "model.mrope_section=[2, 3, 3]", "model.num_layers=1",
         "omni.vision.out_hidden_size=64", "omni.audio.output_dim=64", f"dataset.train_manifest={manifest}",
-        f"dataset.tokenizer_dir={toy_set.tokenizer_dir}", "data.skip_bad_samples=true", "train.steps=2",
+        f"dataset.tokenizer_dir={toy_set.tokenizer_dir}", "data.skip_bad_samples=true", "data.num_workers=2", "train.steps=2",
         "train.global_batch_size=2", "train.micro_batch_size=1", "optimizer.lr_warmup_steps=0", f"output_dir={out}",
         f"train.save_dir={out / 'ckpt'}", "logging.progress_bar=false", "logging.tensorboard=false",
     ], cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)

@@ -121,11 +121,13 @@ def check_same_step(metrics: dict, grads: dict, expected: dict) -> None:
         assert torch.equal(grad, expected["grads"][name]), name
 
 
-def check_resumes_exactly(config, out: Path, keys) -> list[dict]:
+def check_resumes_exactly(config, out: Path, keys, workers: int = 0) -> list[dict]:
     """3 steps straight vs stopped after 2 and resumed: the third step and the logged curve agree;
-    returns the straight run's metrics."""
+    returns the straight run's metrics. The stopped and resumed runs load their prompts with
+    ``data.num_workers=workers`` (the straight run in process)."""
     straight = run(config(**{"output_dir": out / "straight", "train.save_dir": out / "straight/ckpt"}), reward=LetterReward())
-    stopped = {"output_dir": out / "stopped", "train.save_dir": out / "stopped/ckpt", "train.save_interval": 2}
+    stopped = {"output_dir": out / "stopped", "train.save_dir": out / "stopped/ckpt", "train.save_interval": 2,
+               "data.num_workers": workers}
     run(config(**stopped, **{"train.exit_at_step": 2}), reward=LetterReward())
     resumed = run(config(**stopped), reward=LetterReward())
     assert [r["step"] for r in resumed] == [3]
