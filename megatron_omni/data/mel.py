@@ -56,9 +56,15 @@ def num_feature_frames(num_samples: int, cfg: AudioConfig) -> int:
     return math.ceil(min(num_samples, cfg.max_samples) / cfg.hop_length)
 
 
-def num_audio_tokens(num_frames: int) -> int:
-    """Tokens the audio encoder emits for ``num_frames`` mel frames (a stride-2 conv, then 2x pooling)."""
-    return ((num_frames - 1) // 2 + 1 - 2) // 2 + 1
+def num_audio_tokens(num_frames: int, n_window: int | None = None) -> int:
+    """Tokens the audio encoder emits for ``num_frames`` mel frames: Qwen2.5-Omni's (a stride-2
+    conv, then 2x pooling) or, given its ``n_window``, Qwen3-Omni's (chunks of 2 * n_window frames,
+    13 tokens each through three stride-2 convolutions, and the remainder on its own)."""
+    if n_window is None:
+        return ((num_frames - 1) // 2 + 1 - 2) // 2 + 1
+    chunk = 2 * n_window
+    rest = (num_frames % chunk - 1) // 2 + 1
+    return ((rest - 1) // 2 + 1 - 1) // 2 + 1 + num_frames // chunk * 13
 
 
 def log_mel_spectrogram(waveform: np.ndarray, cfg: AudioConfig) -> torch.Tensor:

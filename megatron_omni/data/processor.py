@@ -61,6 +61,20 @@ def chunk_lengths(time_ids: Sequence[float], per_chunk: int) -> list[int]:
     return lengths
 
 
+def _merged_by_time(video_times: Sequence[float], n_audio: int) -> str:
+    """Qwen3-Omni's video-with-audio body: video tokens at time t go before audio token t' when
+    t <= t' (audio token k sits at time k), the rest of either stream after."""
+    parts, v, a = [], 0, 0
+    while v < len(video_times) and a < n_audio:
+        if video_times[v] <= a:
+            parts.append(VIDEO)
+            v += 1
+        else:
+            parts.append(AUDIO)
+            a += 1
+    return "".join(parts) + VIDEO * (len(video_times) - v) + AUDIO * (n_audio - a)
+
+
 def _shifted(ids: list[int], first_target: int, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Next-token labels and the mask of predictions whose label is at index >= ``first_target``."""
     labels = torch.tensor(ids[1:] + [pad_token_id], dtype=torch.long)
@@ -72,14 +86,23 @@ def _shifted(ids: list[int], first_target: int, pad_token_id: int) -> tuple[torc
 class OmniProcessor:
     """Samples -> token ids, TMRoPE positions, media features. The time alignment of audio and
     video is the model's (``omni.position_id_per_seconds`` / ``omni.seconds_per_chunk`` of a run
-    config; Qwen2.5-Omni uses 25 ids per second and 2-second chunks)."""
+    config; Qwen2.5-Omni uses 25 ids per second and 2-second chunks). ``audio_n_window`` (the
+    audio tower's ``n_window``) selects Qwen3-Omni's layout, as its processor builds it: audio
+    token counts by the tower's chunked rule, and a video's own audio merged with its frames by
+    time (a frame's tokens before the audio tokens at or after its start) instead of in chunks."""
 
-    def __init__(self, tokenizer, cfg: DataConfig, position_id_per_seconds: int = 25, seconds_per_chunk: float = 2):
+    def __init__(self, tokenizer, cfg: DataConfig, position_id_per_seconds: int = 25, seconds_per_chunk: float = 2,
+                 audio_n_window: int | None = None):
         self.tokenizer = tokenizer
         self.cfg = cfg
         self.position_id_per_seconds, self.seconds_per_chunk = position_id_per_seconds, seconds_per_chunk
+        self.audio_n_window = audio_n_window
         self.token_ids = special_token_ids(tokenizer)
-        self.rope_spec = RopeIndexSpec.from_token_ids(self.token_ids, cfg.video.merge_size, position_id_per_seconds)
+        self.rope_spec = RopeIndexSpec.from_token_ids(self.token_ids, cfg.video.merge_size, position_id_per_seconds,
+                                                      audio_n_window)
+
+    def audio_tokens(self, media: SampleMedia) -> int:
+        return num_audio_tokens(media.audio_frames, self.audio_n_window)
 
     # ------------------------------------------------------------------ placeholders
     def video_placeholder(self, media: SampleMedia) -> str:
@@ -90,12 +113,15 @@ class OmniProcessor:
             return VIDEO * count
         grid_t = video.grid_thw[0]
         per_time = count // grid_t
-        # float64 time ids per token, as the reference processor chunks them.
+        # float64 time ids per token, as the reference processors compute them.
         video_times = [t * video.second_per_grid * self.position_id_per_seconds
                        for t in range(grid_t) for _ in range(per_time)]
+        n_audio = self.audio_tokens(media)
+        if self.audio_n_window is not None:
+            return AUDIO_BOS + _merged_by_time(video_times, n_audio) + AUDIO_EOS
         per_chunk = int(self.position_id_per_seconds * self.seconds_per_chunk)
         video_chunks = chunk_lengths(video_times, per_chunk)
-        audio_chunks = chunk_lengths(range(num_audio_tokens(media.audio_frames)), per_chunk)
+        audio_chunks = chunk_lengths(range(n_audio), per_chunk)
         parts = [AUDIO_BOS]
         for j in range(max(len(video_chunks), len(audio_chunks))):
             parts.append(VIDEO * (video_chunks[j] if j < len(video_chunks) else 0))
@@ -121,7 +147,7 @@ class OmniProcessor:
         if media.video is not None:
             text = text.replace(VIDEO, self.video_placeholder(media), 1)
         if media.audio_features is not None and not media.audio_in_video:
-            text = text.replace(AUDIO, AUDIO * num_audio_tokens(media.audio_frames), 1)
+            text = text.replace(AUDIO, AUDIO * self.audio_tokens(media), 1)
         return text
 
     # ------------------------------------------------------------------ samples

@@ -8,6 +8,11 @@ A video whose own audio is interleaved with it (``use_audio_in_video``) opens wi
 that equal times get equal ids, and closes with ``<|audio_eos|><|vision_eos|>`` on one position.
 The next token continues after the largest id used so far.
 
+Qwen3-Omni (``RopeIndexSpec.audio_n_window`` set) counts its audio tokens by its tower's chunked
+rule, orders a video's tokens and its audio's by time instead of in chunks (positions follow each
+token's stream either way) and gives the two openers and the two closers of a video with its
+audio consecutive positions; the walk then gives its thinker's ``get_rope_index``.
+
 Blocks are recognised from the tokens themselves, so one batch may mix video+audio, video-only,
 audio-only and text-only samples. The result equals the Qwen2.5-Omni thinker's
 ``get_rope_index`` (with and without ``use_audio_in_video``) on the sequences its processor
@@ -32,12 +37,15 @@ class RopeIndexSpec:
     audio_start_token_id: int
     spatial_merge_size: int = 2
     position_id_per_seconds: int = 25
+    # Qwen3-Omni's audio tower window (its audio token count rule); None: Qwen2.5-Omni's.
+    audio_n_window: int | None = None
 
     @classmethod
-    def from_token_ids(cls, ids, spatial_merge_size: int = 2, position_id_per_seconds: int = 25) -> "RopeIndexSpec":
+    def from_token_ids(cls, ids, spatial_merge_size: int = 2, position_id_per_seconds: int = 25,
+                       audio_n_window: int | None = None) -> "RopeIndexSpec":
         """From a ``SpecialTokenIds`` (or any object with the same attribute names)."""
         return cls(ids.image_token_id, ids.video_token_id, ids.audio_token_id, ids.vision_start_token_id,
-                   ids.audio_start_token_id, spatial_merge_size, position_id_per_seconds)
+                   ids.audio_start_token_id, spatial_merge_size, position_id_per_seconds, audio_n_window)
 
 
 class MediaCursor:
@@ -72,9 +80,16 @@ def vision_positions(start: int, grid_thw: tuple[int, int, int], second_per_grid
     """[3, t*h*w/merge^2] positions of a vision grid, in the patch order of the vision encoder."""
     grid_t, grid_h, grid_w = grid_thw
     h, w = grid_h // spec.spatial_merge_size, grid_w // spec.spatial_merge_size
-    # float32 arithmetic then truncation, exactly as the reference computes time ids.
+    # float32 arithmetic, exactly as the references compute time ids; Qwen2.5-Omni truncates them.
     seconds = torch.tensor(second_per_grid, dtype=torch.float32)
-    t_index = (torch.arange(grid_t) * seconds * spec.position_id_per_seconds).long()
+    times = torch.arange(grid_t) * seconds * spec.position_id_per_seconds
+    if spec.audio_n_window is not None and not torch.equal(times, times.round()):
+        # Qwen3-Omni keeps fractional time ids; the pipeline's positions are integers.
+        raise ValueError(
+            f"a video grid of {second_per_grid:g} s at {spec.position_id_per_seconds} position ids per second gives "
+            f"fractional Qwen3-Omni time ids {times[:3].tolist()}...; sample video at a rate that makes "
+            "temporal_patch_size / fps x position_id_per_seconds whole (fps 2 with 13 ids per second)")
+    t_index = times.long()
     t_ids = t_index.view(-1, 1, 1).expand(-1, h, w).flatten()
     h_ids = torch.arange(h).view(1, -1, 1).expand(grid_t, -1, w).flatten()
     w_ids = torch.arange(w).view(1, 1, -1).expand(grid_t, h, -1).flatten()
@@ -107,7 +122,7 @@ def sequence_positions(ids: Sequence[int], spec: RopeIndexSpec, media: MediaCurs
             block = torch.cat([text_positions(next_pos, 1), grid_pos, text_positions(int(grid_pos.max()) + 1, 1)], 1)
             i += grid_pos.shape[1] + 2
         elif token == spec.audio_start_token_id and follower == spec.audio_token_id:
-            count = num_audio_tokens(media.take("audio"))
+            count = num_audio_tokens(media.take("audio"), spec.audio_n_window)
             _expect_run(ids, i + 1, count, spec.audio_token_id, "audio")
             block = text_positions(next_pos, count + 2)
             i += count + 2
@@ -126,10 +141,14 @@ def sequence_positions(ids: Sequence[int], spec: RopeIndexSpec, media: MediaCurs
 
 def _interleaved_block(ids: Sequence[int], i: int, start: int, spec: RopeIndexSpec,
                        media: MediaCursor) -> tuple[torch.Tensor, int]:
-    """A video with its audio: both streams start one id after the shared bos position."""
+    """A video with its audio. Qwen2.5-Omni: both openers share one position, both streams start
+    one id after it, both closers share one position. Qwen3-Omni: the openers and the closers take
+    two consecutive positions each, the streams start after the second opener."""
+    qwen3 = spec.audio_n_window is not None
+    first = start + (2 if qwen3 else 1)
     grid, seconds = media.take("video")
-    video = vision_positions(start + 1, grid, seconds, spec)
-    audio = text_positions(start + 1, num_audio_tokens(media.take("audio")))
+    video = vision_positions(first, grid, seconds, spec)
+    audio = text_positions(first, num_audio_tokens(media.take("audio"), spec.audio_n_window))
     body_start = i + 2
     body_end = body_start + video.shape[1] + audio.shape[1]
     body = torch.as_tensor(ids[body_start:body_end], dtype=torch.long)
@@ -140,14 +159,16 @@ def _interleaved_block(ids: Sequence[int], i: int, start: int, spec: RopeIndexSp
     positions = torch.empty(3, len(body), dtype=torch.long)
     positions[:, is_video] = video
     positions[:, is_audio] = audio
-    # The closing pair sits one past the last run of one modality (the reference's last chunk).
+    # The closers sit one past the last run of one modality (the references' last chunk / piece).
     last_run_start = len(body) - 1
     while last_run_start > 0 and is_video[last_run_start - 1] == is_video[-1]:
         last_run_start -= 1
     close = int(positions[:, last_run_start:].max()) + 1
-    # Both openers share one position, and so do both closers.
-    block = torch.cat([torch.full((3, 2), start), positions, torch.full((3, 2), close)], 1)
-    return block, body_end + 2
+    if qwen3:
+        openers, closers = text_positions(start, 2), text_positions(close, 2)
+    else:
+        openers, closers = torch.full((3, 2), start), torch.full((3, 2), close)
+    return torch.cat([openers, positions, closers], 1), body_end + 2
 
 
 def get_rope_index(

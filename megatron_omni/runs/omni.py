@@ -180,7 +180,10 @@ def prepare_model(cfg: OmniTrainConfig, wrap_ddp: bool = True):
     sync_token_ids(cfg, tokenizer)
     cfg.validate(dist.get_world_size())
     start_layout(cfg)
-    processor = OmniProcessor(tokenizer, cfg.data, cfg.omni.position_id_per_seconds, cfg.omni.seconds_per_chunk)
+    # Qwen3-Omni's placeholder layout and positions follow its audio tower's window.
+    audio_n_window = cfg.omni.audio.n_window if cfg.model.family == "qwen3_omni_moe" else None
+    processor = OmniProcessor(tokenizer, cfg.data, cfg.omni.position_id_per_seconds, cfg.omni.seconds_per_chunk,
+                              audio_n_window)
     return tokenizer, processor, initial_model_chunks(cfg, wrap_ddp)
 
 

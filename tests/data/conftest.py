@@ -24,15 +24,14 @@ def make_processor(toy_tokenizer):
     return lambda **overrides: OmniProcessor(toy_tokenizer, toy_data_config(**overrides))
 
 
-@pytest.fixture(scope="session")
-def hf_processor(toy_tokenizer):
-    """transformers' Qwen2_5OmniProcessor around the toy tokenizer and a Whisper feature extractor
-    configured like Qwen2.5-Omni's; only its class check is relaxed to admit the video stand-in
-    (hf_reference.FrameWiseVideoProcessor)."""
-    from transformers import Qwen2_5OmniProcessor, WhisperFeatureExtractor
+def _hf_omni_processor(processor_cls, tokenizer):
+    """transformers' omni processor class around the toy tokenizer and a Whisper feature extractor
+    configured like the released ones; only its class check is relaxed to admit the video
+    stand-in (hf_reference.FrameWiseVideoProcessor)."""
+    from transformers import WhisperFeatureExtractor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    class Processor(Qwen2_5OmniProcessor):
+    class Processor(processor_cls):
         def check_argument_for_proper_class(self, argument_name, argument):
             return type(argument)
 
@@ -40,7 +39,48 @@ def hf_processor(toy_tokenizer):
                                        n_fft=400, padding_value=0.0, return_attention_mask=True)
     return Processor(image_processor=Qwen2VLImageProcessorPil(),
                      video_processor=FrameWiseVideoProcessor(28 * 28, 112 * 112),
-                     feature_extractor=features, tokenizer=toy_tokenizer)
+                     feature_extractor=features, tokenizer=tokenizer)
+
+
+@pytest.fixture(scope="session")
+def hf_processor(toy_tokenizer):
+    """transformers' Qwen2_5OmniProcessor (see _hf_omni_processor)."""
+    from transformers import Qwen2_5OmniProcessor
+
+    return _hf_omni_processor(Qwen2_5OmniProcessor, toy_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def hf_qwen3_processor(toy_tokenizer):
+    """transformers' Qwen3OmniMoeProcessor (see _hf_omni_processor): 13 position ids per second,
+    n_window 50, video tokens and audio merged by time."""
+    from transformers import Qwen3OmniMoeProcessor
+
+    return _hf_omni_processor(Qwen3OmniMoeProcessor, toy_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def hf_qwen3_thinker(toy_tokenizer):
+    """A tiny random Qwen3-Omni MoE thinker whose ``get_rope_index`` is the position oracle."""
+    from transformers import Qwen3OmniMoeThinkerConfig, Qwen3OmniMoeThinkerForConditionalGeneration
+
+    ids = special_token_ids(toy_tokenizer)
+    config = Qwen3OmniMoeThinkerConfig(
+        audio_token_id=ids.audio_token_id, image_token_id=ids.image_token_id, video_token_id=ids.video_token_id,
+        audio_start_token_id=ids.audio_start_token_id, user_token_id=ids.im_start_token_id, position_id_per_seconds=13,
+        text_config={"vocab_size": len(toy_tokenizer), "hidden_size": 32, "intermediate_size": 64,
+                     "moe_intermediate_size": 16, "num_experts": 2, "num_experts_per_tok": 1, "head_dim": 16,
+                     "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+                     "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 2, 2],
+                                         "mrope_interleaved": True}},
+        vision_config={"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 32,
+                       "num_position_embeddings": 16, "deepstack_visual_indexes": [0]},
+        audio_config={"num_mel_bins": 128, "encoder_layers": 1, "encoder_attention_heads": 2, "encoder_ffn_dim": 32,
+                      "d_model": 16, "output_dim": 32, "n_window": 50, "downsample_hidden_size": 8},
+    )
+    # Not declared by the 5.23 thinker config, yet read by get_rope_index.
+    config.vision_start_token_id = ids.vision_start_token_id
+    return Qwen3OmniMoeThinkerForConditionalGeneration(config).eval()
 
 
 @pytest.fixture(scope="session")
