@@ -53,6 +53,42 @@ from megatron_omni.models.placeholders import PlaceholderMismatch, placeholder_c
 from megatron_omni.models.vocab_padding import padded_vocab_hook
 
 
+class _DeepStack:
+    """One forward's DeepStack additions, and the gradients their recomputed layers found.
+
+    Under a full recompute megatron runs the decoder layers without autograd and again inside the
+    backward, with the recompute unit's inputs only: an addition taken into that second run would
+    pull the backward into the vision tower's graph once per layer. There it enters as a leaf of its
+    own; its gradient is kept here and handed to the addition by ``_RecomputedDeepStackGrads``, an
+    identity on the decoder input whose backward runs after every decoder layer's."""
+
+    def __init__(self, additions: list[torch.Tensor]):
+        self.additions = additions
+        self.grads: list[torch.Tensor | None] = [None] * len(additions)
+
+    def addition(self, level: int) -> torch.Tensor:
+        # A backward in progress with autograd on: megatron's recompute of this layer.
+        if not (torch.is_grad_enabled() and torch._C._current_graph_task_id() != -1):
+            return self.additions[level]
+        leaf = self.additions[level].detach().requires_grad_()
+        leaf.register_hook(partial(self._keep, level))
+        return leaf
+
+    def _keep(self, level: int, grad: torch.Tensor) -> None:
+        self.grads[level] = grad if self.grads[level] is None else self.grads[level] + grad
+
+
+class _RecomputedDeepStackGrads(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, decoder_input, deepstack: _DeepStack, *additions):
+        ctx.deepstack = deepstack
+        return decoder_input.view_as(decoder_input)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (grad, None, *ctx.deepstack.grads)
+
+
 class OmniModel(MegatronModule):
     """One pipeline stage (or virtual stage) of the omni thinker.
 
@@ -82,9 +118,10 @@ class OmniModel(MegatronModule):
         self.model_type = ModelType.encoder_or_decoder
         self.visual = None
         self.audio_tower = None
-        # This forward's DeepStack additions [s, b, h] (sequence-parallel shards under SP), one per
-        # decoder layer 0, 1, ...; None outside a forward or without images and videos.
-        self._deepstack: list[torch.Tensor] | None = None
+        # The last forward's DeepStack additions [s, b, h] (sequence-parallel shards under SP), one
+        # per decoder layer 0, 1, ...; None without images and videos. Kept after the forward: a
+        # full recompute runs those layers again in the micro-batch's backward (PP=1).
+        self._deepstack: _DeepStack | None = None
         if self.post_process and language_model.vocab_size != vocab_size:
             language_model.output_layer.register_forward_hook(padded_vocab_hook(vocab_size))
         if self.pre_process:
@@ -129,7 +166,7 @@ class OmniModel(MegatronModule):
         if self._deepstack is None:
             return output
         hidden, context = output
-        return hidden + self._deepstack[level].to(hidden.dtype), context
+        return hidden + self._deepstack.addition(level).to(hidden.dtype), context
 
     # ------------------------------------------------------------------ forward
 
@@ -211,24 +248,24 @@ class OmniModel(MegatronModule):
             )
         decoder_input = None
         if self.pre_process:
-            decoder_input, self._deepstack = self.embed(
+            decoder_input, deepstack = self.embed(
                 input_ids, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw,
                 input_features, feature_attention_mask, modality_mask,
             )
-        try:
-            return self.language_model(
-                input_ids,
-                position_ids,
-                attention_mask,
-                decoder_input=decoder_input,
-                labels=labels,
-                packed_seq_params=packed_seq_params,
-                inference_context=inference_context,
-                runtime_gather_output=runtime_gather_output,
-                padding_mask=padding_mask,
-            )
-        finally:
-            self._deepstack = None
+            self._deepstack = None if deepstack is None else _DeepStack(deepstack)
+            if self._deepstack is not None and self.config.recompute_granularity == "full" and torch.is_grad_enabled():
+                decoder_input = _RecomputedDeepStackGrads.apply(decoder_input, self._deepstack, *deepstack)
+        return self.language_model(
+            input_ids,
+            position_ids,
+            attention_mask,
+            decoder_input=decoder_input,
+            labels=labels,
+            packed_seq_params=packed_seq_params,
+            inference_context=inference_context,
+            runtime_gather_output=runtime_gather_output,
+            padding_mask=padding_mask,
+        )
 
 
 def build_omni_model(
@@ -263,9 +300,9 @@ def build_omni_model(
 
 
 def check_deepstack_layout(cfg: ModelSections, omni: OmniConfig) -> None:
-    """DeepStack's layers must sit in the first pipeline chunk (with the towers that feed them).
-    A full recompute is refused: it would run them again in the backward, where the additions, a
-    branch of the vision tower's graph outside the recompute unit's inputs, cannot be re-entered."""
+    """DeepStack's layers must sit in the first pipeline chunk (with the towers that feed them). A
+    full recompute runs them again in the backward with the last forward's additions: right at
+    PP=1, where each micro-batch's backward follows its forward, not under a pipeline schedule."""
     levels = len(omni.vision.deepstack_visual_indexes or [])
     if not levels:
         return
@@ -275,6 +312,6 @@ def check_deepstack_layout(cfg: ModelSections, omni: OmniConfig) -> None:
         raise ConfigError(
             f"omni.vision.deepstack_visual_indexes feed decoder layers 0..{levels - 1}, but the first pipeline chunk "
             f"holds {first_chunk} layers (model.num_layers / (PP x VPP)): use fewer pipeline stages")
-    if cfg.recompute.granularity == "full":
-        raise ConfigError("recompute.granularity=full is not supported with DeepStack (model.family=qwen3_omni_moe): "
-                          "use recompute.granularity=selective")
+    if cfg.recompute.granularity == "full" and p.pipeline_model_parallel_size > 1:
+        raise ConfigError("recompute.granularity=full with DeepStack (model.family=qwen3_omni_moe) needs "
+                          "parallel.pipeline_model_parallel_size=1: use recompute.granularity=selective with pipelines")

@@ -25,9 +25,11 @@ def run_config(model_cfg) -> RunConfig:
     return RunConfig(model=model_cfg, precision=PrecisionConfig(transformer_engine=False))
 
 
-def built(hf_model, norm_topk_prob: bool = True):
+def built(hf_model, norm_topk_prob: bool = True, full_recompute: bool = False):
     model_cfg, omni = moe_model_sections(norm_topk_prob)
     cfg = run_config(model_cfg)
+    if full_recompute:
+        cfg.recompute.granularity, cfg.recompute.method, cfg.recompute.num_layers = "full", "uniform", 1
     model = build_omni_model(cfg, omni=omni, initialize=False)
     load_megatron_state(model, megatron_state(hf_model, padded_vocab_size(model_cfg, 1)))
     return model.eval(), cfg
@@ -122,10 +124,29 @@ def test_deepstack_layers_must_sit_in_the_first_pipeline_stage():
     cfg.parallel.pipeline_model_parallel_size = 4
     with pytest.raises(ConfigError, match="feed decoder layers 0..1, but the first pipeline chunk holds 1 layers"):
         build_omni_model(cfg, omni=omni)
-    cfg.parallel.pipeline_model_parallel_size = 1
+    cfg.parallel.pipeline_model_parallel_size = 2
     cfg.recompute.granularity, cfg.recompute.method, cfg.recompute.num_layers = "full", "uniform", 1
-    with pytest.raises(ConfigError, match="recompute.granularity=full is not supported with DeepStack"):
+    with pytest.raises(ConfigError, match="recompute.granularity=full with DeepStack .* needs parallel.pipeline"):
         build_omni_model(cfg, omni=omni)
+
+
+def test_full_recompute_gives_the_gradients_of_no_recompute(hf_thinker, megatron_world):
+    """Recomputed DeepStack layers take the forward's additions again, and their gradients reach
+    the vision tower once (PP=1)."""
+    batch = make_batch(hf_thinker)
+    grads = []
+    for full_recompute in (False, True):
+        model, _ = built(hf_thinker, full_recompute=full_recompute)
+        model.train()
+        logits = model(**batch.model_inputs())
+        logits[..., :128].logsumexp(-1)[batch.attention_mask.bool()].sum().backward()
+        grads.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
+        # With recompute, both additions' gradients came from the layers' second run.
+        assert all((g is not None) == full_recompute for g in model._deepstack.grads)
+    router_metrics(model.config, num_microbatches=1)  # clears megatron's tracker
+    assert grads[0].keys() == grads[1].keys() and "visual.merger_list.0.mlp.0.weight" in grads[0]
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, atol=1e-6, rtol=1e-5, msg=name)
 
 
 def test_expert_layouts_are_checked():
