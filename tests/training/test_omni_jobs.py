@@ -27,14 +27,14 @@ def run(cmd, **env):
 
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory):
-    """A two-step SFT run at TP=2; its folder (toy data in toy/)."""
+    """A two-step SFT run at TP=2, its samples loaded by two workers per rank; its folder (toy data in toy/)."""
     root = tmp_path_factory.mktemp("sft_job")
     out = root / "sft"
     run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
          "-m", "megatron_omni.cli.train", "--config", "examples/configs/toy_omni_sft.yaml", *TINY,
          "parallel.tensor_model_parallel_size=2",
          f"dataset.toy_dir={root / 'toy'}", "dataset.toy_num_clips=6", "train.steps=2",
-         "optimizer.lr_warmup_steps=0", "train.global_batch_size=2", "train.micro_batch_size=1",
+         "optimizer.lr_warmup_steps=0", "train.global_batch_size=2", "train.micro_batch_size=1", "data.num_workers=2",
          f"output_dir={out}", f"train.save_dir={out / 'ckpt'}", "logging.progress_bar=false"])
     return root
 
