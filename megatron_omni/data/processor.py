@@ -26,7 +26,7 @@ from megatron_omni.data.media import SampleMedia
 from megatron_omni.data.mel import num_audio_tokens
 from megatron_omni.data.rope_index import MediaCursor, RopeIndexSpec, extend_positions, sequence_positions
 from megatron_omni.data.template import format_target, render_prompt
-from megatron_omni.data.tokenizer import AUDIO, AUDIO_BOS, AUDIO_EOS, CONTROL_TOKENS, IMAGE, VIDEO, special_token_ids
+from megatron_omni.data.tokenizer import ModalityTokens, modality_tokens, special_token_ids
 
 
 @dataclass
@@ -61,18 +61,18 @@ def chunk_lengths(time_ids: Sequence[float], per_chunk: int) -> list[int]:
     return lengths
 
 
-def _merged_by_time(video_times: Sequence[float], n_audio: int) -> str:
+def _merged_by_time(video_times: Sequence[float], n_audio: int, tokens: ModalityTokens) -> str:
     """Qwen3-Omni's video-with-audio body: video tokens at time t go before audio token t' when
     t <= t' (audio token k sits at time k), the rest of either stream after."""
     parts, v, a = [], 0, 0
     while v < len(video_times) and a < n_audio:
         if video_times[v] <= a:
-            parts.append(VIDEO)
+            parts.append(tokens.video_token)
             v += 1
         else:
-            parts.append(AUDIO)
+            parts.append(tokens.audio_token)
             a += 1
-    return "".join(parts) + VIDEO * (len(video_times) - v) + AUDIO * (n_audio - a)
+    return "".join(parts) + tokens.video_token * (len(video_times) - v) + tokens.audio_token * (n_audio - a)
 
 
 def _shifted(ids: list[int], first_target: int, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,6 +97,7 @@ class OmniProcessor:
         self.cfg = cfg
         self.position_id_per_seconds, self.seconds_per_chunk = position_id_per_seconds, seconds_per_chunk
         self.audio_n_window = audio_n_window
+        self.tokens = modality_tokens(tokenizer)
         self.token_ids = special_token_ids(tokenizer)
         self.rope_spec = RopeIndexSpec.from_token_ids(self.token_ids, cfg.video.merge_size, position_id_per_seconds,
                                                       audio_n_window)
@@ -107,10 +108,10 @@ class OmniProcessor:
     # ------------------------------------------------------------------ placeholders
     def video_placeholder(self, media: SampleMedia) -> str:
         """What replaces ``<|VIDEO|>``: video tokens, or audio_bos + interleaved chunks + audio_eos."""
-        video = media.video
+        video, t = media.video, self.tokens
         count = video.num_tokens(self.cfg.video.merge_size)
         if not media.audio_in_video:
-            return VIDEO * count
+            return t.video_token * count
         grid_t = video.grid_thw[0]
         per_time = count // grid_t
         # float64 time ids per token, as the reference processors compute them.
@@ -118,15 +119,15 @@ class OmniProcessor:
                        for t in range(grid_t) for _ in range(per_time)]
         n_audio = self.audio_tokens(media)
         if self.audio_n_window is not None:
-            return AUDIO_BOS + _merged_by_time(video_times, n_audio) + AUDIO_EOS
+            return t.audio_bos_token + _merged_by_time(video_times, n_audio, t) + t.audio_eos_token
         per_chunk = int(self.position_id_per_seconds * self.seconds_per_chunk)
         video_chunks = chunk_lengths(video_times, per_chunk)
         audio_chunks = chunk_lengths(range(n_audio), per_chunk)
-        parts = [AUDIO_BOS]
+        parts = [t.audio_bos_token]
         for j in range(max(len(video_chunks), len(audio_chunks))):
-            parts.append(VIDEO * (video_chunks[j] if j < len(video_chunks) else 0))
-            parts.append(AUDIO * (audio_chunks[j] if j < len(audio_chunks) else 0))
-        parts.append(AUDIO_EOS)
+            parts.append(t.video_token * (video_chunks[j] if j < len(video_chunks) else 0))
+            parts.append(t.audio_token * (audio_chunks[j] if j < len(audio_chunks) else 0))
+        parts.append(t.audio_eos_token)
         return "".join(parts)
 
     def prompt_text(self, sample: OmniSample, media: SampleMedia, privileged: bool = False) -> str:
@@ -134,20 +135,21 @@ class OmniProcessor:
         if privileged and not sample.description:
             raise MissingLabelError(f"{sample.location}: sample {sample.id} has no 'description' for the privileged prompt")
         for name, value in (("subtitle", sample.subtitle), ("description", sample.description or "")):
-            if any(token in value for token in CONTROL_TOKENS):
+            if any(token in value for token in self.tokens.control_tokens()):
                 raise DataError(f"{sample.location}: field '{name}' of sample {sample.id} contains a control token")
         text = render_prompt(
             has_image=media.image is not None, has_video=media.video is not None,
             has_audio=media.audio_features is not None and not media.audio_in_video,
             subtitle=sample.subtitle, cfg=self.cfg.prompt,
-            privileged_context=sample.description if privileged else None,
+            privileged_context=sample.description if privileged else None, tokens=self.tokens,
         )
+        t = self.tokens
         if media.image is not None:
-            text = text.replace(IMAGE, IMAGE * media.image.num_tokens(self.cfg.video.merge_size), 1)
+            text = text.replace(t.image_token, t.image_token * media.image.num_tokens(self.cfg.video.merge_size), 1)
         if media.video is not None:
-            text = text.replace(VIDEO, self.video_placeholder(media), 1)
+            text = text.replace(t.video_token, self.video_placeholder(media), 1)
         if media.audio_features is not None and not media.audio_in_video:
-            text = text.replace(AUDIO, AUDIO * self.audio_tokens(media), 1)
+            text = text.replace(t.audio_token, t.audio_token * self.audio_tokens(media), 1)
         return text
 
     # ------------------------------------------------------------------ samples

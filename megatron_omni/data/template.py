@@ -1,27 +1,18 @@
-"""The Qwen2.5-Omni chat template for emotion reasoning: prompt text and assistant target.
+"""The Qwen-Omni chat template for emotion reasoning: prompt text and assistant target.
 
 Rendered exactly as the model's own Jinja template renders a system message and a user turn
 whose content is [image] [video] [audio] text (``<|im_start|>role\\n ... <|im_end|>\\n``), followed
-by the generation prompt ``<|im_start|>assistant\\n``. Media appear as one placeholder each
-(``<|vision_bos|><|IMAGE|><|vision_eos|>``, ``<|vision_bos|><|VIDEO|><|vision_eos|>``,
-``<|audio_bos|><|AUDIO|><|audio_eos|>``); the processor expands them to the right number of tokens.
+by the generation prompt ``<|im_start|>assistant\\n``. Media appear as one placeholder each in the
+tokenizer's own strings (``ModalityTokens.placeholder``: Qwen2.5-Omni's
+``<|vision_bos|><|VIDEO|><|vision_eos|>``, Qwen3-Omni's ``<|vision_start|><|video_pad|><|vision_end|>``...);
+the processor expands them to the right number of tokens.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Iterable
 
-from megatron_omni.data.tokenizer import (
-    AUDIO,
-    AUDIO_BOS,
-    AUDIO_EOS,
-    IM_END,
-    IM_START,
-    IMAGE,
-    VIDEO,
-    VISION_BOS,
-    VISION_EOS,
-)
+from megatron_omni.data.tokenizer import IM_END, IM_START, QWEN2_5_OMNI_TOKENS, ModalityTokens
 
 QWEN_OMNI_SYSTEM_PROMPT = (
     "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving "
@@ -33,9 +24,6 @@ EMOTION_QUESTION = (
     "inside <think> </think>, then give every fitting emotion word, separated by commas, inside "
     "<answer> </answer>."
 )
-IMAGE_PLACEHOLDER = f"{VISION_BOS}{IMAGE}{VISION_EOS}"
-VIDEO_PLACEHOLDER = f"{VISION_BOS}{VIDEO}{VISION_EOS}"
-AUDIO_PLACEHOLDER = f"{AUDIO_BOS}{AUDIO}{AUDIO_EOS}"
 
 
 @dataclass
@@ -59,14 +47,15 @@ def user_text(subtitle: str, cfg: PromptConfig, privileged_context: str | None =
 
 
 def render_prompt(*, has_video: bool, has_audio: bool, subtitle: str, cfg: PromptConfig,
-                  privileged_context: str | None = None, has_image: bool = False) -> str:
-    """System + user turn + generation prompt, with one placeholder per medium.
+                  privileged_context: str | None = None, has_image: bool = False,
+                  tokens: ModalityTokens = QWEN2_5_OMNI_TOKENS) -> str:
+    """System + user turn + generation prompt, with one placeholder per medium in ``tokens``' strings.
 
     ``has_audio`` means a separate audio block; audio carried inside the video (interleaved with
     it) has no placeholder of its own.
     """
-    media = ((IMAGE_PLACEHOLDER if has_image else "") + (VIDEO_PLACEHOLDER if has_video else "")
-             + (AUDIO_PLACEHOLDER if has_audio else ""))
+    present = {"image": has_image, "video": has_video, "audio": has_audio}
+    media = "".join(tokens.placeholder(medium) for medium, present in present.items() if present)
     return (
         f"{IM_START}system\n{cfg.system_prompt}{IM_END}\n"
         f"{IM_START}user\n{media}{user_text(subtitle, cfg, privileged_context)}{IM_END}\n"

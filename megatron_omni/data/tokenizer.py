@@ -5,10 +5,13 @@ special tokens, plus the reasoning tags ``<think>``, ``</think>``, ``<answer>``,
 single tokens, and saves a folder that ``AutoTokenizer`` loads as a ``Qwen2Tokenizer``. Training
 is deterministic: the same texts give the same files.
 
-``special_token_ids`` reads every id the model config needs from whichever tokenizer is in use.
+``special_token_ids`` reads every id the model config needs from whichever tokenizer is in use;
+the placeholder and bracket strings are the tokenizer's own (``modality_tokens``): Qwen2.5-Omni's
+``<|AUDIO|>`` / ``<|audio_bos|>``..., Qwen3-Omni's ``<|audio_pad|>`` / ``<|audio_start|>``...
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,15 +28,50 @@ VISION_BOS = "<|vision_bos|>"
 VISION_EOS = "<|vision_eos|>"
 IMAGE = "<|IMAGE|>"
 VIDEO = "<|VIDEO|>"
-CONTROL_TOKENS = (END_OF_TEXT, IM_START, IM_END, AUDIO, AUDIO_BOS, AUDIO_EOS, VISION_BOS, VISION_EOS, IMAGE, VIDEO)
 REASONING_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 
-# The attribute names the Qwen2.5-Omni processor reads from its tokenizer.
-_MODALITY_TOKEN_ATTRIBUTES = {
-    "image_token": IMAGE, "audio_token": AUDIO, "video_token": VIDEO,
-    "vision_bos_token": VISION_BOS, "vision_eos_token": VISION_EOS,
-    "audio_bos_token": AUDIO_BOS, "audio_eos_token": AUDIO_EOS,
-}
+
+
+@dataclass(frozen=True)
+class ModalityTokens:
+    """A tokenizer's placeholder and bracket strings, under the attribute names transformers' omni
+    processors read from their tokenizer (the defaults are Qwen2.5-Omni's)."""
+
+    image_token: str = IMAGE
+    video_token: str = VIDEO
+    audio_token: str = AUDIO
+    vision_bos_token: str = VISION_BOS
+    vision_eos_token: str = VISION_EOS
+    audio_bos_token: str = AUDIO_BOS
+    audio_eos_token: str = AUDIO_EOS
+
+    def placeholder(self, medium: str) -> str:
+        """One medium's unexpanded block in a prompt: ``image``, ``video`` or ``audio``."""
+        if medium == "audio":
+            return f"{self.audio_bos_token}{self.audio_token}{self.audio_eos_token}"
+        return f"{self.vision_bos_token}{getattr(self, medium + '_token')}{self.vision_eos_token}"
+
+    def control_tokens(self) -> tuple[str, ...]:
+        """All control tokens in the order they get the lowest ids in a built tokenizer."""
+        return (END_OF_TEXT, IM_START, IM_END, self.audio_token, self.audio_bos_token, self.audio_eos_token,
+                self.vision_bos_token, self.vision_eos_token, self.image_token, self.video_token)
+
+
+QWEN2_5_OMNI_TOKENS = ModalityTokens()
+QWEN3_OMNI_TOKENS = ModalityTokens(
+    image_token="<|image_pad|>", video_token="<|video_pad|>", audio_token="<|audio_pad|>",
+    vision_bos_token="<|vision_start|>", vision_eos_token="<|vision_end|>",
+    audio_bos_token="<|audio_start|>", audio_eos_token="<|audio_end|>",
+)
+
+
+def modality_tokens(tokenizer) -> ModalityTokens:
+    """The strings the tokenizer names (its ``image_token``, ``audio_bos_token``... attributes, as
+    released Qwen-Omni tokenizers carry them); Qwen2.5-Omni's for any it does not name."""
+    return ModalityTokens(**{
+        f.name: getattr(tokenizer, f.name, None) or getattr(QWEN2_5_OMNI_TOKENS, f.name)
+        for f in dataclasses.fields(ModalityTokens)
+    })
 # Qwen2's pre-tokenizer split: contractions, letter runs, single digits, punctuation, whitespace.
 _QWEN2_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
                 r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
@@ -69,13 +107,15 @@ def _single_id(tokenizer, token: str) -> int:
 
 
 def special_token_ids(tokenizer) -> SpecialTokenIds:
-    """Ids of the Qwen2.5-Omni control tokens; an error names any token the tokenizer lacks."""
-    ids = {token: _single_id(tokenizer, token) for token in CONTROL_TOKENS}
+    """Ids of the control tokens (the tokenizer's own modality strings); an error names any token
+    the tokenizer lacks."""
+    t = modality_tokens(tokenizer)
+    ids = {token: _single_id(tokenizer, token) for token in t.control_tokens()}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else ids[END_OF_TEXT]
     return SpecialTokenIds(
-        audio_token_id=ids[AUDIO], image_token_id=ids[IMAGE], video_token_id=ids[VIDEO],
-        audio_start_token_id=ids[AUDIO_BOS], audio_end_token_id=ids[AUDIO_EOS],
-        vision_start_token_id=ids[VISION_BOS], vision_end_token_id=ids[VISION_EOS],
+        audio_token_id=ids[t.audio_token], image_token_id=ids[t.image_token], video_token_id=ids[t.video_token],
+        audio_start_token_id=ids[t.audio_bos_token], audio_end_token_id=ids[t.audio_eos_token],
+        vision_start_token_id=ids[t.vision_bos_token], vision_end_token_id=ids[t.vision_eos_token],
         im_start_token_id=ids[IM_START], im_end_token_id=ids[IM_END],
         pad_token_id=pad, eos_token_id=ids[IM_END],
     )
@@ -91,11 +131,14 @@ def load_tokenizer(path: str | Path):
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
 
 
-def build_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 768) -> Path:
-    """Train a byte-level BPE on ``texts`` and save a Hugging Face tokenizer folder."""
+def build_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 768,
+                    tokens: ModalityTokens = QWEN2_5_OMNI_TOKENS) -> Path:
+    """Train a byte-level BPE on ``texts`` and save a Hugging Face tokenizer folder whose modality
+    strings are ``tokens`` (Qwen3-Omni's with QWEN3_OMNI_TOKENS)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-    minimum = 256 + len(CONTROL_TOKENS)
+    control = tokens.control_tokens()
+    minimum = 256 + len(control)
     if vocab_size <= minimum:
         raise ValueError(f"vocab_size {vocab_size} leaves no room for merges (bytes + control tokens = {minimum})")
     tokenizer = Tokenizer(models.BPE())
@@ -107,7 +150,7 @@ def build_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int =
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size - len(REASONING_TAGS),
-        special_tokens=list(CONTROL_TOKENS),
+        special_tokens=list(control),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -126,7 +169,7 @@ def build_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int =
         "unk_token": None,
         "model_max_length": 32768,
         "clean_up_tokenization_spaces": False,
-        "extra_special_tokens": _MODALITY_TOKEN_ATTRIBUTES,
+        "extra_special_tokens": dataclasses.asdict(tokens),
     }
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return out

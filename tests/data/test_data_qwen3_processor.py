@@ -78,3 +78,33 @@ def test_fractional_time_ids_are_refused(qwen3_processor):
     _, _, media, sample = _synthetic(processor, 10, 3.1, True)
     with pytest.raises(ValueError, match="fractional Qwen3-Omni time ids"):
         processor.process(sample, media, with_target=False)
+
+
+@pytest.fixture(scope="module")
+def qwen3_tokenizer(tmp_path_factory):
+    """A small tokenizer with Qwen3-Omni's modality strings (<|audio_pad|>, <|vision_start|>...)."""
+    from megatron_omni.data.template import EMOTION_QUESTION, QWEN_OMNI_SYSTEM_PROMPT
+    from megatron_omni.data.tokenizer import QWEN3_OMNI_TOKENS, build_tokenizer, load_tokenizer
+
+    texts = [EMOTION_QUESTION, QWEN_OMNI_SYSTEM_PROMPT, 'Subtitle: "A clip."'] * 4
+    return load_tokenizer(build_tokenizer(texts, tmp_path_factory.mktemp("qwen3_tokenizer"), vocab_size=320,
+                                          tokens=QWEN3_OMNI_TOKENS))
+
+
+def test_qwen3_token_strings_match_transformers(qwen3_tokenizer, hf_qwen3_thinker):
+    """The placeholders are the tokenizer's own strings: the prompt holds Qwen3-Omni's, and the
+    tokens equal Qwen3OmniMoeProcessor's around the same tokenizer."""
+    from conftest import _hf_omni_processor
+    from transformers import Qwen3OmniMoeProcessor
+
+    processor = OmniProcessor(qwen3_tokenizer, toy_data_config(), IDS_PER_SECOND, audio_n_window=N_WINDOW)
+    video, waveform, media, sample = _synthetic(processor, 4, 2.0, True)
+    text = processor.prompt_text(sample, media)
+    assert "<|vision_start|><|audio_start|><|video_pad|>" in text and "<|audio_pad|><|audio_end|><|vision_end|>" in text
+    assert "<|AUDIO|>" not in text
+    assert processor.token_ids.audio_token_id == qwen3_tokenizer.convert_tokens_to_ids("<|audio_pad|>")
+    prompt = render_prompt(has_video=True, has_audio=False, subtitle=sample.subtitle, cfg=processor.cfg.prompt,
+                           tokens=processor.tokens)
+    reference = _reference(_hf_omni_processor(Qwen3OmniMoeProcessor, qwen3_tokenizer), prompt, video, 2.0, waveform,
+                           interleave=True)
+    _check(processor.process(sample, media, with_target=False), reference, hf_qwen3_thinker, interleave=True)

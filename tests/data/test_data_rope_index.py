@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from megatron_omni.data.rope_index import MediaCursor, RopeIndexSpec, get_rope_index, sequence_positions
-from megatron_omni.data.template import AUDIO_PLACEHOLDER, VIDEO_PLACEHOLDER, PromptConfig, render_prompt
-from megatron_omni.data.tokenizer import special_token_ids
+from megatron_omni.data.template import PromptConfig, render_prompt
+from megatron_omni.data.tokenizer import QWEN2_5_OMNI_TOKENS, special_token_ids
 
-IMAGE_PLACEHOLDER = "<|vision_bos|><|IMAGE|><|vision_eos|>"
+IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, AUDIO_PLACEHOLDER = (
+    QWEN2_5_OMNI_TOKENS.placeholder(medium) for medium in ("image", "video", "audio"))
 
 
 def _frames(rng, count, height, width):

@@ -3,7 +3,13 @@ from __future__ import annotations
 
 import pytest
 
-from megatron_omni.data.tokenizer import CONTROL_TOKENS, REASONING_TAGS, build_tokenizer, load_tokenizer, special_token_ids
+from megatron_omni.data.tokenizer import (
+    QWEN2_5_OMNI_TOKENS,
+    REASONING_TAGS,
+    build_tokenizer,
+    load_tokenizer,
+    special_token_ids,
+)
 
 
 def test_special_token_ids(toy_tokenizer):
@@ -53,5 +59,5 @@ def test_a_tokenizer_without_the_control_tokens_is_refused(tmp_path):
         special_token_ids(PreTrainedTokenizerFast(tokenizer_object=plain))
     with pytest.raises(FileNotFoundError, match="tokenizer_config.json missing"):
         load_tokenizer(tmp_path)
-    assert len(CONTROL_TOKENS) == 10
+    assert len(set(QWEN2_5_OMNI_TOKENS.control_tokens())) == 10
 
