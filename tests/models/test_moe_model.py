@@ -166,3 +166,29 @@ def test_expert_layouts_are_checked():
     dense.parallel.expert_model_parallel_size = 2
     with pytest.raises(ConfigError, match="expert_model_parallel_size \\(2\\) needs a MoE decoder"):
         dense.validate()
+
+
+def test_rollout_engine_continues_as_transformers_greedy(hf_thinker, megatron_world):
+    """The rollout engine (its own KV cache in megatron's attention, the experts as they are) on a
+    video + audio prompt: greedy tokens equal transformers' argmax over prompt + completion."""
+    from omni_helpers import AUDIO, IMAGE, VIDEO, processed_samples
+
+    from megatron_omni.generation.omni import sample_prompts
+    from megatron_omni.generation.sampling import SamplingConfig
+
+    model, _ = built(hf_thinker)
+    batch = make_batch(hf_thinker)
+    prompt = dataclasses.replace(processed_samples(batch)[0], prompt_length=batch.lengths()[0])
+    n = prompt.length
+    sampling = SamplingConfig(max_new_tokens=3, greedy=True)
+    ((completion,),) = sample_prompts(model, [prompt], sampling, 1, [0], vocab_size=128, pad_token_id=0).completions
+    full = torch.cat([prompt.input_ids, torch.tensor(completion)])[None]
+    start = int(prompt.position_ids.max()) + 1
+    positions = torch.cat([prompt.position_ids, torch.arange(start, start + 3).expand(3, -1)], 1)[:, None]
+    frames = prompt.media.audio_features.shape[-1]
+    with torch.no_grad():
+        logits = hf_thinker(input_ids=full, position_ids=positions, pixel_values_videos=prompt.media.video.pixel_values,
+                            video_grid_thw=batch.video_grid_thw[:1], input_features=prompt.media.audio_features[None],
+                            feature_attention_mask=torch.ones(1, frames, dtype=torch.long)).logits[0]
+    logits[:, [AUDIO, IMAGE, VIDEO]] = float("-inf")  # the sampler never emits placeholders
+    assert logits[n - 1 : n + 2].argmax(-1).tolist() == completion
