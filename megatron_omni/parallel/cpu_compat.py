@@ -8,12 +8,17 @@ the GPU path runs megatron-core untouched.
 1. ``torch.cuda.current_device()`` (tensor_parallel.layers, mappings, RoPE's ``inv_freq``,
    p2p_communication, param_and_grad_buffer, ...): returns the CPU device.
 2. ``torch.cuda.synchronize()`` used by pipeline p2p and the optimizer: a no-op.
-3. Hard-coded ``device="cuda"``, ``.cuda()`` and ``pin_memory()`` (pipeline_parallel.schedules'
-   token counters, optimizer.clip_grads, optimizer.grad_scaler, optimizer.optimizer): a
-   ``TorchFunctionMode`` rewrites any CUDA device argument to CPU and makes ``.cuda()`` and
-   ``pin_memory()`` identities.
+3. Hard-coded ``device="cuda"``, ``.cuda()``, ``.to("cuda")`` and ``pin_memory`` (pipeline_parallel.
+   schedules' token counters, optimizer.clip_grads, optimizer.grad_scaler, optimizer.optimizer,
+   the MoE aux-loss tracker, dist_checkpointing's exchange): the tensor factories megatron-core
+   calls with a device (``torch.tensor``, ``zeros``, ``ones``, ``empty``, ``empty_like``, ...) and
+   ``Tensor.to`` put a CUDA request on the CPU; ``.cuda()`` and ``.pin_memory()`` are identities.
 4. ``Tensor.type()`` string checks in optimizer.optimizer / distrib_optimizer / clip_grads that
-   expect ``'torch.cuda.FloatTensor'``: the same mode reports CPU tensors under their CUDA names.
+   expect ``'torch.cuda.FloatTensor'``: a CPU tensor reports its CUDA name.
+
+Patches 3 and 4 wrap those few entry points rather than entering a ``TorchFunctionMode``: a mode
+sees every torch call of the process and roughly triples the cost of a small CPU op (4 -> 12 us),
+which is most of a tiny model's forward.
 5. ``tensor_parallel.random.CudaRNGStatesTracker`` (uses ``torch.cuda.get_rng_state``): replaced
    by a tracker over the CPU generator, so ``get_cuda_rng_tracker().fork()`` swaps CPU RNG states.
 6. ``inference.communication_utils._is_cuda`` (asserts ``tensor.is_cuda`` before the pipeline
@@ -27,9 +32,9 @@ the GPU path runs megatron-core untouched.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
-from torch.overrides import TorchFunctionMode
 
 _CUDA_TYPE_NAMES = {
     "torch.FloatTensor": "torch.cuda.FloatTensor",
@@ -38,9 +43,11 @@ _CUDA_TYPE_NAMES = {
     "torch.IntTensor": "torch.cuda.IntTensor",
     "torch.LongTensor": "torch.cuda.LongTensor",
 }
-
+# The factories megatron-core calls with a hard-coded CUDA device (patch 3).
+_FACTORIES = ("tensor", "as_tensor", "zeros", "ones", "empty", "full", "arange", "rand", "randn", "randint",
+              "zeros_like", "ones_like", "empty_like", "full_like")
+_CPU = torch.device("cpu")
 _applied = False
-_mode: "_CudaToCpuMode | None" = None
 
 
 def _is_cuda_device(device) -> bool:
@@ -49,21 +56,55 @@ def _is_cuda_device(device) -> bool:
     return isinstance(device, str) and device.startswith("cuda")
 
 
-class _CudaToCpuMode(TorchFunctionMode):
-    """Rewrites CUDA placement requests to CPU (patches 3 and 4)."""
+def _on_cpu(factory):
+    """``factory`` with a CUDA ``device`` keyword moved to the CPU and ``pin_memory`` dropped."""
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = dict(kwargs or {})
+    @functools.wraps(factory)
+    def placed(*args, **kwargs):
         if _is_cuda_device(kwargs.get("device")):
-            kwargs["device"] = torch.device("cpu")
-        if func in (torch.Tensor.cuda, torch.Tensor.pin_memory):
-            return args[0]
-        if func is torch.Tensor.type and len(args) == 1 and not kwargs:
-            name = func(*args)
-            return _CUDA_TYPE_NAMES.get(name, name)
-        if func is torch.Tensor.to:
-            args = tuple(torch.device("cpu") if _is_cuda_device(a) else a for a in args)
-        return func(*args, **kwargs)
+            kwargs["device"] = _CPU
+        if kwargs.get("pin_memory"):
+            kwargs["pin_memory"] = False
+        return factory(*args, **kwargs)
+
+    return placed
+
+
+def _tensor_to(to):
+    @functools.wraps(to)
+    def moved(self, *args, **kwargs):
+        if args and _is_cuda_device(args[0]):
+            args = (_CPU, *args[1:])
+        if _is_cuda_device(kwargs.get("device")):
+            kwargs["device"] = _CPU
+        return to(self, *args, **kwargs)
+
+    return moved
+
+
+def _tensor_type(type_):
+    @functools.wraps(type_)
+    def named(self, *args, **kwargs):
+        if args or kwargs:
+            return type_(self, *args, **kwargs)
+        name = type_(self)
+        return _CUDA_TYPE_NAMES.get(name, name)
+
+    return named
+
+
+def _identity(self, *args, **kwargs):
+    return self
+
+
+def _patch_placement() -> None:
+    """Patches 3 and 4."""
+    for name in _FACTORIES:
+        setattr(torch, name, _on_cpu(getattr(torch, name)))
+    torch.Tensor.to = _tensor_to(torch.Tensor.to)
+    torch.Tensor.type = _tensor_type(torch.Tensor.type)
+    torch.Tensor.cuda = _identity
+    torch.Tensor.pin_memory = _identity
 
 
 class CpuRNGStatesTracker:
@@ -132,15 +173,14 @@ def install_cpu_rng_tracker() -> None:
 
 def apply_cpu_compat() -> bool:
     """Apply every patch once if CUDA is absent; returns whether the layer is active."""
-    global _applied, _mode
+    global _applied
     if torch.cuda.is_available():
         return False
     if _applied:
         return True
     torch.cuda.current_device = lambda: torch.device("cpu")  # patch 1
     torch.cuda.synchronize = lambda *a, **k: None  # patch 2
-    _mode = _CudaToCpuMode()
-    _mode.__enter__()  # patches 3 and 4, for the life of the process
+    _patch_placement()  # patches 3 and 4
     install_cpu_rng_tracker()  # patch 5
     from megatron.core.inference import communication_utils
 
