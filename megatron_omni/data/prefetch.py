@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -86,7 +87,16 @@ class SamplePool:
             raise RuntimeError(f"a data.num_workers worker process died while loading sample {sample.id} "
                                f"({sample.location}); out of memory? lower data.num_workers") from exc
 
-    def close(self) -> None:
-        """Stop the workers: queued loads are cancelled, running ones finish (one sample each)."""
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the workers: queued loads are cancelled, a running one may finish its sample within
+        ``timeout`` seconds, then its worker is killed (a decoder that hangs must not hang the run)."""
         self._pending.clear()
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        workers = list(self._executor._processes.values())  # the executor forgets them on shutdown
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + timeout
+        for worker in workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+            if worker.is_alive():
+                worker.kill()
+                worker.join()
+        self._executor.shutdown(wait=True)

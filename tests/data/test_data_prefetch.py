@@ -160,3 +160,22 @@ def test_workers_ignore_sigterm_and_die_with_the_training_process(manifest, make
     trainer.join()
     _, alive = psutil.wait_procs([psutil.Process(pid) for pid in pids if psutil.pid_exists(pid)], timeout=10)
     assert not alive
+
+
+class Stuck:
+    """A data set whose samples never finish loading (a decoder that hangs)."""
+
+    samples = ()
+
+    def load(self, index):
+        time.sleep(600)
+
+
+def test_closing_does_not_wait_for_a_hung_worker():
+    pool = SamplePool(Stuck(), 2)
+    pool.request([0, 1])
+    workers = workers_of(pool)
+    time.sleep(0.3)  # both workers are inside load
+    started = time.monotonic()
+    pool.close(timeout=0.5)
+    assert time.monotonic() - started < 5 and not any(w.is_running() for w in workers)
