@@ -140,10 +140,13 @@ def opsd_reference(request, launch) -> Prepared:
 @pytest.fixture
 def omni_parallel_cases(tmp_path):
     """$OMNI_PARALLEL_DIR: the tiny untied and tied thinkers converted HF -> Megatron, and their
-    inputs and transformers logits in cases.pt (see tests/dist/test_omni_parallel.py). The check:
-    the randomly initialised TP=2 checkpoint the ranks saved (fresh_tp2/) converted to HF
-    reproduces the ranks' logits, and back to Megatron, loaded at TP=1, gives the very same tensors."""
+    inputs and transformers logits in cases.pt (see tests/dist/test_omni_parallel.py), and the tiny
+    MoE thinker converted. The checks: the randomly initialised TP=2 checkpoint the ranks saved
+    (fresh_tp2/) converted to HF reproduces the ranks' logits, and back to Megatron, loaded at TP=1,
+    gives the very same tensors; the MoE checkpoint the ranks saved at EP=2 converts back to the
+    MoE thinker's HF folder bit for bit."""
     import torch
+    from moe_helpers import make_hf_moe_thinker
     from omni_helpers import hf_logits, make_batch, make_hf_thinker, save_hf_folder
 
     from megatron_omni.convert import convert_hf_to_megatron
@@ -163,8 +166,27 @@ def omni_parallel_cases(tmp_path):
                 cases.append({"inputs": batch.model_inputs(), "expected": hf_logits(thinkers[name], batch),
                               "valid": batch.attention_mask.bool()})
             models[name] = {"checkpoint": checkpoint, "cases": cases}
+        # The MoE thinker the ranks also build (moe_helpers, seed 0), converted: loaded at TP=2 and
+        # EP=2 there, saved again at EP=2 and checked against this folder by check_moe_ep2_export.
+        moe_hf = save_hf_folder(make_hf_moe_thinker(seed=0), tmp_path / "moe_hf")
+        models["moe"] = {"checkpoint": convert_hf_to_megatron(moe_hf, tmp_path / "moe", log=lambda _: None)}
         torch.save(models, tmp_path / "cases.pt")
-        yield Prepared({"OMNI_PARALLEL_DIR": str(tmp_path)}, check=lambda: check_tp2_resharding(tmp_path, thinkers["untied"]))
+
+        def check():
+            check_tp2_resharding(tmp_path, thinkers["untied"])
+            check_moe_ep2_export(tmp_path, moe_hf)
+
+        yield Prepared({"OMNI_PARALLEL_DIR": str(tmp_path)}, check=check)
+
+
+def check_moe_ep2_export(work: Path, source: Path) -> None:
+    """The MoE checkpoint the EP=2 ranks saved (two experts each) -> HF: the source folder's bits."""
+    from omni_helpers import assert_bit_identical, read_folder
+
+    from megatron_omni.convert import convert_megatron_to_hf
+
+    out = convert_megatron_to_hf(work / "moe_ep2", work / "moe_ep2_hf", log=lambda _: None)
+    assert_bit_identical(read_folder(out), read_folder(source))
 
 
 def check_tp2_resharding(work: Path, hf_model) -> None:

@@ -29,7 +29,7 @@ class OmniModelConfig:
     params_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
 
     def to_config(self, tensor_model_parallel_size: int = 1, pipeline_model_parallel_size: int = 1,
-                  sequence_parallel: bool = False) -> RunConfig:
+                  sequence_parallel: bool = False, expert_model_parallel_size: int = 1) -> RunConfig:
         """A run configuration that builds this model at the given layout.
 
         The local (plain torch) layer spec is used: checkpoints store Transformer Engine key
@@ -41,6 +41,7 @@ class OmniModelConfig:
                 tensor_model_parallel_size=tensor_model_parallel_size,
                 pipeline_model_parallel_size=pipeline_model_parallel_size,
                 sequence_parallel=sequence_parallel,
+                expert_model_parallel_size=expert_model_parallel_size,
             ),
             precision=PrecisionConfig(params_dtype=self.params_dtype, transformer_engine=False),
         )

@@ -170,6 +170,27 @@ def test_moe_thinker_matches_transformers(moe_thinker, tp, ep):
             assert_moe_matches(full_vocab(model(**batch.model_inputs())), batch, expected)
 
 
+@pytest.mark.parametrize("tp, ep", [(2, 1), (1, 2)], ids=["tp2", "ep2"])
+def test_converted_moe_checkpoint_loads_at_tp2_and_ep2(models, moe_thinker, tp, ep):
+    """The converter's MoE checkpoint (one key per layer with an expert axis) loads at TP=2 and at
+    EP=2 (each rank its two experts) and gives transformers' logits; the EP=2 model is saved again
+    for omni_parallel_cases' check (back to HF, bit for bit)."""
+    _, cases = moe_thinker
+    checkpoint = models["moe"]["checkpoint"]
+    initialize_parallel(tp, 1, expert_model_parallel_size=ep)
+    set_seed(1234)
+    spec = read_model_config(checkpoint)
+    model = build_omni_model(spec.to_config(tp, 1, expert_model_parallel_size=ep), omni=spec.omni, initialize=False)
+    load_model_checkpoint(checkpoint, [model])
+    model.eval()
+    assert len(model.language_model.decoder.layers[0].mlp.experts.local_experts) == 4 // ep
+    for batch, expected in cases:
+        with torch.no_grad():
+            assert_moe_matches(full_vocab(model(**batch.model_inputs())), batch, expected)
+    if ep == 2:
+        save_model_checkpoint(WORK / "moe_ep2", [model], spec)
+
+
 def test_moe_thinker_pp2_matches_transformers(moe_thinker):
     """Two decoder layers per stage: DeepStack's two layers and the towers on the first."""
     hf_model, cases = moe_thinker
