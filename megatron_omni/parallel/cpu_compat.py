@@ -10,15 +10,17 @@ the GPU path runs megatron-core untouched.
 2. ``torch.cuda.synchronize()`` used by pipeline p2p and the optimizer: a no-op.
 3. Hard-coded ``device="cuda"``, ``.cuda()``, ``.to("cuda")`` and ``pin_memory`` (pipeline_parallel.
    schedules' token counters, optimizer.clip_grads, optimizer.grad_scaler, optimizer.optimizer,
-   the MoE aux-loss tracker, dist_checkpointing's exchange): the tensor factories megatron-core
-   calls with a device (``torch.tensor``, ``zeros``, ``ones``, ``empty``, ``empty_like``, ...) and
-   ``Tensor.to`` put a CUDA request on the CPU; ``.cuda()`` and ``.pin_memory()`` are identities.
+   the MoE aux-loss tracker, dist_checkpointing's exchange, ...): the modules of ``_CUDA_PLACING``
+   see a ``torch`` whose tensor factories put a CUDA request on the CPU; ``Tensor.to`` does the
+   same, and ``.cuda()`` and ``.pin_memory()`` are identities.
 4. ``Tensor.type()`` string checks in optimizer.optimizer / distrib_optimizer / clip_grads that
    expect ``'torch.cuda.FloatTensor'``: a CPU tensor reports its CUDA name.
 
-Patches 3 and 4 wrap those few entry points rather than entering a ``TorchFunctionMode``: a mode
+Patches 3 and 4 touch those few entry points rather than entering a ``TorchFunctionMode``: a mode
 sees every torch call of the process and roughly triples the cost of a small CPU op (4 -> 12 us),
-which is most of a tiny model's forward.
+which is most of a tiny model's forward. The factories are replaced only in megatron-core's modules
+that hard-code CUDA, not in ``torch`` itself: libraries that compare or swap ``torch.tensor``
+(transformers' weight loading does) keep the real one.
 5. ``tensor_parallel.random.CudaRNGStatesTracker`` (uses ``torch.cuda.get_rng_state``): replaced
    by a tracker over the CPU generator, so ``get_cuda_rng_tracker().fork()`` swaps CPU RNG states.
 6. ``inference.communication_utils._is_cuda`` (asserts ``tensor.is_cuda`` before the pipeline
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 
 import torch
 
@@ -43,9 +46,22 @@ _CUDA_TYPE_NAMES = {
     "torch.IntTensor": "torch.cuda.IntTensor",
     "torch.LongTensor": "torch.cuda.LongTensor",
 }
-# The factories megatron-core calls with a hard-coded CUDA device (patch 3).
-_FACTORIES = ("tensor", "as_tensor", "zeros", "ones", "empty", "full", "arange", "rand", "randn", "randint",
-              "zeros_like", "ones_like", "empty_like", "full_like")
+# The factories megatron-core calls with a hard-coded CUDA device (patch 3), and its modules that do.
+_FACTORIES = ("tensor", "zeros", "ones", "empty", "empty_like", "randn")
+_CUDA_PLACING = (
+    "megatron.core.utils",
+    "megatron.core.rerun_state_machine",
+    "megatron.core.pipeline_parallel.schedules",
+    "megatron.core.optimizer.clip_grads",
+    "megatron.core.optimizer.grad_scaler",
+    "megatron.core.optimizer.optimizer",
+    "megatron.core.distributed.param_and_grad_buffer",
+    "megatron.core.tensor_parallel.data",
+    "megatron.core.transformer.utils",
+    "megatron.core.transformer.moe.moe_utils",
+    "megatron.core.dist_checkpointing.exchange_utils",
+    "megatron.core.dist_checkpointing.strategies.state_dict_saver",
+)
 _CPU = torch.device("cpu")
 _applied = False
 
@@ -97,10 +113,22 @@ def _identity(self, *args, **kwargs):
     return self
 
 
+class _TorchOnCpu:
+    """``torch`` as the modules of ``_CUDA_PLACING`` see it: the same module, with factories that
+    place a CUDA request on the CPU."""
+
+    def __init__(self):
+        self.__dict__.update({name: _on_cpu(getattr(torch, name)) for name in _FACTORIES})
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+
 def _patch_placement() -> None:
     """Patches 3 and 4."""
-    for name in _FACTORIES:
-        setattr(torch, name, _on_cpu(getattr(torch, name)))
+    view = _TorchOnCpu()
+    for name in _CUDA_PLACING:
+        importlib.import_module(name).torch = view
     torch.Tensor.to = _tensor_to(torch.Tensor.to)
     torch.Tensor.type = _tensor_type(torch.Tensor.type)
     torch.Tensor.cuda = _identity

@@ -1,5 +1,8 @@
 """Each patch of the CPU compatibility layer, through the megatron-core call it covers.
 Runs inside `torchrun --nproc-per-node 2` (tests/test_dist_suites.py: cpu_compat-x2)."""
+import shutil
+import tempfile
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -52,9 +55,11 @@ def test_synchronize_in_pipeline_p2p():
 def test_hard_coded_cuda_devices_and_pin_memory():
     """Patch 3: grad_scaler / schedules create tensors with device='cuda'; .cuda(); pin_memory()."""
     from megatron.core.optimizer.grad_scaler import ConstantGradScaler
+    from megatron.core.pipeline_parallel import schedules
 
     assert ConstantGradScaler(2.0).scale.device.type == "cpu"
-    assert torch.zeros(2, device="cuda").device.type == "cpu"
+    # The schedules' token counter: torch.zeros([], dtype=torch.int, device="cuda").
+    assert schedules.torch.zeros([], dtype=torch.int, device="cuda").device.type == "cpu"
     t = torch.ones(3)
     assert t.cuda() is t and t.pin_memory() is t and t.to("cuda").device.type == "cpu"
 
@@ -99,3 +104,26 @@ def test_pipeline_broadcast_of_cpu_tensors():
     value = torch.arange(3.0) if last else None
     out = broadcast_from_last_pipeline_stage([3], torch.float32, value, pp_group=dist.group.WORLD)
     assert torch.equal(out, torch.arange(3.0))
+
+
+def test_libraries_keep_torch_s_own_factories():
+    """Patch 3 places tensors only in megatron-core's modules: transformers' weight loading compares
+    and swaps torch's factories, and a BERT encoder (the sentence-embedding reward's kind) loaded
+    from a folder keeps its position ids."""
+    from megatron.core.optimizer import grad_scaler
+    from transformers import BertConfig, BertModel
+
+    assert grad_scaler.torch.tensor is not torch.tensor
+    config = BertConfig(vocab_size=32, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=16, max_position_embeddings=64)
+    # One folder, written by rank 0 (transformers saves on the main process only).
+    folder = [tempfile.mkdtemp() if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(folder, src=0)
+    if dist.get_rank() == 0:
+        BertModel(config).save_pretrained(folder[0])
+    dist.barrier()
+    loaded = BertModel.from_pretrained(folder[0])
+    assert torch.equal(loaded.embeddings.position_ids[0], torch.arange(64))
+    dist.barrier()
+    if dist.get_rank() == 0:
+        shutil.rmtree(folder[0])
