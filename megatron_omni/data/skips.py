@@ -130,8 +130,11 @@ class SampleSource:
         """One sample for evaluation, None when skipped (`check` judges the share afterwards)."""
         return self._try(index)
 
-    def check(self) -> None:
-        """Evaluation: stop once more than the allowed share of the samples seen so far was skipped."""
+    def check(self, elsewhere: tuple[int, int] = (0, 0)) -> None:
+        """Evaluation: stop once more than the allowed share of the samples seen so far was skipped.
+        ``elsewhere``: (seen, skipped) by other processes since the last check (the other data-parallel
+        replicas of the same evaluation), so every process judges the same share."""
+        self.seen, self.skipped = self.seen + elsewhere[0], self.skipped + elsewhere[1]
         self.total_seen, self.total_skipped = self.seen, self.skipped
         if self._over_limit():
             raise TooManySkippedError(self._stop_message("too many samples were skipped"))

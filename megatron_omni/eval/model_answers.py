@@ -51,15 +51,14 @@ class OmniAnswerer:
                                        self.vocab_size, self.pad_token_id, modality_mask=mask)
             for position, (completion,) in zip(usable, generated.completions):
                 answers[position] = self.tokenizer.decode(completion, skip_special_tokens=True)
+        elsewhere = (0, 0)
         if size > 1:
             gathered: list[dict[int, str | None]] = [{} for _ in range(size)]
             dist.all_gather_object(gathered, answers, group=group)
             others = [part for r, part in enumerate(gathered) if r != rank]
-            # The skip share is judged over every replica's samples, alike on every rank.
-            self.source.seen += sum(len(part) for part in others)
-            self.source.skipped += sum(text is None for part in others for text in part.values())
+            elsewhere = (sum(len(part) for part in others), sum(text is None for part in others for text in part.values()))
             answers = {position: text for part in gathered for position, text in part.items()}
-        self.source.check()
+        self.source.check(elsewhere)  # the skip share over every replica's samples, alike on every rank
         return [answers[position] for position in range(len(ids))]
 
 

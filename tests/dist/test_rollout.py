@@ -213,3 +213,5 @@ def test_evaluation_answers_split_over_data_parallel_ranks_equal_one_at_a_time()
         alone = [answerer([record], mask_modality=masked)[0] for record in records]
         assert together == alone and all(isinstance(text, str) for text in together), masked
     assert len(set(together)) > 1
+    # The skip share is judged over every replica's samples: each rank counts all of them.
+    assert (answerer.source.total_seen, answerer.source.total_skipped) == (2 * 2 * len(records), 0)
