@@ -2,13 +2,15 @@
 
     python -m megatron_omni.cli.demo [--wheel-dir DIR] [--out runs/demo]
     python -m megatron_omni.cli.demo --algorithm opsd      # the same with OmniOPSD (runs/demo_opsd)
+    python -m megatron_omni.cli.demo --model moe           # a toy Qwen3-Omni MoE thinker (runs/demo_moe)
 
 1. generates the toy emotion data set (real mp4 clips with faces and voices, once) where the
    training configs put it by default (dataset.toy_dir, data_toy/);
-2. SFT-trains a tiny Qwen2.5-Omni-shaped model on it (two CPU processes, data parallel); for OmniOPSD half
+2. SFT-trains a tiny Qwen2.5-Omni-shaped model on it (two CPU processes, data parallel), or with
+   --model moe a tiny Qwen3-Omni-MoE-shaped one (examples/configs/toy_moe_*.yaml); for OmniOPSD half
    of the SFT prompts also carry their rationale, so that the model learns to read the reference
    analysis its teacher view will get;
-3. runs OPPO (or OmniOPSD) from that checkpoint (TP=2), scoring the held-out split before and after;
+3. runs OPPO (or OmniOPSD) from that checkpoint (TP=2; the MoE model data parallel), scoring the held-out split before and after;
 4. prints the before/after table and writes a PNG of the training curves.
 The emotion-wheel lexicon that scores the answers (format.csv, synonym.xlsx, wheel1-5.xlsx) is the
 released MER one when --wheel-dir or $MEGATRON_OMNI_WHEEL_DIR names a copy (MERTools,
@@ -42,16 +44,20 @@ REWARD_TERMS = ["reward_total", "reward_ew", "reward_format", "reward_perc", "re
 @dataclass(frozen=True)
 class DemoRun:
     name: str  # the table's column and the output folder
-    config: str
     sft_overrides: tuple[str, ...]
     curves: tuple[str, ...]  # per-step training metrics: first vs last steps, and the PNG
 
 
 RUNS = {
-    "oppo": DemoRun("OPPO", "toy_oppo.yaml", (), tuple(REWARD_TERMS)),
+    "oppo": DemoRun("OPPO", (), tuple(REWARD_TERMS)),
     # The privileged SFT prompts are longer: a longer SFT window (the student's stays 320).
-    "opsd": DemoRun("OmniOPSD", "toy_omniopsd.yaml", ("sft.privileged_fraction=0.5", "train.seq_length=384"),
+    "opsd": DemoRun("OmniOPSD", ("sft.privileged_fraction=0.5", "train.seq_length=384"),
                     ("distill_kl", *REWARD_TERMS)),
+}
+# Per --model: the SFT config and the RL configs by algorithm.
+MODELS = {
+    "dense": ("toy_omni_sft.yaml", {"oppo": "toy_oppo.yaml", "opsd": "toy_omniopsd.yaml"}),
+    "moe": ("toy_moe_sft.yaml", {"oppo": "toy_moe_oppo.yaml", "opsd": "toy_moe_omniopsd.yaml"}),
 }
 SCORES = ["reward_total", "reward_ew", "reward_format", "reward_perc", "reward_coh",
           "emotion_wheel_f1", "fs_level1", "precision_level1", "recall_level1", "format_rate"]
@@ -110,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wheel-dir", help=f"MER emotion-wheel lexicon folder (default: ${WHEEL_ENV}, "
                         "else the toy set's own wheel)")
     parser.add_argument("--algorithm", choices=sorted(RUNS), default="oppo", help="the RL stage after SFT")
-    parser.add_argument("--out", help="output folder, replaced (default runs/demo, runs/demo_opsd for opsd)")
+    parser.add_argument("--model", choices=sorted(MODELS), default="dense",
+                        help="the toy model: dense Qwen2.5-Omni-shaped or Qwen3-Omni MoE-shaped")
+    parser.add_argument("--out", help="output folder, replaced (default runs/demo, with _opsd / _moe suffixes for "
+                        "--algorithm opsd / --model moe)")
     args = parser.parse_args(argv)
     try:
         wheel, own = find_wheel_dir(args.wheel_dir, lambda: toy_dataset().wheel_dir)
@@ -123,13 +132,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"[demo] MER emotion-wheel lexicon: {wheel}", flush=True)
     demo = RUNS[args.algorithm]
-    out = Path(args.out or ("runs/demo" if args.algorithm == "oppo" else f"runs/demo_{args.algorithm}"))
+    suffix = ("" if args.algorithm == "oppo" else f"_{args.algorithm}") + ("" if args.model == "dense" else f"_{args.model}")
+    out = Path(args.out or f"runs/demo{suffix}")
+    sft_config, rl_configs = MODELS[args.model]
     shutil.rmtree(out, ignore_errors=True)  # a demo starts from scratch
     common = [f"reward.wheel_dir={wheel.resolve()}", "logging.progress_bar=false"]
-    torchrun(CONFIGS / "toy_omni_sft.yaml",
+    torchrun(CONFIGS / sft_config,
              [*common, *demo.sft_overrides, f"output_dir={out}/sft", f"train.save_dir={out}/sft/checkpoints"])
     rl = f"{out}/{demo.name.lower()}"
-    torchrun(CONFIGS / demo.config, [
+    torchrun(CONFIGS / rl_configs[args.algorithm], [
         *common, f"output_dir={rl}", f"train.save_dir={rl}/checkpoints",
         f"init_from={out}/sft/checkpoints", "evaluation.at_start=true", "evaluation.at_end=true",
     ])

@@ -117,7 +117,8 @@ def test_defaults_are_valid():
 
 
 @pytest.mark.parametrize("name", ["toy_decoder.yaml", "toy_omni_sft.yaml", "toy_oppo.yaml", "qwen2_5_omni_7b_oppo.yaml",
-                                  "toy_omniopsd.yaml", "qwen2_5_omni_7b_omniopsd.yaml"])
+                                  "toy_omniopsd.yaml", "qwen2_5_omni_7b_omniopsd.yaml", "toy_moe_sft.yaml",
+                                  "toy_moe_oppo.yaml", "toy_moe_omniopsd.yaml"])
 def test_example_configs_load_and_validate(name):
     path = CONFIGS / name
     # FP8 needs Transformer Engine on CUDA; on CPU the 7B config is checked in bf16.
