@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from megatron.core.packed_seq_params import PackedSeqParams
 from omni_helpers import VOCAB, hf_logits, make_batch, processed_samples
 
 from megatron_omni.algorithms.lm import masked_token_sum
 from megatron_omni.data.batch import pack, pad
-from megatron_omni.models.attention import PackedDotProductAttention, packed_causal_mask
+from megatron_omni.models.attention import PackedDotProductAttention
 from megatron_omni.models.masking import ModalityMask
 
 # A packed row longer than both samples: it ends in a padding segment of its own.
@@ -34,10 +35,37 @@ def test_local_spec_takes_packed_sequences(omni_model):
     assert isinstance(attention, PackedDotProductAttention)
 
 
-def test_packed_causal_mask_is_block_diagonal():
-    mask = packed_causal_mask(torch.tensor([0, 2, 5], dtype=torch.int32), 5)[0, 0]
-    allowed = torch.tensor([[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 1, 1, 0], [0, 0, 1, 1, 1]])
-    assert torch.equal(~mask, allowed.bool())
+def test_segment_attention_equals_masked_full_attention(omni_model):
+    """Each segment attended alone (megatron's causal path per segment) against one hand-built
+    block-diagonal causal softmax over the whole row, forward and gradients, the row ending in a
+    padding segment and holding a one-token segment."""
+    attention = omni_model.language_model.decoder.layers[0].self_attention.core_attention
+    heads, groups = attention.num_attention_heads_per_partition, attention.num_query_groups_per_partition
+    dim = attention.hidden_size_per_attention_head
+    cu = torch.tensor([0, 5, 6, 13, 16], dtype=torch.int32)  # samples of 5, 1 and 7 tokens, 3 of padding
+    total = int(cu[-1])
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(total, n, dim, generator=generator, requires_grad=True) for n in (heads, groups, groups))
+    params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=7, max_seqlen_kv=7)
+    mine = attention(q, k, v, None, packed_seq_params=params)
+
+    segment = torch.repeat_interleave(torch.arange(len(cu) - 1), cu.diff().long())
+    position = torch.arange(total)
+    allowed = (segment[:, None] == segment[None, :]) & (position[None, :] <= position[:, None])
+    keys, values = (x.repeat_interleave(heads // groups, dim=1) for x in (k, v))
+    scores = torch.einsum("qhd,khd->hqk", q, keys) / dim**0.5
+    probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+    reference = torch.einsum("hqk,khd->qhd", probs, values).reshape(total, heads * dim)
+    assert mine.shape == reference.shape
+    torch.testing.assert_close(mine, reference, atol=1e-5, rtol=0)
+    weights = torch.randn(reference.shape, generator=generator)
+    mine_grads = torch.autograd.grad((mine * weights).sum(), (q, k, v))
+    reference_grads = torch.autograd.grad((reference * weights).sum(), (q, k, v))
+    for got, want in zip(mine_grads, reference_grads):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    short = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu[:-1], cu_seqlens_kv=cu[:-1])
+    with pytest.raises(ValueError, match="cu_seqlens cover 13 tokens, the packed sequence holds 16"):
+        attention(q, k, v, None, packed_seq_params=short)
 
 
 def per_sample(logits, batch) -> list[torch.Tensor]:
