@@ -52,9 +52,15 @@ def run_microbatches(
     return _reduce_metrics(outputs)
 
 
+@torch.no_grad()
 def forward_only(model_chunks, microbatches: list, batch_of: Callable, store: Callable, seq_length: int,
                  micro_batch_size: int, **model_kwargs) -> None:
     """A no-grad pass of the micro-batches through the pipeline (scoring forwards).
+
+    megatron's forward-only schedule keeps autograd on; without no_grad each scoring forward would
+    build a graph nobody runs, and a MoE router would add its load-balancing loss to the step's
+    tracker (OPPO's reference and two masked forwards made its logged value four times the training
+    forward's own).
 
     ``batch_of(mb)`` is the OmniBatch to run; ``store(mb, logits)`` runs on the last stage with the
     TP-sharded logits [b, s, V_local] as the model produced them.
