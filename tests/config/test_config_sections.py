@@ -138,3 +138,26 @@ def test_standalone_sections_validate_under_their_key():
         DistillationLossConfig(top_k=0).validate("teacher.loss")
     with pytest.raises(ConfigError, match="data.video.min_pixels .* exceeds max_pixels"):
         DataConfig(video=DataConfig().video.__class__(min_pixels=999999)).validate("data")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["algorithm=oppo"], "parallel.expert_model_parallel_size (2) with algorithm=oppo: the rollout engine decodes"),
+    (["algorithm=opsd"], "parallel.expert_model_parallel_size (2) with algorithm=opsd"),
+    (["data.packing=true"], "parallel.expert_model_parallel_size (2) with data.packing"),
+    (["evaluation.at_end=true"], "parallel.expert_model_parallel_size (2) with evaluation.at_start / evaluation.at_end"),
+])
+def test_expert_parallel_runs_refuse_what_decodes_or_packs_per_rank(overrides, message):
+    """Every MoE forward of an expert-parallel group needs all its ranks at once: rollouts, the
+    evaluation's answers and packed rows, which differ between data-parallel ranks, are refused."""
+    from pathlib import Path
+
+    from megatron_omni.config import load_config
+
+    path = Path(__file__).resolve().parents[2] / "examples/configs/toy_moe_sft.yaml"
+    layout = ["parallel.expert_model_parallel_size=2", "evaluation.at_start=false", "evaluation.at_end=false",
+              "reward.wheel_dir=lexicon"]
+    with pytest.raises(ConfigError) as err:
+        load_config(path, [*layout, *overrides], cls=OmniTrainConfig).validate(world_size=2)
+    assert message in str(err.value)
+    cfg = load_config(path, layout, cls=OmniTrainConfig).validate(world_size=2)  # SFT takes it, rows of seq_length
+    assert cfg.row_multiple() == (cfg.train.seq_length, "train.seq_length")

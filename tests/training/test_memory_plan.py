@@ -107,9 +107,9 @@ QWEN3_30B = "qwen3_omni_30b_a3b_oppo.yaml"
 
 
 def _planned_30b(overrides: list[str] = ()):
-    cfg = _cfg(QWEN3_30B, [*overrides, "parallel.sequence_parallel=false"]).validate(16)
-    cfg.parallel.sequence_parallel = True  # needs Transformer Engine on CUDA to validate; the plan only reads it
-    return plan_memory(cfg, world_size=16)
+    # Not validated here: its sequence parallelism needs Transformer Engine on CUDA, and an RL run at
+    # EP > 1 is refused until the rollout engine keeps expert-parallel ranks in step; the plan reads the layout.
+    return plan_memory(_cfg(QWEN3_30B, list(overrides)), world_size=16)
 
 
 def test_qwen3_30b_config_fits_72_gb_on_16_gpus():
