@@ -34,6 +34,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+@pytest.fixture(scope="module")
+def single_process():
+    """A one-process world with megatron's TP = PP = 1 groups for a module's tests (reuses a running one)."""
+    from megatron_omni.convert.world import single_process_world
+
+    with single_process_world():
+        yield
+
+
 @pytest.fixture
 def shared_data():
     """The public research data beside the project; tests that need it skip without it."""

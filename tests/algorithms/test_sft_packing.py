@@ -18,15 +18,7 @@ CONFIG = Path(__file__).resolve().parents[2] / "examples" / "configs" / "toy_omn
 
 
 @pytest.fixture(scope="module")
-def world():
-    from megatron_omni.convert.world import single_process_world
-
-    with single_process_world():
-        yield
-
-
-@pytest.fixture(scope="module")
-def toy_run(world, tmp_path_factory):
+def toy_run(single_process, tmp_path_factory):
     """A 64-wide toy SFT run, padded; its rows of 640 tokens hold two toy samples each when packed."""
     work = tmp_path_factory.mktemp("sft_packing")
     cfg = load_config(CONFIG, [

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from megatron_omni.algorithms.lm import LanguageModeling
-from megatron_omni.convert.world import single_process_world
 from megatron_omni.data.text_corpus import TextWindows, generate_sentences
 from megatron_omni.models.decoder import build_decoder
 from megatron_omni.parallel import set_seed
@@ -52,13 +51,7 @@ class Run:
 
 
 @pytest.fixture(scope="module")
-def world():
-    with single_process_world():
-        yield
-
-
-@pytest.fixture(scope="module")
-def saved(world, tmp_path_factory):
+def saved(single_process, tmp_path_factory):
     """A run, and a folder with its checkpoints of steps 1 and 2 (different weights), each step's weights."""
     run, folder, weights = Run(), tmp_path_factory.mktemp("saved"), {}
     for step in (1, 2):
@@ -147,7 +140,7 @@ def test_no_usable_checkpoint_is_an_error_naming_each(saved, tmp_path):
     assert all(str(copy / f"iter_{step:07d}" / "run_state.pt") in str(err.value) for step in (1, 2))
 
 
-def test_stale_unfinished_saves_are_removed(world, tmp_path, capsys):
+def test_stale_unfinished_saves_are_removed(single_process, tmp_path, capsys):
     (tmp_path / "tmp.iter_0000007" / "rng").mkdir(parents=True)
     (tmp_path / "tmp.iter_0000007" / "common.pt").write_bytes(b"x" * 1000)
     (tmp_path / "latest.tmp").write_text("iter_0000007")

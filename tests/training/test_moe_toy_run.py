@@ -20,15 +20,7 @@ CONFIG = Path(__file__).resolve().parents[2] / "examples" / "configs" / "toy_moe
 
 
 @pytest.fixture(scope="module")
-def world():
-    from megatron_omni.convert.world import single_process_world
-
-    with single_process_world():
-        yield
-
-
-@pytest.fixture(scope="module")
-def toy_run(world, tmp_path_factory):
+def toy_run(single_process, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("toy_moe")
     cfg = load_config(CONFIG, [
         f"dataset.toy_dir={tmp_path / 'toy'}", "dataset.toy_num_clips=6", "train.save_dir=null", "train.steps=1",
