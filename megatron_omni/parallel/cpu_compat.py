@@ -8,19 +8,12 @@ the GPU path runs megatron-core untouched.
 1. ``torch.cuda.current_device()`` (tensor_parallel.layers, mappings, RoPE's ``inv_freq``,
    p2p_communication, param_and_grad_buffer, ...): returns the CPU device.
 2. ``torch.cuda.synchronize()`` used by pipeline p2p and the optimizer: a no-op.
-3. Hard-coded ``device="cuda"``, ``.cuda()``, ``.to("cuda")`` and ``pin_memory`` (pipeline_parallel.
-   schedules' token counters, optimizer.clip_grads, optimizer.grad_scaler, optimizer.optimizer,
-   the MoE aux-loss tracker, dist_checkpointing's exchange, ...): the modules of ``_CUDA_PLACING``
-   see a ``torch`` whose tensor factories put a CUDA request on the CPU; ``Tensor.to`` does the
-   same, and ``.cuda()`` and ``.pin_memory()`` are identities.
+3. Hard-coded ``device="cuda"``, ``.cuda()`` and ``pin_memory()`` (pipeline_parallel.schedules'
+   token counters, optimizer.clip_grads, optimizer.grad_scaler, optimizer.optimizer): a
+   ``TorchFunctionMode`` rewrites any CUDA device argument to CPU and makes ``.cuda()`` and
+   ``pin_memory()`` identities.
 4. ``Tensor.type()`` string checks in optimizer.optimizer / distrib_optimizer / clip_grads that
-   expect ``'torch.cuda.FloatTensor'``: a CPU tensor reports its CUDA name.
-
-Patches 3 and 4 touch those few entry points rather than entering a ``TorchFunctionMode``: a mode
-sees every torch call of the process and roughly triples the cost of a small CPU op (4 -> 12 us),
-which is most of a tiny model's forward. The factories are replaced only in megatron-core's modules
-that hard-code CUDA, not in ``torch`` itself: libraries that compare or swap ``torch.tensor``
-(transformers' weight loading does) keep the real one.
+   expect ``'torch.cuda.FloatTensor'``: the same mode reports CPU tensors under their CUDA names.
 5. ``tensor_parallel.random.CudaRNGStatesTracker`` (uses ``torch.cuda.get_rng_state``): replaced
    by a tracker over the CPU generator, so ``get_cuda_rng_tracker().fork()`` swaps CPU RNG states.
 6. ``inference.communication_utils._is_cuda`` (asserts ``tensor.is_cuda`` before the pipeline
@@ -34,10 +27,9 @@ that hard-code CUDA, not in ``torch`` itself: libraries that compare or swap ``t
 from __future__ import annotations
 
 import contextlib
-import functools
-import importlib
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 _CUDA_TYPE_NAMES = {
     "torch.FloatTensor": "torch.cuda.FloatTensor",
@@ -46,24 +38,9 @@ _CUDA_TYPE_NAMES = {
     "torch.IntTensor": "torch.cuda.IntTensor",
     "torch.LongTensor": "torch.cuda.LongTensor",
 }
-# The factories megatron-core calls with a hard-coded CUDA device (patch 3), and its modules that do.
-_FACTORIES = ("tensor", "zeros", "ones", "empty", "empty_like", "randn")
-_CUDA_PLACING = (
-    "megatron.core.utils",
-    "megatron.core.rerun_state_machine",
-    "megatron.core.pipeline_parallel.schedules",
-    "megatron.core.optimizer.clip_grads",
-    "megatron.core.optimizer.grad_scaler",
-    "megatron.core.optimizer.optimizer",
-    "megatron.core.distributed.param_and_grad_buffer",
-    "megatron.core.tensor_parallel.data",
-    "megatron.core.transformer.utils",
-    "megatron.core.transformer.moe.moe_utils",
-    "megatron.core.dist_checkpointing.exchange_utils",
-    "megatron.core.dist_checkpointing.strategies.state_dict_saver",
-)
-_CPU = torch.device("cpu")
+
 _applied = False
+_mode: "_CudaToCpuMode | None" = None
 
 
 def _is_cuda_device(device) -> bool:
@@ -72,67 +49,21 @@ def _is_cuda_device(device) -> bool:
     return isinstance(device, str) and device.startswith("cuda")
 
 
-def _on_cpu(factory):
-    """``factory`` with a CUDA ``device`` keyword moved to the CPU and ``pin_memory`` dropped."""
+class _CudaToCpuMode(TorchFunctionMode):
+    """Rewrites CUDA placement requests to CPU (patches 3 and 4)."""
 
-    @functools.wraps(factory)
-    def placed(*args, **kwargs):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
         if _is_cuda_device(kwargs.get("device")):
-            kwargs["device"] = _CPU
-        if kwargs.get("pin_memory"):
-            kwargs["pin_memory"] = False
-        return factory(*args, **kwargs)
-
-    return placed
-
-
-def _tensor_to(to):
-    @functools.wraps(to)
-    def moved(self, *args, **kwargs):
-        if args and _is_cuda_device(args[0]):
-            args = (_CPU, *args[1:])
-        if _is_cuda_device(kwargs.get("device")):
-            kwargs["device"] = _CPU
-        return to(self, *args, **kwargs)
-
-    return moved
-
-
-def _tensor_type(type_):
-    @functools.wraps(type_)
-    def named(self, *args, **kwargs):
-        if args or kwargs:
-            return type_(self, *args, **kwargs)
-        name = type_(self)
-        return _CUDA_TYPE_NAMES.get(name, name)
-
-    return named
-
-
-def _identity(self, *args, **kwargs):
-    return self
-
-
-class _TorchOnCpu:
-    """``torch`` as the modules of ``_CUDA_PLACING`` see it: the same module, with factories that
-    place a CUDA request on the CPU."""
-
-    def __init__(self):
-        self.__dict__.update({name: _on_cpu(getattr(torch, name)) for name in _FACTORIES})
-
-    def __getattr__(self, name):
-        return getattr(torch, name)
-
-
-def _patch_placement() -> None:
-    """Patches 3 and 4."""
-    view = _TorchOnCpu()
-    for name in _CUDA_PLACING:
-        importlib.import_module(name).torch = view
-    torch.Tensor.to = _tensor_to(torch.Tensor.to)
-    torch.Tensor.type = _tensor_type(torch.Tensor.type)
-    torch.Tensor.cuda = _identity
-    torch.Tensor.pin_memory = _identity
+            kwargs["device"] = torch.device("cpu")
+        if func in (torch.Tensor.cuda, torch.Tensor.pin_memory):
+            return args[0]
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs:
+            name = func(*args)
+            return _CUDA_TYPE_NAMES.get(name, name)
+        if func is torch.Tensor.to:
+            args = tuple(torch.device("cpu") if _is_cuda_device(a) else a for a in args)
+        return func(*args, **kwargs)
 
 
 class CpuRNGStatesTracker:
@@ -201,14 +132,15 @@ def install_cpu_rng_tracker() -> None:
 
 def apply_cpu_compat() -> bool:
     """Apply every patch once if CUDA is absent; returns whether the layer is active."""
-    global _applied
+    global _applied, _mode
     if torch.cuda.is_available():
         return False
     if _applied:
         return True
     torch.cuda.current_device = lambda: torch.device("cpu")  # patch 1
     torch.cuda.synchronize = lambda *a, **k: None  # patch 2
-    _patch_placement()  # patches 3 and 4
+    _mode = _CudaToCpuMode()
+    _mode.__enter__()  # patches 3 and 4, for the life of the process
     install_cpu_rng_tracker()  # patch 5
     from megatron.core.inference import communication_utils
 

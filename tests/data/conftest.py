@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from hf_reference import FrameWiseVideoProcessor
+from hf_reference import hf_omni_processor
 
 from megatron_omni.data.processor import OmniProcessor
 from megatron_omni.data.tokenizer import load_tokenizer, special_token_ids
@@ -24,39 +24,21 @@ def make_processor(toy_tokenizer):
     return lambda **overrides: OmniProcessor(toy_tokenizer, toy_data_config(**overrides))
 
 
-def _hf_omni_processor(processor_cls, tokenizer):
-    """transformers' omni processor class around the toy tokenizer and a Whisper feature extractor
-    configured like the released ones; only its class check is relaxed to admit the video
-    stand-in (hf_reference.FrameWiseVideoProcessor)."""
-    from transformers import WhisperFeatureExtractor
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    class Processor(processor_cls):
-        def check_argument_for_proper_class(self, argument_name, argument):
-            return type(argument)
-
-    features = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, hop_length=160, chunk_length=300,
-                                       n_fft=400, padding_value=0.0, return_attention_mask=True)
-    return Processor(image_processor=Qwen2VLImageProcessorPil(),
-                     video_processor=FrameWiseVideoProcessor(28 * 28, 112 * 112),
-                     feature_extractor=features, tokenizer=tokenizer)
-
-
 @pytest.fixture(scope="session")
 def hf_processor(toy_tokenizer):
-    """transformers' Qwen2_5OmniProcessor (see _hf_omni_processor)."""
+    """transformers' Qwen2_5OmniProcessor (see hf_omni_processor)."""
     from transformers import Qwen2_5OmniProcessor
 
-    return _hf_omni_processor(Qwen2_5OmniProcessor, toy_tokenizer)
+    return hf_omni_processor(Qwen2_5OmniProcessor, toy_tokenizer)
 
 
 @pytest.fixture(scope="session")
 def hf_qwen3_processor(toy_tokenizer):
-    """transformers' Qwen3OmniMoeProcessor (see _hf_omni_processor): 13 position ids per second,
+    """transformers' Qwen3OmniMoeProcessor (see hf_omni_processor): 13 position ids per second,
     n_window 50, video tokens and audio merged by time."""
     from transformers import Qwen3OmniMoeProcessor
 
-    return _hf_omni_processor(Qwen3OmniMoeProcessor, toy_tokenizer)
+    return hf_omni_processor(Qwen3OmniMoeProcessor, toy_tokenizer)
 
 
 @pytest.fixture(scope="session")

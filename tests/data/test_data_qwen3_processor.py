@@ -2,7 +2,7 @@
 Qwen3OmniMoeProcessor and its thinker's get_rope_index: audio token counts of the chunked audio
 tower, a video's own audio merged with its frames by time, 13 position ids per second.
 
-The video side of the oracle is the Qwen2.5 stand-in of conftest.py (14-pixel patches): token
+The video side of the oracle is the Qwen2.5 stand-in of hf_reference.py (14-pixel patches): token
 counts and positions depend on the grid and the seconds per grid only, not on the patch size.
 """
 from __future__ import annotations
@@ -94,7 +94,7 @@ def qwen3_tokenizer(tmp_path_factory):
 def test_qwen3_token_strings_match_transformers(qwen3_tokenizer, hf_qwen3_thinker):
     """The placeholders are the tokenizer's own strings: the prompt holds Qwen3-Omni's, and the
     tokens equal Qwen3OmniMoeProcessor's around the same tokenizer."""
-    from conftest import _hf_omni_processor
+    from hf_reference import hf_omni_processor
     from transformers import Qwen3OmniMoeProcessor
 
     processor = OmniProcessor(qwen3_tokenizer, toy_data_config(), IDS_PER_SECOND, audio_n_window=N_WINDOW)
@@ -105,6 +105,6 @@ def test_qwen3_token_strings_match_transformers(qwen3_tokenizer, hf_qwen3_thinke
     assert processor.token_ids.audio_token_id == qwen3_tokenizer.convert_tokens_to_ids("<|audio_pad|>")
     prompt = render_prompt(has_video=True, has_audio=False, subtitle=sample.subtitle, cfg=processor.cfg.prompt,
                            tokens=processor.tokens)
-    reference = _reference(_hf_omni_processor(Qwen3OmniMoeProcessor, qwen3_tokenizer), prompt, video, 2.0, waveform,
+    reference = _reference(hf_omni_processor(Qwen3OmniMoeProcessor, qwen3_tokenizer), prompt, video, 2.0, waveform,
                            interleave=True)
     _check(processor.process(sample, media, with_target=False), reference, hf_qwen3_thinker, interleave=True)

@@ -55,11 +55,9 @@ def test_synchronize_in_pipeline_p2p():
 def test_hard_coded_cuda_devices_and_pin_memory():
     """Patch 3: grad_scaler / schedules create tensors with device='cuda'; .cuda(); pin_memory()."""
     from megatron.core.optimizer.grad_scaler import ConstantGradScaler
-    from megatron.core.pipeline_parallel import schedules
 
     assert ConstantGradScaler(2.0).scale.device.type == "cpu"
-    # The schedules' token counter: torch.zeros([], dtype=torch.int, device="cuda").
-    assert schedules.torch.zeros([], dtype=torch.int, device="cuda").device.type == "cpu"
+    assert torch.zeros(2, device="cuda").device.type == "cpu"
     t = torch.ones(3)
     assert t.cuda() is t and t.pin_memory() is t and t.to("cuda").device.type == "cpu"
 
@@ -107,13 +105,11 @@ def test_pipeline_broadcast_of_cpu_tensors():
 
 
 def test_libraries_keep_torch_s_own_factories():
-    """Patch 3 places tensors only in megatron-core's modules: transformers' weight loading compares
-    and swaps torch's factories, and a BERT encoder (the sentence-embedding reward's kind) loaded
-    from a folder keeps its position ids."""
-    from megatron.core.optimizer import grad_scaler
+    """Patch 3 leaves torch's own factories in place: transformers' weight loading compares and
+    swaps them (a wrapped torch.tensor left the buffers of loaded models uninitialised), and a BERT
+    encoder (the sentence-embedding reward's kind) loaded from a folder keeps its position ids."""
     from transformers import BertConfig, BertModel
 
-    assert grad_scaler.torch.tensor is not torch.tensor
     config = BertConfig(vocab_size=32, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=16, max_position_embeddings=64)
     # One folder, written by rank 0 (transformers saves on the main process only).
