@@ -19,6 +19,9 @@ the GPU path runs megatron-core untouched.
 6. ``inference.communication_utils._is_cuda`` (asserts ``tensor.is_cuda`` before the pipeline
    broadcasts of generation): accepts any non-None tensor. ``is_cuda`` is a property that a
    ``TorchFunctionMode`` cannot intercept.
+8. ``transformer.utils.get_default_causal_mask`` (``torch.ones(..., device="cuda")``, read by the
+   fused softmax when no mask is given): a CPU mask. Activation recompute re-runs the forward inside
+   autograd's backward, where the mode of patches 3 and 4 does not apply.
 7. ``tensor_parallel.random._get_cuda_rng_state`` / ``_set_cuda_rng_state`` (activation
    recompute's ``CheckpointFunction`` saves and restores the CUDA generator): no CUDA generator
    exists, so there is no state; the CPU generator and the tracker's states, which recompute
@@ -116,6 +119,11 @@ class CpuRNGStatesTracker:
             torch.set_rng_state(outer)
 
 
+def _causal_mask(sq: int) -> torch.Tensor:
+    """Patch 8: megatron's default causal mask (True above the diagonal), built on the CPU."""
+    return torch.triu(torch.ones(sq, sq, dtype=torch.bool), diagonal=1)
+
+
 def _require_tensor(tensor) -> None:
     assert tensor is not None
 
@@ -145,8 +153,11 @@ def apply_cpu_compat() -> bool:
     from megatron.core.inference import communication_utils
 
     communication_utils._is_cuda = _require_tensor  # patch 6
+    from megatron.core.fusions import fused_softmax
     from megatron.core.tensor_parallel import random as mrandom
+    from megatron.core.transformer import utils as transformer_utils
 
+    transformer_utils.get_default_causal_mask = fused_softmax.get_default_causal_mask = _causal_mask  # patch 8
     mrandom._get_cuda_rng_state = lambda *a, **k: None  # patch 7
     mrandom._set_cuda_rng_state = lambda *a, **k: None
     _applied = True
