@@ -18,7 +18,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 
 from megatron_omni.models.attention import PackedDotProductAttention
 from megatron_omni.models.config import ModelConfig, ModelSections, transformer_engine_available
-from megatron_omni.models.moe import moe_transformer_fields
+from megatron_omni.models.moe import moe_transformer_fields, take_uneven_token_counts
 from megatron_omni.models.mrope import InterleavedMultimodalRotaryEmbedding
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -133,6 +133,7 @@ def build_decoder(
         scatter_embedding_sequence_parallel=scatter_embedding_sequence_parallel,
         vp_stage=vp_stage,
     )
+    take_uneven_token_counts(decoder)  # an expert group's data-parallel ranks hold different batches
     if m.mrope_interleaved:
         # megatron-core's MRoPE only knows contiguous sections: swap in the interleaved table.
         decoder.rotary_pos_emb = InterleavedMultimodalRotaryEmbedding(

@@ -16,12 +16,23 @@ before the product instead (equal for one layer); a per-layer loss is what pipel
 compute without exchanging routing statistics.
 
 Tokens are never dropped (no capacity factor), so there is no dropped-token count to report.
+
+Uneven token counts. megatron's all-gather dispatcher (the CPU one, docs/PARALLELISM.md) gathers
+the tokens of the TP x EP group with ``all_gather_into_tensor``, which needs the same count on
+every rank; the ranks of an expert group are data-parallel replicas whose micro-batches (rows
+padded to their own longest sample, a rollout's prompts) differ in length. `UnevenAllGatherDispatcher`
+pads each rank's tokens to the group's largest count with tokens routed to no expert (zero
+hidden state, probability and routing) and cuts them off after the combine: they take no expert
+compute and add nothing to any real token, so each rank gets what a single process computes.
 """
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.moe import moe_utils
+from megatron.core.transformer.moe.moe_layer import MoELayer
+from megatron.core.transformer.moe.token_dispatcher import MoEAllGatherTokenDispatcher
 
 from megatron_omni.models.config import ModelSections
 
@@ -50,6 +61,35 @@ def moe_transformer_fields(cfg: ModelSections) -> dict:
         moe_token_dispatcher_type="alltoall" if torch.cuda.is_available() else "allgather",
         expert_model_parallel_size=cfg.parallel.expert_model_parallel_size,
     )
+
+
+class UnevenAllGatherDispatcher(MoEAllGatherTokenDispatcher):
+    """megatron's all-gather dispatcher for ranks whose token counts differ (module docstring)."""
+
+    def dispatch_preprocess(self, hidden_states, routing_map, probs):
+        hidden_states, probs = super().dispatch_preprocess(hidden_states, routing_map, probs)
+        self.local_tokens = hidden_states.shape[0]
+        if self.tp_size == 1 and self.ep_size == 1:
+            return hidden_states, probs
+        largest = torch.tensor([self.local_tokens], dtype=torch.long, device=hidden_states.device)
+        dist.all_reduce(largest, op=dist.ReduceOp.MAX, group=self.tp_ep_group)
+        missing = int(largest) - self.local_tokens
+        if missing:
+            hidden_states = torch.cat([hidden_states, hidden_states.new_zeros(missing, hidden_states.shape[1])])
+            probs = torch.cat([probs, probs.new_zeros(missing, probs.shape[1])])
+            self.routing_map = torch.cat([self.routing_map, self.routing_map.new_zeros(missing, self.routing_map.shape[1])])
+        return hidden_states, probs
+
+    def combine_postprocess(self, hidden_states):
+        return super().combine_postprocess(hidden_states[: self.local_tokens])
+
+
+def take_uneven_token_counts(model: torch.nn.Module) -> None:
+    """Give the all-gather dispatchers of ``model``'s MoE layers uneven token counts (the class
+    only adds the padding around megatron's own methods, so its dispatchers are re-classed in place)."""
+    for module in model.modules():
+        if isinstance(module, MoELayer) and type(module.token_dispatcher) is MoEAllGatherTokenDispatcher:
+            module.token_dispatcher.__class__ = UnevenAllGatherDispatcher
 
 
 LOAD_BALANCING = "load_balancing_loss"  # megatron's tracker entry of the aux_loss type

@@ -1,6 +1,6 @@
 """The converted thinker at TP=2 and at PP=2 reproduces transformers' logits; a randomly
 initialised TP=2 model is saved for the resharding checks; the Qwen3-Omni MoE thinker reproduces
-transformers' logits at TP=2, EP=2 and PP=2.
+transformers' logits at TP=2, EP=2 (also with a different number of tokens on each rank) and PP=2.
 
 Runs under torchrun with 2 processes (tests/test_dist_suites.py: omni_parallel-x2), whose
 parent-side fixture, omni_parallel_cases, writes the inputs beside the checkpoints in $OMNI_PARALLEL_DIR:
@@ -168,6 +168,23 @@ def test_moe_thinker_matches_transformers(moe_thinker, tp, ep):
     for batch, expected in cases:
         with torch.no_grad():
             assert_moe_matches(full_vocab(model(**batch.model_inputs())), batch, expected)
+
+
+def test_moe_ep2_ranks_with_different_token_counts(moe_thinker):
+    """The two ranks of the expert group run batches of different sizes (rank 0 two samples,
+    rank 1 one shorter sample: 2 x 46 against 1 x 36 tokens), as data-parallel replicas do; each
+    gets transformers' logits of its own batch."""
+    from omni_helpers import hf_logits, make_batch
+
+    hf_model, _ = moe_thinker
+    model = build_moe(hf_model, tp=1, pp=1, ep=2)
+    rank = dist.get_rank()
+    batch = make_batch(hf_model, seed=rank, frames=(200, 160) if rank == 0 else (120,))
+    counts = [None, None]
+    dist.all_gather_object(counts, batch.input_ids.numel())
+    assert counts[0] != counts[1]
+    with torch.no_grad():
+        assert_moe_matches(model(**batch.model_inputs()), batch, hf_logits(hf_model, batch))
 
 
 @pytest.mark.parametrize("tp, ep", [(2, 1), (1, 2)], ids=["tp2", "ep2"])

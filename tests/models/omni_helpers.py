@@ -109,11 +109,11 @@ def _sample_tokens(generator, n_audio: int, use_audio_in_video: bool, lead: int,
     return _text(generator, lead) + video + _text(generator, 2) + audio + _text(generator, tail)
 
 
-def make_batch(hf_model, use_audio_in_video: bool = False, seed: int = 0) -> OmniBatch:
-    """Two samples of different lengths (audio of 200 and 160 mel frames), right-padded; for the
-    Qwen2.5-Omni or the Qwen3-Omni MoE thinker (patch size and audio token counts from its config)."""
+def make_batch(hf_model, use_audio_in_video: bool = False, seed: int = 0, frames: tuple[int, ...] = (200, 160)) -> OmniBatch:
+    """Samples of different lengths (by default two, with audio of 200 and 160 mel frames; at most
+    two), right-padded; for the Qwen2.5-Omni or the Qwen3-Omni MoE thinker (patch size and audio
+    token counts from its config)."""
     g = torch.Generator().manual_seed(seed)
-    frames = [200, 160]
     vision = hf_model.config.vision_config
     patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
     rows = [_sample_tokens(g, model_audio_tokens(hf_model, f), use_audio_in_video, lead, tail)
