@@ -45,12 +45,12 @@ class OmniAnswerer:
         loaded = {position: self.source.load_one(self.index[ids[position]]) for position in mine}
         usable = [position for position, prompt in loaded.items() if prompt is not None]
         answers: dict[int, str | None] = dict.fromkeys(loaded)
-        if usable:
-            mask = ModalityMask(mask_modality, self.mask_ratio, seed=0) if mask_modality is not None else None
-            generated = sample_prompts(self.model, [loaded[p] for p in usable], self.sampling, 1, [0] * len(usable),
-                                       self.vocab_size, self.pad_token_id, modality_mask=mask)
-            for position, (completion,) in zip(usable, generated.completions):
-                answers[position] = self.tokenizer.decode(completion, skip_special_tokens=True)
+        # Called with no usable sample too: under expert parallelism the replicas decode in step.
+        mask = ModalityMask(mask_modality, self.mask_ratio, seed=0) if mask_modality is not None else None
+        generated = sample_prompts(self.model, [loaded[p] for p in usable], self.sampling, 1, [0] * len(usable),
+                                   self.vocab_size, self.pad_token_id, modality_mask=mask)
+        for position, (completion,) in zip(usable, generated.completions, strict=True):
+            answers[position] = self.tokenizer.decode(completion, skip_special_tokens=True)
         elsewhere = (0, 0)
         if size > 1:
             gathered: list[dict[int, str | None]] = [{} for _ in range(size)]

@@ -31,6 +31,14 @@ without gathering the vocabulary over TP; the chosen tokens and their log-probs 
 from the last stage. Row ``g`` of a prompt draws its noise from the key of (prompt seed, g), so a
 prompt's completions do not depend on the other prompts of the batch, the layout or a resume.
 The one host read per token is whether every row is done.
+
+Expert parallelism. The ranks of an expert-parallel group are data-parallel replicas with their own
+prompts, but every MoE layer's forward exchanges tokens over the whole group, so their forwards
+must run in step: the same number of prefills and of decode steps on each (the token counts may
+differ, `models.moe`). Under EP > 1 a rank with fewer prompts prefills and decodes one-token pad
+prompts in their place (their completions are dropped), and the decode ends when the rows of every
+rank of the group are done: a rank whose rows are all done decodes one finished row on (its tokens
+are cut). That costs one small all-reduce per token, on the expert group only.
 """
 from __future__ import annotations
 
@@ -42,6 +50,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.inference.communication_utils import (
@@ -87,10 +96,12 @@ class ModelAdapter(Protocol):
 
     ``forward(tokens [b, s], position_ids, ctx, media)`` returns this TP rank's vocabulary shard of
     the last token's logits [b, 1, V / tp] on the last pipeline stage and the hidden state to send
-    on elsewhere; ``media`` (prefill only) holds a multimodal prompt's media inputs.
+    on elsewhere; ``media`` (prefill only) holds a multimodal prompt's media inputs. ``mrope``:
+    whether positions are [3, ...] (TMRoPE) rather than 1-D.
     """
 
     model: torch.nn.Module
+    mrope: bool
 
     def forward(self, tokens, position_ids, ctx: StaticInferenceContext, media) -> torch.Tensor: ...
 
@@ -200,6 +211,20 @@ class Generator:
         self.last_stage = parallel_state.is_pipeline_last_stage()
         self.tp_group = parallel_state.get_tensor_model_parallel_group()
         self.tp_rank = parallel_state.get_tensor_model_parallel_rank()
+        # The ranks whose forwards run in step (module docstring); None: this rank decodes alone.
+        in_step = parallel_state.get_expert_model_parallel_world_size() > 1
+        self.lockstep = parallel_state.get_expert_model_parallel_group() if in_step else None
+
+    def _largest(self, count: int) -> int:
+        """The largest ``count`` over the lockstep group."""
+        value = torch.tensor([count], dtype=torch.long, device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.lockstep)
+        return int(value)
+
+    def _pad_prompt(self, new_tokens: int) -> Prompt:
+        """A one-token text prompt that keeps this rank's forwards in step (its completions are dropped)."""
+        positions = torch.zeros((3, 1 + new_tokens) if self.adapter.mrope else (1 + new_tokens,), dtype=torch.long)
+        return Prompt(torch.tensor([self.pad_token_id]), positions, seed=0)
 
     def _forward(self, tokens, position_ids, ctx, media=None) -> torch.Tensor | None:
         """One forward over the pipeline: this TP rank's last-token logits shard [b, V / tp] on the
@@ -231,22 +256,25 @@ class Generator:
     @torch.no_grad()
     def generate(self, prompts: list[Prompt], group_size: int, cfg: SamplingConfig) -> Generated:
         """``group_size`` completions of each prompt, decoded together up to ``cfg.max_decode_rows``
-        rows at a time (collective over the model's TP/PP ranks). A row's draws depend on its
-        prompt's seed only, so how the prompts are split into decodes changes no completion."""
-        if not prompts:
-            raise ValueError("generate() needs at least one prompt")
-        per_decode = len(prompts) if cfg.max_decode_rows is None else max(1, cfg.max_decode_rows // group_size)
+        rows at a time (collective over the model's TP/PP ranks and, under expert parallelism, its
+        expert group, where a rank may have no prompt). A row's draws depend on its prompt's seed
+        only, so how the prompts are split into decodes changes no completion."""
         started = time.perf_counter()
-        parts = [self._decode(prompts[i : i + per_decode], group_size, cfg) for i in range(0, len(prompts), per_decode)]
-        if len(parts) == 1:
-            return parts[0]
-        tokens = sum(len(ids) for part in parts for group in part.completions for ids in group)
-        return Generated([group for part in parts for group in part.completions],
-                         [group for part in parts for group in part.logprobs],
-                         tokens_per_second=tokens / max(time.perf_counter() - started, 1e-9))
+        requested = len(prompts)
+        if self.lockstep is not None:
+            prompts = prompts + [self._pad_prompt(cfg.max_new_tokens)] * (self._largest(requested) - requested)
+        per_decode = max(1, len(prompts)) if cfg.max_decode_rows is None else max(1, cfg.max_decode_rows // group_size)
+        completions, logprobs = [], []
+        for i in range(0, len(prompts), per_decode):
+            part = self._decode(prompts[i : i + per_decode], group_size, cfg)
+            completions += part[0]
+            logprobs += part[1]
+        completions, logprobs = completions[:requested], logprobs[:requested]
+        tokens = sum(len(ids) for group in completions for ids in group)
+        return Generated(completions, logprobs, tokens_per_second=tokens / max(time.perf_counter() - started, 1e-9))
 
-    def _decode(self, prompts: list[Prompt], group_size: int, cfg: SamplingConfig) -> Generated:
-        """One decode of every prompt's G rows in one batch."""
+    def _decode(self, prompts: list[Prompt], group_size: int, cfg: SamplingConfig):
+        """One decode of every prompt's G rows in one batch: (completions, logprobs) per prompt."""
         model = self.adapter.model
         was_training = model.training
         longest = max(int(p.tokens.shape[0]) for p in prompts)
@@ -270,8 +298,7 @@ class Generator:
                 hook.remove()
             model.train(was_training)
 
-    def _generate(self, prompts, group_size, cfg, cache: KVCache, ctx, longest) -> Generated:
-        started = time.perf_counter()
+    def _generate(self, prompts, group_size, cfg, cache: KVCache, ctx, longest):
         new, rows, device = cfg.max_new_tokens, cache.size, self.device
         mrope = prompts[0].positions.dim() == 2
         # Each row's position at each slot (pad slots: 0, never seen).
@@ -309,10 +336,12 @@ class Generator:
             lengths[live[finished]] = t + 1
             done |= finished
             running = int((~done).sum())  # the step's one host read
-            if running == 0 or t == new - 1:
+            if t == new - 1 or (running if self.lockstep is None else self._largest(running)) == 0:
                 break
-            if live.shape[0] - running >= COMPACT_WHEN_DONE * live.shape[0]:
+            if live.shape[0] - running >= COMPACT_WHEN_DONE * live.shape[0] and live.shape[0] > max(running, 1):
                 keep = ~done
+                if running == 0:  # the lockstep group decodes on: one finished row keeps this rank in step
+                    keep[0] = True
                 live, keys, token, done = live[keep], keys[keep], token[keep], done[keep]
                 positions = positions[..., keep, :]
                 cache.keep(keep)
@@ -327,8 +356,7 @@ class Generator:
             block = range(i * group_size, (i + 1) * group_size)
             completions.append([tokens_host[r, : lengths_host[r]].tolist() for r in block])
             logprobs.append([logprobs_host[r, : lengths_host[r]].clone() for r in block])
-        elapsed = time.perf_counter() - started
-        return Generated(completions, logprobs, tokens_per_second=sum(lengths_host) / max(elapsed, 1e-9))
+        return completions, logprobs
 
 
 def _row_seed(seed: int, completion: int) -> int:
@@ -341,6 +369,7 @@ class GPTAdapter:
 
     def __init__(self, model):
         self.model = model
+        self.mrope = model.position_embedding_type == "mrope"
 
     def forward(self, tokens, position_ids, ctx, media):
         if media:

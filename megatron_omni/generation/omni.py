@@ -15,6 +15,8 @@ class OmniAdapter:
     """The generator's view of an OmniModel stage: media (and a modality mask) go in with the
     prompt's prefill only."""
 
+    mrope = True  # OmniModel takes TMRoPE positions [3, b, s], text-only prompts too
+
     def __init__(self, model, modality_mask: ModalityMask | None = None):
         self.model, self.modality_mask = model, modality_mask
 

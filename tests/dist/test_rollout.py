@@ -215,3 +215,43 @@ def test_evaluation_answers_split_over_data_parallel_ranks_equal_one_at_a_time()
     assert len(set(together)) > 1
     # The skip share is judged over every replica's samples: each rank counts all of them.
     assert (answerer.source.total_seen, answerer.source.total_skipped) == (2 * 2 * len(records), 0)
+
+
+def build_moe(pp=1, ep=1):
+    """A MoE decoder (4 experts, top-2) whose experts split over ``ep`` ranks."""
+    cfg = RunConfig()
+    cfg.model.vocab_size = 512
+    cfg.model.family = "qwen3_omni_moe"
+    cfg.model.num_moe_experts, cfg.model.moe_ffn_hidden_size, cfg.model.moe_router_topk = 4, 64, 2
+    cfg.model.moe_norm_topk_prob, cfg.model.moe_aux_loss_coeff = True, 0.0
+    cfg.parallel.pipeline_model_parallel_size = pp
+    cfg.parallel.expert_model_parallel_size = ep
+    initialize_parallel(1, pp, expert_model_parallel_size=ep)
+    set_seed(cfg.train.seed)
+    (model,) = build_model_chunks(cfg, build_decoder, wrap_ddp=False)
+    return cfg, model
+
+
+@torch.no_grad()
+def test_expert_parallel_ranks_decode_in_step():
+    """EP=2 and EP=2 x PP=2: the data-parallel ranks of an expert group hold different numbers of
+    prompts (one rank none) of different lengths, whose rows stop at different steps (a stop token
+    every seventh id); every rank gets what it samples alone at EP=1."""
+    sampling = dataclasses.replace(SAMPLING, stop_token_ids=[EOS, *range(0, 256, 7)])
+    mine = {0: [0, 1, 2], 1: [1], 2: [], 3: [2, 0]}  # prompts of each data-parallel rank
+    for pp, ep in [(1, 2), (2, 2)]:
+        cfg, model = build_moe()
+        dp_rank = dist.get_rank() if pp == 1 else dist.get_rank() % 2
+        texts = [TEXTS[i] for i in mine[dp_rank if pp == 1 else 2 * dp_rank]]
+        seeds = [5 + i for i in mine[dp_rank if pp == 1 else 2 * dp_rank]]
+        alone = generator(cfg, model).generate(prompts(texts, seeds), 3, sampling)
+        cfg, model = build_moe(pp, ep)
+        assert parallel_state.get_data_parallel_rank() == dp_rank
+        out = generator(cfg, model).generate(prompts(texts, seeds), 3, sampling)
+        assert out.completions == alone.completions, (pp, ep, dp_rank)
+        for rows, expected in zip(out.logprobs, alone.logprobs):
+            for row, want in zip(rows, expected):
+                torch.testing.assert_close(row, want, atol=1e-5, rtol=1e-5)
+        lengths = [None] * dist.get_world_size()
+        dist.all_gather_object(lengths, [len(c) for rows in out.completions for c in rows])
+        assert len({n for part in lengths for n in part}) > 2 and [] in lengths, lengths
