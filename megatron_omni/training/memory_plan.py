@@ -2,13 +2,14 @@
 
 Pure arithmetic: nothing is built except the towers on the meta device (their parameter counts).
 The worst pipeline stage is planned: the first holds the embedding, the towers and the most
-in-flight micro-batches under 1F1B; the last the output layer and the logits. With PP = 1 they
-are one stage.
+in-flight micro-batches under 1F1B; the last the output layer, the logits, the loss path's buffers
+and the scoring stores. Both are planned and the larger total kept (at TP = 1 the last stage's
+[T, V] logits outweigh the first stage's towers). With PP = 1 they are one stage.
 
 The peak is the persistent state (weights, gradients, optimizer states, frozen copies kept on the
 device) plus the largest of the step's phases:
   rollout   the engine's KV cache of the rows decoded together (a rank's prompts, or
-            sampling.max_decode_rows of them, x G) and one prompt's prefill logits
+            sampling.max_decode_rows of them, x G) and a decode step's last-token logits
   scoring   one no-grad micro-batch forward (reference / masked / up-front teacher) and the
             stores kept until the losses read them
   training  activations of the in-flight micro-batches, the loss path's logit-sized buffers, the
@@ -42,6 +43,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from megatron_omni.config import ConfigError
 from megatron_omni.models.config import ModelConfig, PrecisionConfig, RecomputeConfig
 from megatron_omni.models.decoder import padded_vocab_size
 from megatron_omni.parallel.config import ParallelConfig
@@ -70,6 +72,7 @@ class Plan:
     """Bytes per GPU of the worst stage, by component and phase."""
 
     layout: str
+    stage: str = "only"  # which pipeline stage: "only" at PP = 1
     persistent: dict[str, float] = field(default_factory=dict)
     phases: dict[str, dict[str, float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -193,7 +196,23 @@ def tower_activation_bytes(omni, recompute: bool, placeholders: int, width: int)
 
 
 def plan_memory(cfg: PlannedRun, world_size: int, cpu: bool = False, evidence_fraction: float = 1.0) -> Plan:
-    """The plan of ``cfg`` on ``world_size`` GPUs (or CPU processes with ``cpu``)."""
+    """The plan of ``cfg`` on ``world_size`` GPUs (or CPU processes with ``cpu``). At PP > 1 the first
+    and the last pipeline stage are planned and the larger returned, the other's total in a note: a
+    middle stage holds the first one's layers and no more micro-batches, without its embedding and towers."""
+    pp = cfg.parallel.pipeline_model_parallel_size
+    towers = tower_params(cfg.omni, cfg.model.family)
+    if pp == 1:
+        return _plan_stage(cfg, world_size, cpu, evidence_fraction, towers, rank=0)
+    first, last = (_plan_stage(cfg, world_size, cpu, evidence_fraction, towers, rank) for rank in (0, pp - 1))
+    worst, other = (first, last) if first.total >= last.total else (last, first)
+    worst.notes.insert(0, f"worst stage: the {worst.stage}; the {other.stage} plans {other.total / 2**30:.2f} GiB")
+    return worst
+
+
+def _plan_stage(cfg: PlannedRun, world_size: int, cpu: bool, evidence_fraction: float, towers: dict[str, int],
+                rank: int) -> Plan:
+    """The plan of pipeline rank ``rank``: the first holds the embedding and the towers, the last the
+    output layer, the logits and what is stored from them."""
     m, p, prec, t = cfg.model, cfg.parallel, cfg.precision, cfg.train
     tp, pp, vpp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.virtual_pipeline_model_parallel_size
     ep, sp = p.expert_model_parallel_size, p.sequence_parallel
@@ -206,23 +225,30 @@ def plan_memory(cfg: PlannedRun, world_size: int, cpu: bool = False, evidence_fr
     vocab = padded_vocab_size(m, tp)
     h, layers = m.hidden_size, m.num_layers // pp
     algorithm = cfg.algorithm
+    is_first, is_last = rank == 0, rank == pp - 1
+    microbatches = t.global_batch_size // (t.micro_batch_size * dp)
+    if not microbatches:
+        raise ConfigError(f"train.global_batch_size ({t.global_batch_size}) is smaller than train.micro_batch_size "
+                          f"({t.micro_batch_size}) x data-parallel size ({dp}): no micro-batch on a rank to plan")
     plan = Plan(layout=f"TP={tp}{' SP' if sp else ''} PP={pp}{f' VPP={vpp}' if vpp else ''}"
                        f"{f' EP={ep}' if m.num_moe_experts else ''} DP={dp}, {algorithm}, "
-                       f"{'CPU fp32' if cpu else prec.params_dtype}")
+                       f"{'CPU fp32' if cpu else prec.params_dtype}",
+                stage="only" if pp == 1 else "first stage (embedding, towers)" if is_first else
+                      "last stage (output layer, logits)")
 
-    # Weights of the first stage (embedding, towers) or the last (output layer); the larger is planned.
-    towers = tower_params(cfg.omni, m.family)
-    frozen_towers = (towers["vision"] if cfg.omni.freeze_vision else 0) + (towers["audio"] if cfg.omni.freeze_audio else 0)
+    # Weights: every stage its layers and their experts, the first the embedding and the towers, the
+    # last the final norm and the output layer (a copy of a tied embedding when it is not the first).
     embedding = vocab * h // tp
     dense_layer, expert_layer = decoder_layer_params(m)
-    decoder = layers * dense_layer // tp
     experts = layers * expert_layer // (tp * ep)  # this rank's E / EP experts of each layer, TP-sharded
-    output = embedding if (not m.tie_word_embeddings or pp > 1) else 0
-    first = decoder + embedding + sum(towers.values()) + (output if pp == 1 else 0)
-    last = decoder + output + h
-    stage_params = max(first, last) + experts
-    is_first = first >= last or pp == 1
-    trainable = stage_params - (frozen_towers if is_first else 0)
+    stage_params = layers * dense_layer // tp + experts
+    frozen_towers = 0
+    if is_first:
+        stage_params += embedding + sum(towers.values())
+        frozen_towers = (towers["vision"] if cfg.omni.freeze_vision else 0) + (towers["audio"] if cfg.omni.freeze_audio else 0)
+    if is_last:
+        stage_params += h + (embedding if not m.tie_word_embeddings or not is_first else 0)
+    trainable = stage_params - frozen_towers
     plan.persistent["weights"] = width * stage_params
     # megatron DDP's contiguous buffer: fp32 main grads (grad_reduce_in_fp32) of trainable parameters.
     plan.persistent["gradients"] = 4 * trainable
@@ -254,14 +280,13 @@ def plan_memory(cfg: PlannedRun, world_size: int, cpu: bool = False, evidence_fr
     tokens = rows * seq
     logits = tokens * vocab / tp  # elements of one micro-batch's [b, s, V/TP]
     hidden = width * tokens * h / (tp if sp else 1)
-    last_stage = pp == 1 or not is_first
 
-    # Training: 1F1B keeps PP micro-batches in flight on the first stage (VPP: (PP-1)*... chunks more).
-    microbatches = t.global_batch_size // (t.micro_batch_size * dp)
-    in_flight = min(pp, microbatches) if pp > 1 else 1
+    # Training: under 1F1B pipeline rank r keeps PP - r micro-batches in flight; interleaved (VPP),
+    # (PP - r - 1) x 2 + (VPP - 1) x PP + 1 model chunks (megatron's warm-up count, plus one).
+    in_flight = min(pp - rank, microbatches)
     chunk_layers = layers // (vpp or 1)
     if vpp:
-        in_flight_chunks = min((pp - 1) * 2 + (vpp - 1) * pp + 1, microbatches * vpp)
+        in_flight_chunks = min((pp - rank - 1) * 2 + (vpp - 1) * pp + 1, microbatches * vpp)
     else:
         in_flight_chunks = in_flight
     act = in_flight_chunks * activation_bytes(m, cfg.recompute, chunk_layers, tokens, seq, tp, width, fused_attention,
@@ -269,7 +294,7 @@ def plan_memory(cfg: PlannedRun, world_size: int, cpu: bool = False, evidence_fr
     plan.activations_without_recompute = in_flight_chunks * activation_bytes(m, None, chunk_layers, tokens, seq, tp,
                                                                              width, fused_attention, sp)
     training = {"activations": act + in_flight * hidden}  # + the stage's input / embedding output
-    if last_stage:
+    if is_last:
         training["logits + loss buffers"] = logits * (width + 4 * (LOSS_LOGIT_BUFFERS[algorithm] - 1))
     if is_first:
         tower_act = tower_activation_bytes(cfg.omni, cfg.recompute.towers, rows * (seq if algorithm == "sft" else prompt),
@@ -280,37 +305,41 @@ def plan_memory(cfg: PlannedRun, world_size: int, cpu: bool = False, evidence_fr
     if algorithm in ("oppo", "opsd"):
         group, prompt, completion = _rl(cfg)
         kv = cfg.model.num_query_groups // tp * m.head_dim
-        # The engine's cache: rows x slots x layers x (k, v) x kv heads x head_dim; a prompt is
-        # prefilled alone, its logits [1, prompt, V/TP] in the model dtype.
-        phases["rollout"] = {
-            "KV cache": width * _decode_rows(cfg, group, dp) * (prompt + completion) * layers * 2 * kv,
-            "prefill logits": width * prompt * vocab / tp,
-        }
+        decode_rows = _decode_rows(cfg, group, dp)
+        # The engine's cache: rows x slots x layers x (k, v) x kv heads x head_dim. Its prefill and
+        # decode steps take the last token's logits only (megatron's static inference context), in
+        # the model dtype, and sampling.choose_tokens makes up to three fp32 copies of them.
+        phases["rollout"] = {"KV cache": width * decode_rows * (prompt + completion) * layers * 2 * kv}
+        if is_last:
+            phases["rollout"]["decode-step logits"] = (width + 3 * 4) * decode_rows * vocab / tp
         completion_rows = rows * completion
-        n_micro = microbatches
+        # What is scored or stored from the logits lives on the last stage.
+        scoring: dict[str, float] = {}
+        if frozen_copy and offloaded:
+            scoring[f"{frozen_name} (on the device to score)"] = frozen_copy
         if algorithm == "oppo":
             stores = 0.0
             if cfg.oppo.grpo.kl_beta:
-                stores += 4 * completion_rows * n_micro  # reference log-probs at completion tokens, fp32
+                stores += 4 * completion_rows * microbatches  # reference log-probs at completion tokens, fp32
             if cfg.oppo.perception_loss:
-                stores += 2 * width * evidence_fraction * completion_rows * vocab / tp * n_micro
-            scoring = {"forward logits": logits * (width + 4), "stores": stores}
-            if frozen_copy and offloaded:
-                scoring["reference weights (on the device to score)"] = frozen_copy
-            phases["scoring"] = scoring
-            training["stores (micro-batches not yet trained)"] = stores
+                stores += 2 * width * evidence_fraction * completion_rows * vocab / tp * microbatches
+            if is_last:
+                scoring = {"forward logits": logits * (width + 4), "stores": stores, **scoring}
+                training["stores (micro-batches not yet trained)"] = stores
         else:
             teacher_rows = width * completion_rows * vocab / tp
-            teacher_first = pp > 1 or cfg.opsd.offload_teacher
-            if teacher_first:
-                phases["scoring"] = {"forward logits": logits * width, "teacher rows": teacher_rows * n_micro,
-                                     **({"teacher weights (on the device to score)": frozen_copy} if offloaded else {})}
-                training["teacher rows (micro-batches not yet trained)"] = teacher_rows * n_micro
+            if pp > 1 or cfg.opsd.offload_teacher:  # the teacher scores every micro-batch up front
+                if is_last:
+                    scoring = {"forward logits": logits * width, "teacher rows": teacher_rows * microbatches,
+                               **scoring}
+                    training["teacher rows (micro-batches not yet trained)"] = teacher_rows * microbatches
             else:
                 # Interleaved: each micro-batch's teacher forward (no grad) runs before its student
                 # forward and keeps only its completion rows.
                 phases["teacher forward"] = {"forward logits": logits * width, "teacher rows": teacher_rows}
                 training["teacher rows"] = teacher_rows
+        if scoring:
+            phases["scoring"] = scoring
     plan.phases = phases
     if offloaded:
         plan.notes.append(f"{frozen_name} ({frozen_copy / 2**30:.1f} GiB) live on the CPU between their forwards")

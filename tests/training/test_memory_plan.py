@@ -107,15 +107,58 @@ QWEN3_30B = "qwen3_omni_30b_a3b_oppo.yaml"
 
 
 def _planned_30b(overrides: list[str] = ()):
-    # Not validated here: its sequence parallelism needs Transformer Engine on CUDA, and an RL run at
-    # EP > 1 is refused until the rollout engine keeps expert-parallel ranks in step; the plan reads the layout.
+    # Not validated here: an RL run at EP > 1 is refused until the rollout engine keeps an expert
+    # group's ranks in step (runs/config.py check_expert_parallel_run); the plan reads the layout.
     return plan_memory(_cfg(QWEN3_30B, list(overrides)), world_size=16)
 
 
-def test_qwen3_30b_config_fits_72_gb_on_16_gpus():
+def test_qwen3_30b_config_plans_its_header_figure_on_16_gpus():
     plan = _planned_30b()
-    assert plan.total <= 72e9
-    assert plan.layout.startswith("TP=4 SP PP=1 EP=4 DP=4")
+    assert plan.layout.startswith("TP=1 PP=2 EP=8 DP=8")
+    assert plan.stage.startswith("last stage")
+    assert round(plan.total / 1e9, 1) == 74.7  # the figure the config's header and docs/PERFORMANCE.md give
+
+
+def test_pipeline_plan_takes_the_last_stage_by_hand_at_tp1():
+    """At TP=1 PP=2 the last stage's whole-vocabulary logits outweigh the first stage's embedding and
+    towers: the plan is the last stage's, every figure of it computed here from the 30B shapes (EP=8
+    DP=8, one prompt of G=4 completions per rank, the reference offloaded, full recompute)."""
+    plan = _planned_30b(["parallel.tensor_model_parallel_size=1", "parallel.pipeline_model_parallel_size=2",
+                         "parallel.expert_model_parallel_size=8", "oppo.grpo.group_size=4",
+                         "train.micro_batch_size=1", "train.global_batch_size=8"])
+    h, v, s, g, new, layers = 2048, 152064, 4096, 4, 1024, 24
+    q, kv, e, k, f = 32 * 128, 4 * 128, 128, 8, 768
+    # Per layer: QKV and output projections, the q/k norms, the two norms, the router.
+    dense = layers * (h * (q + 2 * kv) + q * h + 2 * 128 + 2 * h + e * h) + v * h + h  # + output layer, final norm
+    experts = layers * (e // 8) * 3 * h * f  # 16 of the 128 experts, whole (TP=1)
+    params = dense + experts
+    assert plan.stage.startswith("last stage")
+    assert plan.persistent == pytest.approx({
+        "weights": 2 * params, "gradients": 4 * params,
+        # Adam's 12 bytes: the dense part over the 8 DP ranks, the experts over 8 / EP = 1 rank.
+        "optimizer states": 12 * ((params - experts) / 8 + experts)})
+    tokens = g * s
+    # Full recompute of 1-layer units: 24 unit inputs, one layer rebuilt (per token: both norms'
+    # inputs, q and k/v, the top-8 experts' permuted inputs and outputs and fc1/fc2, the router), the stage input.
+    layer = 4 * h + (2 * q + 2 * kv) + k * 2 * h + 2 * e + k * 3 * f
+    training = plan.phases["training"]
+    assert training["activations"] == pytest.approx(2 * tokens * (layers * h + layer + h))
+    assert training["logits + loss buffers"] == pytest.approx(tokens * v * (2 + 4 * 2.5))
+    # Stores of the rank's one micro-batch: fp32 reference log-probs and both modalities' masked
+    # logits (bf16) at every completion token.
+    assert training["stores (micro-batches not yet trained)"] == pytest.approx(4 * g * new + 2 * 2 * g * new * v)
+    assert set(training) == {"activations", "logits + loss buffers", "stores (micro-batches not yet trained)"}
+    # The rollout: the KV cache of the rank's G rows over this stage's 24 layers, the decode step's
+    # last-token logits (bf16) and three fp32 copies.
+    assert plan.phases["rollout"] == pytest.approx({"KV cache": 2 * g * s * layers * 2 * kv,
+                                                    "decode-step logits": 14 * g * v})
+    first = float(plan.notes[0].rsplit(" plans ", 1)[1].split()[0])
+    assert plan.notes[0].startswith("worst stage: the last stage") and first < plan.total / 2**30 - 10
+
+
+def test_plan_refuses_a_rank_without_a_micro_batch():
+    with pytest.raises(ConfigError, match=r"train.global_batch_size \(8\) is smaller than .* data-parallel size \(16\)"):
+        plan_memory(_cfg(QWEN3_30B), world_size=32)
 
 
 def test_moe_parameter_counts_are_the_built_models_and_the_released_size():
@@ -126,8 +169,8 @@ def test_moe_parameter_counts_are_the_built_models_and_the_released_size():
     from megatron_omni.convert.world import single_process_world
     from megatron_omni.models.decoder import build_decoder
 
-    cfg = _cfg(QWEN3_30B, ["model.num_layers=2", "parallel.tensor_model_parallel_size=1",
-                           "parallel.sequence_parallel=false", "parallel.expert_model_parallel_size=1"])
+    cfg = _cfg(QWEN3_30B, ["model.num_layers=2", "parallel.pipeline_model_parallel_size=1",
+                           "parallel.expert_model_parallel_size=1"])
     assert cfg.model.vocab_size % cfg.model.make_vocab_size_divisible_by == 0  # no padded rows to count
     with single_process_world(), torch.device("meta"):
         built = sum(p.numel() for p in build_decoder(cfg).parameters())
@@ -139,9 +182,11 @@ def test_moe_parameter_counts_are_the_built_models_and_the_released_size():
 def test_expert_states_split_over_ep_and_expert_data_parallel():
     """Halving EP at the same DP doubles each GPU's experts (weights: bf16, gradients: fp32) while
     their distributed-optimizer states stay the same (twice the experts over twice the expert-DP ranks)."""
-    ep4, ep2 = _planned_30b(), _planned_30b(["parallel.expert_model_parallel_size=2"])
+    ep8, ep4 = _planned_30b(), _planned_30b(["parallel.expert_model_parallel_size=4"])
+    assert ep8.stage == ep4.stage
     m = _cfg(QWEN3_30B).model
-    experts_per_tp_rank = m.num_layers * m.num_moe_experts * 3 * m.hidden_size * m.moe_ffn_hidden_size / 4
-    assert ep2.persistent["weights"] - ep4.persistent["weights"] == pytest.approx(2 * experts_per_tp_rank / 4)
-    assert ep2.persistent["gradients"] - ep4.persistent["gradients"] == pytest.approx(4 * experts_per_tp_rank / 4)
-    assert ep2.persistent["optimizer states"] == pytest.approx(ep4.persistent["optimizer states"])
+    stage_experts = m.num_layers // 2 * m.num_moe_experts * 3 * m.hidden_size * m.moe_ffn_hidden_size  # PP=2
+    extra = stage_experts / 4 - stage_experts / 8
+    assert ep4.persistent["weights"] - ep8.persistent["weights"] == pytest.approx(2 * extra)
+    assert ep4.persistent["gradients"] - ep8.persistent["gradients"] == pytest.approx(4 * extra)
+    assert ep4.persistent["optimizer states"] == pytest.approx(ep8.persistent["optimizer states"])
