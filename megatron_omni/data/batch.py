@@ -46,6 +46,9 @@ class OmniBatch:
     prompt_lengths: list[int]
     cu_seqlens: torch.Tensor | None = None  # int32 [segments + 1] when packed
     max_seqlen: int | None = None
+    # bool [b, s]: True at padding (a padded row's tail, a packed row's final segment); None when the
+    # batch has none. Built with the batch, so no forward reads the device to know.
+    padding_mask: torch.Tensor | None = None
     pixel_values: torch.Tensor | None = None  # image patches
     image_grid_thw: torch.Tensor | None = None  # long [I, 3]
     pixel_values_videos: torch.Tensor | None = None
@@ -64,7 +67,8 @@ class OmniBatch:
         return len(self.sample_ids)
 
     def model_kwargs(self) -> dict:
-        """The OmniModel keyword arguments of this batch: media tensors and packing."""
+        """The OmniModel keyword arguments of this batch: media tensors, packing and the padding
+        mask (MoE layers keep padding out of their load-balancing loss; dense layers ignore it)."""
         return {
             "pixel_values": self.pixel_values,
             "image_grid_thw": self.image_grid_thw,
@@ -73,6 +77,7 @@ class OmniBatch:
             "input_features": self.input_features,
             "feature_attention_mask": self.feature_attention_mask,
             "packed_seq_params": self.packed_seq_params(),
+            "padding_mask": self.padding_mask,
         }
 
     def packed_seq_params(self):
@@ -184,7 +189,8 @@ def pad(samples: Sequence[ProcessedSample], pad_to_multiple_of: int = 1) -> Omni
         positions[:, row, :n] = sample.position_ids
         attention[row, :n] = True
     return OmniBatch(tokens=tokens, labels=labels, loss_mask=loss_mask, position_ids=positions,
-                     attention_mask=attention, **_common(samples))
+                     attention_mask=attention, padding_mask=None if attention.all() else ~attention,
+                     **_common(samples))
 
 
 def pack_rows(lengths: Sequence[int], row_length: int) -> list[list[int]]:
@@ -222,4 +228,5 @@ def pack(samples: Sequence[ProcessedSample], pad_to_multiple_of: int = 1) -> Omn
     cu_seqlens = torch.tensor([0] + segments, dtype=torch.int32).cumsum(0, dtype=torch.int32)
     return OmniBatch(tokens=tokens[None], labels=labels[None], loss_mask=loss_mask[None],
                      position_ids=positions[:, None], attention_mask=attention[None],
-                     cu_seqlens=cu_seqlens, max_seqlen=max(segments), **_common(samples))
+                     cu_seqlens=cu_seqlens, max_seqlen=max(segments),
+                     padding_mask=~attention[None] if padding else None, **_common(samples))

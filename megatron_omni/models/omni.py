@@ -241,7 +241,8 @@ class OmniModel(MegatronModule):
         """``inference_context`` (megatron's KV cache) and ``runtime_gather_output`` (full-vocab
         logits on every TP rank) pass through to GPTModel for generation: the prefill step
         carries the media, decode steps only their new text tokens. ``padding_mask`` [b, s]
-        (True at padding) keeps padded positions out of MoE routing and its load-balancing loss."""
+        (True at padding) keeps padded positions out of the MoE layers' load-balancing loss (they
+        are still routed; nothing reads their outputs); dense layers ignore it."""
         if position_ids.dim() != 3 or position_ids.shape[0] != 3:
             raise ValueError(
                 f"position_ids must be [3, batch, seq] (TMRoPE temporal/height/width rows), got {tuple(position_ids.shape)}"
@@ -255,6 +256,11 @@ class OmniModel(MegatronModule):
             self._deepstack = None if deepstack is None else _DeepStack(deepstack)
             if self._deepstack is not None and self.config.recompute_granularity == "full" and torch.is_grad_enabled():
                 decoder_input = _RecomputedDeepStackGrads.apply(decoder_input, self._deepstack, *deepstack)
+        if padding_mask is not None and self.config.sequence_parallel:
+            # GPTModel splits the mask over the sequence-parallel ranks only when it embeds the tokens
+            # itself; it gets the decoder input here (first stage) or none (later stages), so every
+            # stage gives its MoE layers this rank's [b, s / TP] chunk, as GPTModel would.
+            padding_mask = tensor_parallel.scatter_to_sequence_parallel_region(padding_mask.t().contiguous()).t()
         return self.language_model(
             input_ids,
             position_ids,

@@ -112,6 +112,46 @@ def test_load_balancing_loss_is_transformers_formula_per_layer(hf_thinker, megat
     assert router.grad is not None and router.grad.abs().max() > 0
 
 
+def test_project_batches_keep_padding_out_of_the_load_balancing_loss(hf_thinker, megatron_world):
+    """The data pipeline's own layouts of two samples of different lengths, through
+    ``model_kwargs()`` as the training and scoring forwards call the model: the right-padded batch
+    and the packed row ending in a padding segment log transformers' load-balancing loss with the
+    attention mask (the packed row has the same real tokens, hence the same router logits). Without
+    the mask the padded batch gives transformers' unmasked value, a different one (transformers given
+    our padding positions, 1 where its Qwen3-Omni rope index puts 0; a causal pad row as ours)."""
+    from omni_helpers import processed_samples
+
+    from megatron_omni.data.batch import pack, pad
+
+    model, _ = built(hf_thinker)
+    helper = make_batch(hf_thinker)
+    samples = processed_samples(helper)
+    real = sum(s.length for s in samples)
+    padded, packed = pad(samples), pack(samples, pad_to_multiple_of=real + 7)
+    assert torch.equal(padded.padding_mask, ~helper.attention_mask.bool())
+    assert packed.padding_mask.tolist() == [[False] * real + [True] * 7]
+    assert pad(samples[:1]).padding_mask is None and pack(samples).padding_mask is None
+
+    def transformers_loss(attention_mask) -> float:
+        with torch.no_grad():
+            inputs = {**helper.model_inputs(), "position_ids": padded.position_ids}
+            router_logits = hf_thinker(**inputs, attention_mask=attention_mask, output_router_logits=True).router_logits
+        per_layer = [float(load_balancing_loss_func((layer,), 4, 2, attention_mask)) for layer in router_logits]
+        return sum(per_layer) / len(per_layer)
+
+    def logged_loss(batch, **overrides) -> float:
+        model(batch.tokens, batch.position_ids, None, **{**batch.model_kwargs(), **overrides})
+        return router_metrics(model.config, num_microbatches=1)["moe_load_balancing_loss"]
+
+    masked, unmasked = transformers_loss(helper.attention_mask), transformers_loss(None)
+    assert abs(masked - unmasked) > 1e-3 * masked  # measured 3.4e-3: 6 of 92 positions are padding
+    model.train()
+    router_metrics(model.config, num_microbatches=1)  # clears what an earlier forward may have left
+    assert logged_loss(padded) == pytest.approx(masked, rel=1e-5)
+    assert logged_loss(packed) == pytest.approx(masked, rel=1e-5)
+    assert logged_loss(padded, padding_mask=None) == pytest.approx(unmasked, rel=1e-5)
+
+
 def test_family_rules_are_checked():
     model_cfg, omni = moe_model_sections()
     with pytest.raises(ConfigError, match="model.family=qwen3_omni_moe needs model.num_moe_experts"):
