@@ -30,7 +30,13 @@ from megatron_omni.algorithms.grpo import (
     overlong_penalty,
 )
 from megatron_omni.algorithms.rollouts import Rollouts, collect_rollouts, prompt_rules, stopping_at
-from megatron_omni.algorithms.step_common import move_chunks, on_step_device, step_microbatches, step_samples
+from megatron_omni.algorithms.step_common import (
+    in_any_of_expert_group,
+    move_chunks,
+    on_step_device,
+    step_microbatches,
+    step_samples,
+)
 from megatron_omni.data.batch import OmniBatch
 from megatron_omni.kernels import evidence_masked_kl, vocab_parallel_logprob_entropy
 from megatron_omni.models.masking import ModalityMask
@@ -214,6 +220,10 @@ class OPPO:
             if selection.shortfall:  # a full rank draws (the sampler moves on everywhere) but samples nothing
                 parts.append(self._sample(more, more_prompts, step))
                 uninformative = selection.add(parts[-1][1]["total"])
+            elif parallel_state.get_expert_model_parallel_world_size() > 1:
+                # ... but its MoE forwards keep the expert group's decode in step (the engine's pad prompts).
+                collect_rollouts(self.model_chunks, [], [], step, self.sampling, self.group, self.cfg.train.seed,
+                                 self.cfg.model.vocab_size, self.pad_token_id, self.tokenizer)
         metrics["dynamic_sampling_rounds"] = float(rounds)
         metrics["dynamic_sampling_filled_groups"] = float(shortfall)  # groups of equal rewards kept: rounds ran out
         metrics["dynamic_sampling_dropped_groups"] = metrics["dynamic_sampling_uninformative_groups"] - shortfall
@@ -252,9 +262,9 @@ class OPPO:
                     rows = mb.rows[modality]
                     mb.scores.setdefault("masked", {})[modality] = logits.detach()[rows[:, 0], rows[:, 1]]
 
-                if not any(len(mb.rows[modality]) for mb in microbatches):
-                    # No evidence of this modality in the step (the same on every rank of the model):
-                    # its term is 0 without its masked forward.
+                if not in_any_of_expert_group(any(len(mb.rows[modality]) for mb in microbatches)):
+                    # No evidence of this modality in the step (the same on every rank of the model,
+                    # and over an expert group): its term is 0 without its masked forward.
                     continue
                 mask = ModalityMask(modality, cfg.omni.modality_mask_ratio, seed=cfg.train.seed + step)
                 self._forward_only(self.model_chunks, microbatches, store_masked, modality_mask=mask)

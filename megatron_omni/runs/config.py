@@ -42,13 +42,11 @@ class OmniTrainConfig(RunConfig):
     def row_multiple(self) -> tuple[int, str]:
         """What the rows of a training micro-batch are padded to a multiple of, and the key that sets
         it. Rows of exactly train.seq_length where one length is needed: pipeline stages exchange
-        activations of one shape (PP > 1), expert-parallel ranks exchange every MoE layer's tokens
-        (EP > 1), packed rows, and the RL algorithms' scoring rows (their
+        activations of one shape (PP > 1), packed rows, and the RL algorithms' scoring rows (their
         per-token masks are train.seq_length long). Otherwise (SFT, padded, PP = 1) a row is as
-        long as its longest sample, rounded up to data.pad_to_multiple_of."""
-        p = self.parallel
-        fixed = (p.pipeline_model_parallel_size > 1 or p.expert_model_parallel_size > 1 or self.data.packing
-                 or self.algorithm != "sft")
+        long as its longest sample, rounded up to data.pad_to_multiple_of (expert-parallel ranks
+        with rows of different lengths: `models.moe`)."""
+        fixed = self.parallel.pipeline_model_parallel_size > 1 or self.data.packing or self.algorithm != "sft"
         return (self.train.seq_length, "train.seq_length") if fixed else (self.data.pad_to_multiple_of, "data.pad_to_multiple_of")
 
     def check_row_lengths(self) -> None:
@@ -66,26 +64,15 @@ class OmniTrainConfig(RunConfig):
                               f"{key} ({rows}) must be a multiple of parallel.tensor_model_parallel_size")
 
     def check_expert_parallel_run(self) -> None:
-        """Expert parallelism runs every MoE layer's forward on all the ranks of an expert group at once,
-        with tokens of one shape. What decodes or packs each data-parallel rank's samples on its own
-        cannot keep them in step yet: the rollout engine and the evaluation's answers end a rank's
-        decode when its own rows finish, and packed rows differ in number between ranks."""
+        """Expert parallelism runs every MoE layer's forward on all the ranks of an expert group at
+        once. The rollout engine and the evaluation's answers keep the group's ranks in step, and
+        the MoE layers take a different number of tokens on each; packed rows, though, differ in
+        number between ranks, so the ranks would run different numbers of micro-batches."""
         ep = self.parallel.expert_model_parallel_size
-        if ep == 1:
-            return
-        key = f"parallel.expert_model_parallel_size ({ep})"
-        if self.algorithm != "sft":
-            raise ConfigError(f"{key} with algorithm={self.algorithm}: the rollout engine decodes each data-parallel "
-                              "rank's prompts on its own, and an expert-parallel group needs every MoE forward on all "
-                              "its ranks at once; RL runs take expert_model_parallel_size 1 (the experts then split "
-                              "over tensor parallelism)")
-        if self.data.packing:
-            raise ConfigError(f"{key} with data.packing: ranks pack different numbers of rows, and an expert-parallel "
-                              "group needs every MoE forward on all its ranks at once")
-        if self.evaluation.at_start or self.evaluation.at_end:
-            raise ConfigError(f"{key} with evaluation.at_start / evaluation.at_end: the evaluation's answers decode "
-                              "each data-parallel rank's samples on its own; evaluate the checkpoint without "
-                              "expert parallelism (tools/evaluate.py)")
+        if ep > 1 and self.data.packing:
+            raise ConfigError(f"parallel.expert_model_parallel_size ({ep}) with data.packing: ranks pack different "
+                              "numbers of rows, and an expert-parallel group needs every MoE forward on all its "
+                              "ranks at once; set data.packing=false")
 
     def check_across_sections(self, world_size: int | None) -> None:
         super().check_across_sections(world_size)

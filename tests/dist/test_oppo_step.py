@@ -76,6 +76,43 @@ def test_step_matches_single_process(reference):
                         "perception_kl_visual", "perception_kl_audio", "evidence_visual_tokens"))
 
 
+# The toy MoE thinker (4 experts, top-2, DeepStack) shrunk as tiny_config shrinks the dense one;
+# its head width (32) keeps the toy MoE config's MRoPE sections.
+MOE = {"model.mrope_section": "[6, 5, 5]", "model.moe_ffn_hidden_size": 64}
+
+
+def moe_step(tp, pp, ep=1):
+    return one_step(tiny_config("toy_moe_oppo.yaml", WORK, tp, pp, overrides=OPPO,
+                                **MOE, **{"parallel.expert_model_parallel_size": ep}))
+
+
+@pytest.fixture(scope="module")
+def moe_reference():
+    return single_process_step(WORK / "moe_reference.pt", moe_step)
+
+
+def test_moe_step_at_ep2_matches_single_process(moe_reference):
+    """EP=2: two data-parallel ranks with two experts each and a prompt of their own, whose
+    rollouts decode in step and whose rows (of different lengths) cross the all-gather dispatcher;
+    the load-balancing loss in the gradients."""
+    if dist.get_world_size() == 1:  # the reference itself: completions of different lengths
+        assert moe_reference["metrics"]["completion_length"] > 0
+        return
+
+    def ep2_step(tp, pp):
+        metrics, grads = moe_step(tp, pp, ep=2)
+        # The rollout metrics are this rank's means (of its prompt's completions): the batch's is their mean.
+        for key in ("reward_total", "completion_length"):
+            value = torch.tensor([metrics[key]], dtype=torch.float64)
+            dist.all_reduce(value)
+            metrics[key] = float(value) / dist.get_world_size()
+        return metrics, grads
+
+    check_step_matches(moe_reference, ep2_step, [(1, 1)],
+                       ("reward_total", "completion_length", "policy_loss", "perception_loss", "ref_kl", "entropy",
+                        "perception_kl_visual", "perception_kl_audio"))
+
+
 # The step's two completions in one micro-batch, padded [2, 416] or one packed row of 416 tokens:
 # the perception loss is a mean per micro-batch, so the two layouts see the same micro-batches.
 ONE_MICROBATCH = {"train.global_batch_size": 1, "train.seq_length": 416}
