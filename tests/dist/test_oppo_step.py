@@ -299,3 +299,29 @@ def test_a_prompt_without_room_for_its_completion_stops_before_any_rollout(monke
     with pytest.raises(SampleTooLongError, match=r"train.jsonl, line \d+: sample \S+ has \d+ tokens, more than train.seq_length "
                                                  r"\(64\) minus oppo.sampling.max_new_tokens \(6\) for the completion"):
         r.algorithm.prepare(r.sampler.next_indices(), 0)
+
+
+class EqualFirstOnRankOne(EqualFirst):
+    """Rewards all equal on rank 1's first call only."""
+
+    def compute(self, completions, samples):
+        self.calls += 1
+        n = len(completions)
+        equal = self.calls == 1 and dist.get_rank() == 1
+        return {"total": torch.zeros(n) if equal else torch.arange(n, dtype=torch.float) / n}
+
+
+def test_moe_dynamic_sampling_at_ep2_refills_one_rank_while_the_other_decodes_in_step():
+    """Rank 1's group of the first draw has equal rewards, rank 0's does not: rank 1 samples the
+    next draw's prompt while rank 0, full, keeps the expert group's decode in step."""
+    if dist.get_world_size() == 1:
+        pytest.skip("runs in the two-process launch")
+    cfg = tiny_config("toy_moe_oppo.yaml", WORK, overrides=OPPO, **MOE,
+                      **{"parallel.expert_model_parallel_size": 2, "oppo.grpo.dynamic_sampling": True})
+    r = build_run(cfg, reward=EqualFirstOnRankOne())
+    first = r.sampler.next_indices()
+    microbatches, metrics = r.algorithm.prepare(first, 0, draw=r.sampler.next_indices)
+    assert metrics["dynamic_sampling_rounds"] == 1 and metrics["dynamic_sampling_dropped_groups"] == 1
+    samples = r.algorithm.prompts.dataset.samples
+    drawn = first if dist.get_rank() == 0 else r.sampler.indices_at(cfg.train.global_batch_size)
+    assert [mb.batch.sample_ids[0] for mb in microbatches] == [samples[i].id for i in drawn]
