@@ -118,13 +118,15 @@ def test_defaults_are_valid():
 
 @pytest.mark.parametrize("name", ["toy_decoder.yaml", "toy_omni_sft.yaml", "toy_oppo.yaml", "qwen2_5_omni_7b_oppo.yaml",
                                   "toy_omniopsd.yaml", "qwen2_5_omni_7b_omniopsd.yaml", "toy_moe_sft.yaml",
-                                  "toy_moe_oppo.yaml", "toy_moe_omniopsd.yaml"])
+                                  "toy_moe_oppo.yaml", "toy_moe_omniopsd.yaml", "qwen3_omni_30b_a3b_oppo.yaml"])
 def test_example_configs_load_and_validate(name):
     path = CONFIGS / name
     # FP8 needs Transformer Engine on CUDA; on CPU the 7B config is checked in bf16.
     cfg = RunConfig.load(path) if name == "toy_decoder.yaml" else \
         OmniTrainConfig.load(path, ["precision.fp8=null", "reward.wheel_dir=lexicon"])
-    world = cfg.parallel.tensor_model_parallel_size * cfg.parallel.pipeline_model_parallel_size
+    p = cfg.parallel
+    # The smallest world the layout fills: expert parallelism splits the data-parallel ranks.
+    world = p.tensor_model_parallel_size * p.pipeline_model_parallel_size * p.expert_model_parallel_size
     cfg.validate(world)
 
 
