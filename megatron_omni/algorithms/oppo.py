@@ -150,15 +150,12 @@ class OPPO:
             microbatches.append(mb)
         self._score(microbatches, step)
 
-        metrics = {**rollouts.metrics(rewards), **data_metrics}
-        metrics.update({
-            # Counted on the host copies: no device read.
+        counts = {  # counted on the host copies: no device read
             "evidence_visual_tokens": float(sum(int(e["visual"].sum()) for e in evidence)),
             "evidence_audio_tokens": float(sum(int(e["audio"].sum()) for e in evidence)),
-            "kl_beta": self.beta,
-        })
-        if g.overlong != "keep":
-            metrics["truncated_fraction"] = sum(truncated) / len(truncated)
+        }
+        means = {"truncated_fraction": sum(truncated) / len(truncated)} if g.overlong != "keep" else {}
+        metrics = {**rollouts.metrics(rewards, means, counts), **data_metrics, "kl_beta": self.beta}
         return microbatches, metrics
 
     def _microbatches(self, sequences) -> list[tuple[int, list[int], OmniBatch]]:

@@ -6,11 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
 
 from megatron_omni.data.processor import ProcessedSample, attach_completion
 from megatron_omni.data.skips import SampleRules
 from megatron_omni.generation.generator import SamplingConfig
 from megatron_omni.generation.omni import rollout_seed, sample_prompts
+from megatron_omni.parallel.device import step_device
 from megatron_omni.training.config import TrainConfig
 from megatron_omni.training.model_setup import unwrap
 
@@ -39,10 +42,20 @@ class Rollouts:
         """Prompt + completion of each entry, the loss mask on the completion."""
         return [attach_completion(p, ids) for p, ids in zip(self.prompts, self.completion_ids)]
 
-    def metrics(self, rewards: dict[str, torch.Tensor]) -> dict[str, float]:
+    def metrics(self, rewards: dict[str, torch.Tensor], means: dict[str, float] | None = None,
+                counts: dict[str, float] | None = None) -> dict[str, float]:
+        """The step's reward means, mean completion length and further per-completion ``means``
+        over the completions of every data-parallel rank (each rank holds as many), ``counts``
+        summed over them (one all-reduce); the decode rate is this rank's."""
         lengths = torch.tensor([len(ids) for ids in self.completion_ids], dtype=torch.float)
-        metrics = {f"reward_{k}": float(v.mean()) for k, v in rewards.items()}
-        metrics["completion_length"] = float(lengths.mean())
+        means = {**{f"reward_{k}": float(v.mean()) for k, v in rewards.items()},
+                 "completion_length": float(lengths.mean()), **(means or {})}
+        counts = counts or {}
+        group = parallel_state.get_data_parallel_group()
+        values = torch.tensor([*means.values(), *counts.values()], dtype=torch.float64, device=step_device())
+        dist.all_reduce(values, group=group)
+        values[: len(means)] /= dist.get_world_size(group)
+        metrics = dict(zip([*means, *counts], values.tolist()))
         metrics["rollout_tokens_per_s"] = self.tokens_per_second
         return metrics
 

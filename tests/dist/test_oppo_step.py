@@ -98,19 +98,11 @@ def test_moe_step_at_ep2_matches_single_process(moe_reference):
     if dist.get_world_size() == 1:  # the reference itself: completions of different lengths
         assert moe_reference["metrics"]["completion_length"] > 0
         return
-
-    def ep2_step(tp, pp):
-        metrics, grads = moe_step(tp, pp, ep=2)
-        # The rollout metrics are this rank's means (of its prompt's completions): the batch's is their mean.
-        for key in ("reward_total", "completion_length"):
-            value = torch.tensor([metrics[key]], dtype=torch.float64)
-            dist.all_reduce(value)
-            metrics[key] = float(value) / dist.get_world_size()
-        return metrics, grads
-
-    check_step_matches(moe_reference, ep2_step, [(1, 1)],
-                       ("reward_total", "completion_length", "policy_loss", "perception_loss", "ref_kl", "entropy",
-                        "perception_kl_visual", "perception_kl_audio"))
+    # The rollout metrics are the whole step's too (each rank's prompt's completions, reduced).
+    check_step_matches(moe_reference, partial(moe_step, ep=2), [(1, 1)],
+                       ("reward_total", "completion_length", "evidence_visual_tokens", "evidence_audio_tokens",
+                        "policy_loss", "perception_loss", "ref_kl", "entropy", "perception_kl_visual",
+                        "perception_kl_audio"))
 
 
 # The step's two completions in one micro-batch, padded [2, 416] or one packed row of 416 tokens:
