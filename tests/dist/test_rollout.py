@@ -217,16 +217,18 @@ def test_evaluation_answers_split_over_data_parallel_ranks_equal_one_at_a_time()
     assert (answerer.source.total_seen, answerer.source.total_skipped) == (2 * 2 * len(records), 0)
 
 
-def build_moe(pp=1, ep=1):
-    """A MoE decoder (4 experts, top-2) whose experts split over ``ep`` ranks."""
+def build_moe(tp=1, pp=1, ep=1):
+    """A MoE decoder (4 experts, top-2) whose experts split over ``ep`` ranks (at TP > 1 for
+    generation only: megatron's MoE layer trains at TP > 1 only with sequence parallelism)."""
     cfg = RunConfig()
     cfg.model.vocab_size = 512
     cfg.model.family = "qwen3_omni_moe"
     cfg.model.num_moe_experts, cfg.model.moe_ffn_hidden_size, cfg.model.moe_router_topk = 4, 64, 2
     cfg.model.moe_norm_topk_prob, cfg.model.moe_aux_loss_coeff = True, 0.0
+    cfg.parallel.tensor_model_parallel_size = tp
     cfg.parallel.pipeline_model_parallel_size = pp
     cfg.parallel.expert_model_parallel_size = ep
-    initialize_parallel(1, pp, expert_model_parallel_size=ep)
+    initialize_parallel(tp, pp, expert_model_parallel_size=ep)
     set_seed(cfg.train.seed)
     (model,) = build_model_chunks(cfg, build_decoder, wrap_ddp=False)
     return cfg, model
@@ -234,21 +236,20 @@ def build_moe(pp=1, ep=1):
 
 @torch.no_grad()
 def test_expert_parallel_ranks_decode_in_step():
-    """EP=2 and EP=2 x PP=2: the data-parallel ranks of an expert group hold different numbers of
-    prompts (one rank none) of different lengths, whose rows stop at different steps (a stop token
-    every seventh id); every rank gets what it samples alone at EP=1."""
+    """EP=2, EP=2 x PP=2 and EP=2 x TP=2: the data-parallel ranks of an expert group hold different
+    numbers of prompts (one rank none) of different lengths, whose rows stop at different steps (a
+    stop token every seventh id); every rank gets what it samples alone at EP=1."""
     sampling = dataclasses.replace(SAMPLING, stop_token_ids=[EOS, *range(0, 256, 7)])
-    mine = {0: [0, 1, 2], 1: [1], 2: [], 3: [2, 0]}  # prompts of each data-parallel rank
-    for pp, ep in [(1, 2), (2, 2)]:
-        cfg, model = build_moe()
-        dp_rank = dist.get_rank() if pp == 1 else dist.get_rank() % 2
-        texts = [TEXTS[i] for i in mine[dp_rank if pp == 1 else 2 * dp_rank]]
-        seeds = [5 + i for i in mine[dp_rank if pp == 1 else 2 * dp_rank]]
-        alone = generator(cfg, model).generate(prompts(texts, seeds), 3, sampling)
-        cfg, model = build_moe(pp, ep)
-        assert parallel_state.get_data_parallel_rank() == dp_rank
+    mine = [[0, 1, 2], [1], [], [2, 0]]  # prompts of each data-parallel rank at DP=4 (at DP=2: the first and third)
+    for tp, pp, ep in [(1, 1, 2), (1, 2, 2), (2, 1, 2)]:
+        cfg, model = build_moe(tp, pp, ep)
+        dp_size, dp_rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
+        chosen = mine[dp_rank * 4 // dp_size]
+        texts, seeds = [TEXTS[i] for i in chosen], [5 + i for i in chosen]
         out = generator(cfg, model).generate(prompts(texts, seeds), 3, sampling)
-        assert out.completions == alone.completions, (pp, ep, dp_rank)
+        cfg, model = build_moe()
+        alone = generator(cfg, model).generate(prompts(texts, seeds), 3, sampling)
+        assert out.completions == alone.completions, (tp, pp, ep, dp_rank)
         for rows, expected in zip(out.logprobs, alone.logprobs):
             for row, want in zip(rows, expected):
                 torch.testing.assert_close(row, want, atol=1e-5, rtol=1e-5)
