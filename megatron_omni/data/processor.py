@@ -89,11 +89,15 @@ class OmniProcessor:
     config; Qwen2.5-Omni uses 25 ids per second and 2-second chunks). ``audio_n_window`` (the
     audio tower's ``n_window``) selects Qwen3-Omni's layout, as its processor builds it: audio
     token counts by the tower's chunked rule, and a video's own audio merged with its frames by
-    time (a frame's tokens before the audio tokens at or after its start) instead of in chunks."""
+    time (a frame's tokens before the audio tokens at or after its start) instead of in chunks,
+    and its vision settings: the ``data.video`` fields the config leaves unset take Qwen3-Omni's
+    values (16-pixel patches, its frame bounds and normalisation; ``FAMILY_VISION``), settled into
+    ``cfg`` itself so that the run's saved config holds them."""
 
     def __init__(self, tokenizer, cfg: DataConfig, position_id_per_seconds: int = 25, seconds_per_chunk: float = 2,
                  audio_n_window: int | None = None):
         self.tokenizer = tokenizer
+        cfg.video.settle_family("qwen3_omni_moe" if audio_n_window is not None else "qwen2_5_omni")
         self.cfg = cfg
         self.position_id_per_seconds, self.seconds_per_chunk = position_id_per_seconds, seconds_per_chunk
         self.audio_n_window = audio_n_window

@@ -1,4 +1,4 @@
-"""Video frames for the Qwen2.5-Omni vision encoder: decord decoding, fps sampling, resizing, patches.
+"""Video frames for the Qwen-Omni vision encoders: decord decoding, fps sampling, resizing, patches.
 
 The steps follow what Qwen2.5-Omni was trained with (qwen-omni-utils + the Qwen2-VL video
 processor): frames sampled at ``fps`` with an even count between ``min_frames`` and
@@ -6,12 +6,13 @@ processor): frames sampled at ``fps`` with an even count between ``min_frames`` 
 ``patch_size * merge_size`` and the pixel count lies within [min_pixels, max_pixels]
 (``smart_resize``); pixels rescaled to [0, 1] and normalised with the CLIP mean and std; frames
 cut into ``temporal_patch_size x patch_size x patch_size`` patches ordered so that each 2x2
-group of patches the vision merger fuses is contiguous.
+group of patches the vision merger fuses is contiguous. Qwen3-Omni's inputs differ in
+the patch size (16), the frame bounds and the normalisation (``FAMILY_VISION``).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,21 +26,50 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_ASPECT_RATIO = 200
 
 
+# The vision settings that differ between the model families' released processors; a VideoConfig
+# field of these left unset (None) takes its model family's value (`VideoConfig.settle_family`).
+# Qwen2.5-Omni: 14-pixel patches, frames of 128..768 merged tokens (28-pixel units), CLIP
+# normalisation. Qwen3-Omni: 16-pixel patches, the same token bounds in 32-pixel units
+# (Qwen3OmniMoeProcessor's video size), mean and std 0.5 (transformers' Qwen3-VL vision processors).
+FAMILY_VISION = {
+    "qwen2_5_omni": {"patch_size": 14, "min_pixels": 128 * 28 * 28, "max_pixels": 768 * 28 * 28,
+                     "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD)},
+    "qwen3_omni_moe": {"patch_size": 16, "min_pixels": 128 * 32 * 32, "max_pixels": 768 * 32 * 32,
+                       "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]},
+}
+DEFAULT_FAMILY = "qwen2_5_omni"
+
+
 @dataclass
 class VideoConfig:
     fps: float = 2.0
     min_frames: int = 4
     max_frames: int = 768
-    min_pixels: int = 128 * 28 * 28
-    max_pixels: int = 768 * 28 * 28
+    # patch_size, min/max_pixels, image_mean/std: unset (null) takes the model family's value
+    # (FAMILY_VISION); a value the config gives is kept whatever the family.
+    min_pixels: int | None = None
+    max_pixels: int | None = None
     # Optional budget for frames x pixels (qwen-omni-utils' VIDEO_TOTAL_PIXELS): long videos get
     # smaller frames instead of unbounded token counts. None: no budget.
     total_pixels: int | None = None
-    patch_size: int = 14
+    patch_size: int | None = None
     temporal_patch_size: int = 2
     merge_size: int = 2
-    image_mean: list[float] = field(default_factory=lambda: list(CLIP_MEAN))
-    image_std: list[float] = field(default_factory=lambda: list(CLIP_STD))
+    image_mean: list[float] | None = None
+    image_std: list[float] | None = None
+
+    def __post_init__(self):
+        # Which family-dependent fields the config left unset; they hold Qwen2.5-Omni's values
+        # until settle_family gives them another family's (a config without a family is Qwen2.5-Omni's).
+        # A plain attribute, not a field: the saved run config holds values only.
+        self._unset = frozenset(name for name in FAMILY_VISION[DEFAULT_FAMILY] if getattr(self, name) is None)
+        self.settle_family(DEFAULT_FAMILY)
+
+    def settle_family(self, family: str) -> None:
+        """Give the unset family-dependent fields ``family``'s values (FAMILY_VISION), in place."""
+        for name in self._unset:
+            value = FAMILY_VISION[family][name]
+            setattr(self, name, list(value) if isinstance(value, list) else value)
 
     @property
     def resize_factor(self) -> int:
