@@ -4,8 +4,8 @@ The steps follow Qwen2-VL's image processor, which Qwen2.5-Omni uses: the image 
 (transparency composited onto white), resized with PIL's bicubic filter to the ``smart_resize``
 size (multiples of ``patch_size * merge_size``, pixel count within [min_pixels, max_pixels]),
 rescaled and normalised (the CLIP mean and std for Qwen2.5-Omni), and cut into patches like a
-one-frame video whose frame is repeated to fill the temporal patch, so ``grid_t`` is 1. The vision tower is the video's: patch
-size, merge size, mean and std come from ``data.video``.
+one-frame video whose frame is repeated to fill the temporal patch, so ``grid_t`` is 1. The
+vision tower is the video's: patch size, merge size, mean and std come from ``data.video``.
 """
 from __future__ import annotations
 
