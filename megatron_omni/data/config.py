@@ -41,8 +41,10 @@ class DataConfig:
         problems = []
         if self.video.fps <= 0:
             problems.append(f"{key}.video.fps must be positive, got {self.video.fps}")
-        if self.video.min_pixels > self.video.max_pixels:
-            problems.append(f"{key}.video.min_pixels ({self.video.min_pixels}) exceeds max_pixels ({self.video.max_pixels})")
+        # Against the bounds of any family (an unset bound is the family's): the processor checks the run's.
+        low, high = self.video.pixel_bounds()
+        if low > high:
+            problems.append(f"{key}.video.min_pixels ({low}) exceeds max_pixels ({high})")
         if self.image.min_pixels > self.image.max_pixels:
             problems.append(f"{key}.image.min_pixels ({self.image.min_pixels}) exceeds max_pixels ({self.image.max_pixels})")
         if self.video.min_frames > self.video.max_frames:

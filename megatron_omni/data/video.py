@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from megatron_omni.config import ConfigError
 from megatron_omni.data.errors import MediaError, first_line
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -63,13 +64,26 @@ class VideoConfig:
         # until settle_family gives them another family's (a config without a family is Qwen2.5-Omni's).
         # A plain attribute, not a field: the saved run config holds values only.
         self._unset = frozenset(name for name in FAMILY_VISION[DEFAULT_FAMILY] if getattr(self, name) is None)
-        self.settle_family(DEFAULT_FAMILY)
+        self._fill(DEFAULT_FAMILY)
 
-    def settle_family(self, family: str) -> None:
-        """Give the unset family-dependent fields ``family``'s values (FAMILY_VISION), in place."""
+    def _fill(self, family: str) -> None:
         for name in self._unset:
             value = FAMILY_VISION[family][name]
             setattr(self, name, list(value) if isinstance(value, list) else value)
+
+    def settle_family(self, family: str) -> None:
+        """Give the unset family-dependent fields ``family``'s values (FAMILY_VISION), in place,
+        and check the bounds they make."""
+        self._fill(family)
+        if self.min_pixels > self.max_pixels:
+            raise ConfigError(f"data.video.min_pixels ({self.min_pixels}) exceeds max_pixels ({self.max_pixels}) for "
+                              f"model.family {family} (a bound left unset is the family's, docs/DATA.md)")
+
+    def pixel_bounds(self) -> tuple[int, int]:
+        """The widest frame pixel bounds of any family: what the config allows before the family is known."""
+        low = min(f["min_pixels"] for f in FAMILY_VISION.values()) if "min_pixels" in self._unset else self.min_pixels
+        high = max(f["max_pixels"] for f in FAMILY_VISION.values()) if "max_pixels" in self._unset else self.max_pixels
+        return low, high
 
     @property
     def resize_factor(self) -> int:

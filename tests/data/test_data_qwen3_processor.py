@@ -16,7 +16,7 @@ import yaml
 from hf_reference import FrameWiseVideoProcessor, qwen3_omni_video_bounds, qwen3_omni_vision
 from test_data_processor import _reference, _write_image
 
-from megatron_omni.config import load_config
+from megatron_omni.config import ConfigError, load_config
 from megatron_omni.data.config import DataConfig
 from megatron_omni.data.image import image_features, read_image
 from megatron_omni.data.manifest import OmniSample
@@ -144,10 +144,20 @@ def test_vision_settings_follow_the_family_unless_given(toy_tokenizer, tmp_path)
     saved = tmp_path / "data.yaml"
     saved.write_text(yaml.safe_dump(dataclasses.asdict(cfg)))
     assert load_config(saved, cls=DataConfig).video == v
-    given = load_config(None, ["video.patch_size=14", "video.max_pixels=12544"], cls=DataConfig)
+    given = load_config(None, ["video.patch_size=14", "video.max_pixels=200000"], cls=DataConfig)
     OmniProcessor(toy_tokenizer, given, IDS_PER_SECOND, audio_n_window=N_WINDOW)
-    assert (given.video.patch_size, given.video.max_pixels, given.video.min_pixels) == (14, 12544, min_pixels)
+    assert (given.video.patch_size, given.video.max_pixels, given.video.min_pixels) == (14, 200000, min_pixels)
     assert given.video.image_mean == vision["image_mean"]
+    # Bounds are checked against the family's: a minimum above Qwen2.5-Omni's default maximum is
+    # Qwen3-Omni's to take; a maximum below Qwen3-Omni's default minimum is refused for it.
+    above = load_config(None, ["video.min_pixels=700000"], cls=DataConfig)
+    above.validate("data")
+    OmniProcessor(toy_tokenizer, above, IDS_PER_SECOND, audio_n_window=N_WINDOW)
+    below = load_config(None, ["video.max_pixels=120000"], cls=DataConfig)
+    below.validate("data")
+    with pytest.raises(ConfigError, match=r"data.video.min_pixels \(131072\) exceeds max_pixels \(120000\) for "
+                                          "model.family qwen3_omni_moe"):
+        OmniProcessor(toy_tokenizer, below, IDS_PER_SECOND, audio_n_window=N_WINDOW)
 
 
 @pytest.mark.parametrize("height, width", [(352, 384), (300, 500)])
