@@ -9,9 +9,10 @@ project's converter; transformers loads that folder. The workload: the first ``-
 prompts of the toy training split (video + audio + text) with ``--group`` sampled completions
 each, ``--new-tokens`` new tokens per completion (no stop token, so both sides generate exactly
 as many), the config's temperature and top-k. Printed per engine: generated tokens per second
-(the best of ``--repeats`` timed runs after one warm-up, the two sides taking turns), and the ratio. Both run without the CPU
-compatibility layer's TorchFunctionMode (``cuda_redirect_suspended``): the engine leaves it for its
-forwards, and a transformers user does not have it.
+(the best of ``--repeats`` timed runs after one warm-up, the two sides taking turns), and the
+ratio. Both run without the CPU compatibility layer's TorchFunctionMode
+(``cuda_redirect_suspended``): the engine leaves it for its forwards, and a transformers user does
+not have it.
 """
 from __future__ import annotations
 

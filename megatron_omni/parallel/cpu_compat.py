@@ -14,6 +14,8 @@ the GPU path runs megatron-core untouched.
    ``pin_memory()`` identities.
 4. ``Tensor.type()`` string checks in optimizer.optimizer / distrib_optimizer / clip_grads that
    expect ``'torch.cuda.FloatTensor'``: the same mode reports CPU tensors under their CUDA names.
+   ``cuda_redirect_suspended()`` leaves the mode for a block that needs neither patch (the
+   generation engine's decode).
 5. ``tensor_parallel.random.CudaRNGStatesTracker`` (uses ``torch.cuda.get_rng_state``): replaced
    by a tracker over the CPU generator, so ``get_cuda_rng_tracker().fork()`` swaps CPU RNG states.
 6. ``inference.communication_utils._is_cuda`` (asserts ``tensor.is_cuda`` before the pipeline
