@@ -9,7 +9,10 @@ project's converter; transformers loads that folder. The workload: the first ``-
 prompts of the toy training split (video + audio + text) with ``--group`` sampled completions
 each, ``--new-tokens`` new tokens per completion (no stop token, so both sides generate exactly
 as many), the config's temperature and top-k. Printed per engine: generated tokens per second
-(the best of ``--repeats`` timed runs after one warm-up), and the ratio.
+(the best of ``--repeats`` timed runs after one warm-up, the two sides taking turns), and the
+ratio. Both run without the CPU compatibility layer's TorchFunctionMode
+(``cuda_redirect_suspended``): the engine leaves it for its forwards, and a transformers user does
+not have it.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from megatron_omni.data.batch import pad
 from megatron_omni.data.dataset import OmniDataset
 from megatron_omni.generation.generator import SamplingConfig
 from megatron_omni.generation.omni import sample_prompts
+from megatron_omni.parallel.cpu_compat import cuda_redirect_suspended
 from megatron_omni.parallel.device import step_device
 from megatron_omni.runs.config import OmniTrainConfig
 from megatron_omni.runs.omni import prepare_model, resolve_dataset
@@ -46,15 +50,18 @@ def parse_args():
     return p.parse_args()
 
 
-def best_rate(run, tokens: int, repeats: int) -> float:
-    """Tokens per second of the fastest of ``repeats`` runs, after one warm-up run."""
-    run()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
+def best_rates(runs, tokens: int, repeats: int) -> list[float]:
+    """Tokens per second of the fastest of ``repeats`` runs of each of ``runs``, after one warm-up
+    run each; the runs take turns, so a change in the machine's load reaches every side alike."""
+    for run in runs:
         run()
-        times.append(time.perf_counter() - started)
-    return tokens / min(times)
+    times = [[] for _ in runs]
+    for _ in range(repeats):
+        for run, taken in zip(runs, times):
+            started = time.perf_counter()
+            run()
+            taken.append(time.perf_counter() - started)
+    return [tokens / min(taken) for taken in times]
 
 
 def hf_inputs(prompts, pad_token_id: int, device) -> dict:
@@ -105,16 +112,18 @@ def main():
 
         @torch.no_grad()
         def transformers_generate():
-            out = hf_model.generate(
-                **inputs, use_audio_in_video=cfg.data.use_audio_in_video, do_sample=True,
-                temperature=sampling.temperature, top_k=sampling.top_k or None, top_p=sampling.top_p,
-                max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, num_return_sequences=args.group,
-                pad_token_id=pad_id, eos_token_id=None,
-            )
+            # Without the CPU compatibility layer's TorchFunctionMode, which a transformers user
+            # does not have (the engine leaves it for its own forwards too).
+            with cuda_redirect_suspended():
+                out = hf_model.generate(
+                    **inputs, use_audio_in_video=cfg.data.use_audio_in_video, do_sample=True,
+                    temperature=sampling.temperature, top_k=sampling.top_k or None, top_p=sampling.top_p,
+                    max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, num_return_sequences=args.group,
+                    pad_token_id=pad_id, eos_token_id=None,
+                )
             assert out.shape == (args.prompts * args.group, inputs["input_ids"].shape[1] + args.new_tokens)
 
-        ours = best_rate(engine, generated, args.repeats)
-        theirs = best_rate(transformers_generate, generated, args.repeats)
+        ours, theirs = best_rates([engine, transformers_generate], generated, args.repeats)
         lengths = [p.length for p in prompts]
         print(f"workload: {args.prompts} prompts ({min(lengths)}-{max(lengths)} tokens, video + audio + text) x "
               f"{args.group} completions x {args.new_tokens} new tokens, sampling (T={sampling.temperature}, "

@@ -16,6 +16,12 @@ over the grouped cache without repeating it per head (prefill: causal SDPA over 
 decode step: two batched matmuls per key group). megatron's ``StaticInferenceContext`` is
 still passed, for what GPTModel does in inference (logits of the last token only, 1-D RoPE tables).
 
+Per-op overhead. A decode step of a small model is hundreds of small ops, so while the engine runs
+megatron's local-spec linear layers call their weights directly (`_direct_linears`: the same
+matmul, bias and TP all-reduce, bit-equal, without the autograd functions), and on CPU the
+compatibility layer's TorchFunctionMode, which would route every op through Python, is left
+(``cuda_redirect_suspended``). docs/PERFORMANCE.md "Rollout engine" has the figures.
+
 Exactness. Pad slots are masked (-inf scores: exactly zero weight on their zero keys and values)
 and nothing is recomputed.
 Positions are per row: position_ids [3, rows, 1] carry each row's own TMRoPE positions (and
@@ -42,6 +48,7 @@ are cut). That costs one small all-reduce per token, on the expert group only.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 import types
@@ -60,9 +67,16 @@ from megatron.core.inference.communication_utils import (
 )
 from megatron.core.inference.contexts import StaticInferenceContext
 from megatron.core.models.common.embeddings.rope_utils import apply_rotary_pos_emb
+from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
+from megatron.core.tensor_parallel.mappings import (
+    gather_from_tensor_model_parallel_region,
+    reduce_from_tensor_model_parallel_region,
+    scatter_to_tensor_model_parallel_region,
+)
 from megatron.core.transformer.attention import SelfAttention
 
 from megatron_omni.generation.sampling import SamplingConfig, VocabShard, choose_tokens, row_keys
+from megatron_omni.parallel.cpu_compat import cuda_redirect_suspended
 from megatron_omni.parallel.device import step_device
 
 __all__ = ["Generated", "Generator", "GPTAdapter", "KVCache", "ModelAdapter", "Prompt", "SamplingConfig"]
@@ -109,10 +123,12 @@ class ModelAdapter(Protocol):
 
 
 class KVCache:
-    """Rotated keys and values [rows, groups, slots, head dim] of each attention layer of this
-    stage, and where the next forward goes: ``rows`` (a prefill's G rows; None: the whole batch
-    decodes), ``start`` (the first slot it writes) and ``padding`` (decode: [rows, 1, 1, slots]
-    True on a row's pad slots, None: no row has any)."""
+    """Rotated keys [rows, groups, head dim, slots] (stored transposed: the decode scores' batched
+    matmul over [head dim, slots] runs 3x faster on CPU than over their transpose) and values
+    [rows, groups, slots, head dim] of each attention layer of this stage, and where the next
+    forward goes: ``rows`` (a prefill's G rows; None: the whole batch decodes), ``start`` (the
+    first slot it writes) and ``padding`` (decode: [rows, 1, 1, slots] True on a row's pad slots,
+    None: no row has any)."""
 
     def __init__(self, rows: int, slots: int):
         self.size, self.slots = rows, slots
@@ -120,39 +136,54 @@ class KVCache:
         self.rows: slice | None = None
         self.start = 0
         self.padding: torch.Tensor | None = None
+        self._bias: torch.Tensor | None = None  # the decode's additive score mask, made from _bias_of
+        self._bias_of: torch.Tensor | None = None
 
     def attend(self, layer: int, query, key, value, scale: float) -> torch.Tensor:
         """Store this forward's (rotated) keys and values; attention of ``query`` [b, heads, s, d]
         over what its rows may see: [b, heads, s, d]."""
         key, value = key.permute(1, 2, 0, 3), value.permute(1, 2, 0, 3)  # [b, groups, s, d]
+        _, groups, s, d = key.shape
         if layer not in self.layers:
-            shape = (self.size, key.shape[1], self.slots, key.shape[3])
-            self.layers[layer] = (key.new_zeros(shape), value.new_zeros(shape))
+            self.layers[layer] = (key.new_zeros(self.size, groups, d, self.slots),
+                                  value.new_zeros(self.size, groups, self.slots, d))
         keys, values = self.layers[layer]
-        end = self.start + key.shape[2]
+        end = self.start + s
         if self.rows is not None:  # a prompt's prefill: it attends to itself, causally
-            keys[self.rows, :, self.start : end] = key
+            keys[self.rows, :, :, self.start : end] = key.transpose(-1, -2)
             values[self.rows, :, self.start : end] = value
             return F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scale, enable_gqa=True)
-        if query.shape[2] != 1:
-            raise ValueError(f"a decode step takes one token per row, got {query.shape[2]}")
-        keys[:, :, self.start : end] = key
+        if s != 1:
+            raise ValueError(f"a decode step takes one token per row, got {s}")
+        keys[..., self.start : end] = key.transpose(-1, -2)
         values[:, :, self.start : end] = value
         # One query token against the grouped cache: each group's query heads share its keys
-        # (megatron orders the heads group by group), without repeating the keys per head; two
-        # batched matmuls beat SDPA's CPU kernel, which tiles for long queries.
-        b, heads, _, d = query.shape
-        groups = keys.shape[1]
-        scores = torch.matmul(query.reshape(b, groups, heads // groups, d), keys[:, :, :end].transpose(-1, -2)) * scale
-        if self.padding is not None:
-            scores = scores.masked_fill(self.padding[..., :end], float("-inf"))
+        # (megatron orders the heads group by group), without repeating the keys per head; batched
+        # matmuls beat SDPA's CPU kernel, which tiles for long queries. The scale and the pad mask
+        # go into the scores' matmul (baddbmm).
+        b, heads = query.shape[:2]
+        rows = b * groups
+        scores = torch.baddbmm(self._score_bias(groups)[..., :end], query.reshape(rows, heads // groups, d),
+                               keys.view(rows, d, self.slots)[..., :end], alpha=scale)
         probs = torch.softmax(scores.float(), dim=-1).to(values.dtype)
-        return torch.matmul(probs, values[:, :, :end]).reshape(b, heads, 1, d)
+        return torch.bmm(probs, values.view(rows, self.slots, d)[:, :end]).reshape(b, heads, 1, d)
+
+    def _score_bias(self, groups: int) -> torch.Tensor:
+        """0 on the slots a row sees, -inf on its pad slots: [rows x groups, 1, slots], made once
+        per ``padding`` (the decode's, then each compaction's)."""
+        if self._bias is None or self._bias_of is not self.padding:
+            keys = next(iter(self.layers.values()))[0]
+            bias = keys.new_zeros(self.size, groups, 1, self.slots)
+            if self.padding is not None:
+                bias.masked_fill_(self.padding, float("-inf"))
+            self._bias, self._bias_of = bias.view(self.size * groups, 1, self.slots), self.padding
+        return self._bias
 
     def keep(self, rows: torch.Tensor) -> None:
         """Only the rows of the batch marked in ``rows`` (bool [rows]) decode on (a compaction)."""
         self.layers = {layer: (k[rows], v[rows]) for layer, (k, v) in self.layers.items()}
         self.size = int(rows.sum())
+        self._bias = None
         if self.padding is not None:
             self.padding = self.padding[rows]
 
@@ -164,11 +195,17 @@ def _cached_attention(cache: KVCache, attn: SelfAttention, hidden_states, attent
     query, key, value = attn.get_query_key_value_tensors(hidden_states, key_value_states)  # [s, b, heads, d]
     s, b = query.shape[:2]
     if rotary_pos_emb is not None:
-        q_emb, k_emb = rotary_pos_emb if isinstance(rotary_pos_emb, tuple) else (rotary_pos_emb, rotary_pos_emb)
+        q_emb, k_emb = rotary_pos_emb if isinstance(rotary_pos_emb, tuple) else (rotary_pos_emb, None)
         if q_emb.shape[0] != s:  # 1-D RoPE: a table over every slot
-            q_emb, k_emb = q_emb[cache.start : cache.start + s], k_emb[cache.start : cache.start + s]
-        query = apply_rotary_pos_emb(query, q_emb, config=attn.config)
-        key = apply_rotary_pos_emb(key, k_emb, config=attn.config)
+            q_emb = q_emb[cache.start : cache.start + s]
+            k_emb = None if k_emb is None else k_emb[cache.start : cache.start + s]
+        if k_emb is None:  # one table: the query and key heads rotate in one call (elementwise, the same values)
+            heads = query.shape[2]
+            rotated = apply_rotary_pos_emb(torch.cat([query, key], dim=2), q_emb, config=attn.config)
+            query, key = rotated[:, :, :heads], rotated[:, :, heads:]
+        else:
+            query = apply_rotary_pos_emb(query, q_emb, config=attn.config)
+            key = apply_rotary_pos_emb(key, k_emb, config=attn.config)
     scale = attn.config.softmax_scale or 1.0 / math.sqrt(query.shape[-1])
     context = cache.attend(attn.layer_number, query.permute(1, 2, 0, 3), key, value, scale)
     return attn.linear_proj(context.permute(2, 0, 1, 3).reshape(s, b, -1))
@@ -183,6 +220,53 @@ def _engine_attention(model: torch.nn.Module, cache: KVCache):
             raise NotImplementedError("the generation engine's attention needs parallel.sequence_parallel=false, no "
                                       "context parallelism and no gated attention (one decode token cannot be split)")
         m.forward = types.MethodType(lambda self, *args, **kwargs: _cached_attention(cache, self, *args, **kwargs), m)
+    try:
+        yield
+    finally:
+        for m in modules:
+            del m.forward
+
+
+def _column_forward(layer: ColumnParallelLinear, input_, weight=None, runtime_gather_output=None):
+    """ColumnParallelLinear.forward under no_grad without its autograd function: the same matmul
+    and bias add (bit-equal), the input's copy to the TP region being the identity forward."""
+    output = torch.matmul(input_, (layer.weight if weight is None else weight).t())
+    if layer.bias is not None and not layer.skip_bias_add:
+        output = output + layer.bias
+    if layer.gather_output if runtime_gather_output is None else runtime_gather_output:
+        output = gather_from_tensor_model_parallel_region(output, group=layer.tp_group)
+    return output, layer.bias if layer.skip_bias_add else None
+
+
+def _row_forward(layer: RowParallelLinear, input_, reduce: bool):
+    """RowParallelLinear.forward under no_grad without its autograd function: the same matmul,
+    the all-reduce over TP (``reduce``: TP > 1 and not an expert's explicit communication), the
+    bias add."""
+    if not layer.input_is_parallel:
+        input_ = scatter_to_tensor_model_parallel_region(input_, group=layer.tp_group)
+    output = torch.matmul(input_, layer.weight.t())
+    if reduce:
+        output = reduce_from_tensor_model_parallel_region(output, group=layer.tp_group)
+    if layer.skip_bias_add or layer.bias is None:
+        return output, layer.bias if layer.skip_bias_add else None
+    return output + layer.bias, None
+
+
+@contextmanager
+def _direct_linears(model: torch.nn.Module):
+    """megatron's local-spec linear layers of the model call their weights directly while the
+    engine runs (under no_grad): their autograd functions, saving inputs for a backward that
+    never comes, are most of a small decode step's per-op overhead. Subclasses (and Transformer
+    Engine's layers) keep their own forward."""
+    modules = []
+    for m in model.modules():
+        if type(m) is ColumnParallelLinear:
+            m.forward = functools.partial(_column_forward, m)
+        elif type(m) is RowParallelLinear:
+            m.forward = functools.partial(_row_forward, m, reduce=m.tp_group.size() > 1 and not m.explicit_expert_comm)
+        else:
+            continue
+        modules.append(m)
     try:
         yield
     finally:
@@ -287,7 +371,7 @@ class Generator:
         hooks = [m.register_forward_pre_hook(_keep_vocab_shard, with_kwargs=True)
                  for name, m in model.named_modules() if name.rsplit(".", 1)[-1] == "output_layer"]
         try:
-            with _engine_attention(model, cache):
+            with _engine_attention(model, cache), _direct_linears(model), cuda_redirect_suspended():
                 return self._generate(prompts, group_size, cfg, cache, ctx, longest)
         finally:
             # The KV cache goes here, before the training forwards, even while something (a

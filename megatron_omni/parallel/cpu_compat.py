@@ -14,6 +14,8 @@ the GPU path runs megatron-core untouched.
    ``pin_memory()`` identities.
 4. ``Tensor.type()`` string checks in optimizer.optimizer / distrib_optimizer / clip_grads that
    expect ``'torch.cuda.FloatTensor'``: the same mode reports CPU tensors under their CUDA names.
+   ``cuda_redirect_suspended()`` leaves the mode for a block that needs neither patch (the
+   generation engine's decode).
 5. ``tensor_parallel.random.CudaRNGStatesTracker`` (uses ``torch.cuda.get_rng_state``): replaced
    by a tracker over the CPU generator, so ``get_cuda_rng_tracker().fork()`` swaps CPU RNG states.
 6. ``inference.communication_utils._is_cuda`` (asserts ``tensor.is_cuda`` before the pipeline
@@ -166,3 +168,20 @@ def apply_cpu_compat() -> bool:
 
 def cpu_compat_active() -> bool:
     return _applied
+
+
+@contextlib.contextmanager
+def cuda_redirect_suspended():
+    """The mode of patches 3 and 4 left inside the block, for code that makes no CUDA placement
+    request of its own (the generation engine's forwards and sampling; transformers' ``generate``
+    in tools/bench_rollout.py): the mode routes every torch call of the process through Python,
+    which triples the cost of a small CPU op (4 -> 12 us). A no-op where the layer is inactive,
+    and where another mode was entered after this one (leaving ours would reorder the stack)."""
+    if _mode is None or torch.overrides._get_current_function_mode() is not _mode:
+        yield
+        return
+    _mode.__exit__(None, None, None)
+    try:
+        yield
+    finally:
+        _mode.__enter__()

@@ -62,6 +62,30 @@ def test_hard_coded_cuda_devices_and_pin_memory():
     assert t.cuda() is t and t.pin_memory() is t and t.to("cuda").device.type == "cpu"
 
 
+def test_the_mode_can_be_left_for_a_block():
+    """cuda_redirect_suspended leaves the mode of patches 3 and 4 inside its block (a CUDA request
+    fails there as in plain CPU torch), enters it again after it, also after an error, and does
+    nothing while another mode sits above it."""
+    from torch.overrides import TorchFunctionMode
+
+    from megatron_omni.parallel.cpu_compat import cuda_redirect_suspended
+
+    class Passthrough(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with cuda_redirect_suspended():
+        with pytest.raises((AssertionError, RuntimeError)):
+            torch.zeros(2, device="cuda")
+        assert torch.ones(2).type() == "torch.FloatTensor"
+    assert torch.zeros(2, device="cuda").device.type == "cpu"
+    with pytest.raises(KeyError), cuda_redirect_suspended():
+        raise KeyError("inside")
+    assert torch.ones(2).type() == "torch.cuda.FloatTensor"
+    with Passthrough(), cuda_redirect_suspended():
+        assert torch.zeros(2, device="cuda").device.type == "cpu"
+
+
 def test_tensor_type_names_in_optimizer_checks():
     """Patch 4: clip_grads asserts grad.type() == 'torch.cuda.FloatTensor'."""
     from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32

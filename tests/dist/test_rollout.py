@@ -90,6 +90,31 @@ def test_batched_greedy_equals_no_cache_loop_per_prompt():
 
 
 @torch.no_grad()
+def test_engine_forwards_run_without_the_cpu_mode_and_with_the_linears_bit_equal():
+    """The engine's decode forwards run outside the CPU compatibility layer's TorchFunctionMode,
+    and its direct calls of megatron's linear layers give the logits of their own forward bit for
+    bit, at TP=1 and TP=2 (the row-parallel all-reduce)."""
+    from megatron_omni.generation.generator import _direct_linears
+
+    for tp in (1, 2):
+        cfg, model = build(tp)
+        model.eval()
+        tokens = torch.tensor([list(TEXTS[2])])
+        logits = model(tokens, positions(tokens.shape[1]), None)
+        with _direct_linears(model):
+            assert torch.equal(model(tokens, positions(tokens.shape[1]), None), logits), tp
+        assert "forward" not in vars(model.decoder.layers[0].mlp.linear_fc1)  # megatron's forward is back
+    assert torch.overrides._get_current_function_mode() is not None  # the layer's mode, outside the engine
+    modes = []
+    hook = model.register_forward_pre_hook(lambda *_: modes.append(torch.overrides._get_current_function_mode()))
+    try:
+        generator(cfg, model).generate(prompts(), 2, SAMPLING)
+    finally:
+        hook.remove()
+    assert len(modes) > len(TEXTS) and set(modes) == {None}, modes
+
+
+@torch.no_grad()
 def test_completions_end_at_their_first_stop_token():
     """With stop tokens each completion is the stop-free one cut after its first stop token: the
     rows that finish early leave the batch (it compacts) without changing the others."""
