@@ -30,6 +30,7 @@ from megatron_omni.data.dataset import OmniDataset
 from megatron_omni.data.processor import ProcessedSample
 
 _PR_SET_PDEATHSIG = 1
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 _dataset: OmniDataset | None = None  # the worker's copy, inherited through fork
 
 
@@ -39,6 +40,7 @@ def _start_worker(dataset: OmniDataset, parent: int) -> None:
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked since the fork (SamplePool.request)
     if sys.platform == "linux":
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before the death signal was armed
@@ -63,9 +65,17 @@ class SamplePool:
 
     def request(self, indices: list[int]) -> None:
         """Start loading every index of ``indices`` that is not loading yet."""
-        for index in indices:
-            if index not in self._pending:
-                self._pending[index] = self._executor.submit(_load, index)
+        # The first submission forks the workers. A stop signal between a worker's fork and its
+        # initializer would kill it (the pool then breaks): the signals stay blocked over the
+        # submissions, the workers inheriting the block until they ignore both, and one sent to
+        # this process meanwhile arrives when they are unblocked here.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            for index in indices:
+                if index not in self._pending:
+                    self._pending[index] = self._executor.submit(_load, index)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def prefetch(self, indices: list[int]) -> None:
         """Start loading the next step's ``indices``. What is still pending from before the previous

@@ -14,6 +14,7 @@ import psutil
 import pytest
 import torch
 
+from megatron_omni.data import prefetch
 from megatron_omni.data.dataset import OmniDataset
 from megatron_omni.data.errors import MediaError
 from megatron_omni.data.manifest import load_manifest, write_manifest
@@ -137,11 +138,18 @@ def _pool_then_wait(manifest_path, make_processor, pids) -> None:
     time.sleep(60)
 
 
+def _slow_start_worker(*args):
+    time.sleep(0.5)  # a worker forked but not yet ignoring the stop signals (a loaded machine)
+    prefetch._start_worker(*args)
+
+
 def test_workers_ignore_sigterm_and_die_with_the_training_process(manifest, make_processor):
     """SLURM signals every process of a job step: the workers leave the stop to the trainer
-    (which checkpoints, then closes them); a trainer killed outright takes its workers with it."""
+    (which checkpoints, then closes them), also one signalled before its start-up ends; a trainer
+    killed outright takes its workers with it."""
     pool = SamplePool(OmniDataset.from_manifest(manifest, make_processor()), 2)
-    pool.load(0)
+    pool._executor._initializer = _slow_start_worker
+    pool.request([0])  # forks both workers, each now in its slow start
     workers = workers_of(pool)
     for worker in workers:
         worker.send_signal(signal.SIGTERM)
