@@ -72,7 +72,9 @@ def hf_inputs(prompts, pad_token_id: int, device) -> dict:
     for row, p in enumerate(prompts):
         ids[row, longest - p.length:], mask[row, longest - p.length:] = p.input_ids, 1
     batch = pad(prompts)
-    media = {k: v for k, v in batch.model_kwargs().items() if k != "packed_seq_params" and v is not None}
+    # The media tensors only: the attention mask above stands for the padding, and nothing is packed.
+    media = {k: v for k, v in batch.model_kwargs().items()
+             if k not in ("packed_seq_params", "padding_mask") and v is not None}
     if batch.video_second_per_grid is not None:  # transformers' TMRoPE reads the seconds of each video grid
         media["video_second_per_grid"] = batch.video_second_per_grid
     return {k: v.to(device) for k, v in {"input_ids": ids, "attention_mask": mask, **media}.items()}
