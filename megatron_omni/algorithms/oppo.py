@@ -30,17 +30,12 @@ from megatron_omni.algorithms.grpo import (
     overlong_penalty,
 )
 from megatron_omni.algorithms.rollouts import Rollouts, collect_rollouts, prompt_rules, stopping_at
-from megatron_omni.algorithms.step_common import (
-    in_any_of_expert_group,
-    move_chunks,
-    on_step_device,
-    step_microbatches,
-    step_samples,
-)
+from megatron_omni.algorithms.step_common import move_chunks, on_step_device, step_microbatches, step_samples
 from megatron_omni.data.batch import OmniBatch
 from megatron_omni.kernels import evidence_masked_kl, vocab_parallel_logprob_entropy
 from megatron_omni.models.masking import ModalityMask
 from megatron_omni.parallel.device import step_device
+from megatron_omni.parallel.runtime import expert_group_max
 from megatron_omni.training.step import forward_only
 
 
@@ -259,7 +254,7 @@ class OPPO:
                     rows = mb.rows[modality]
                     mb.scores.setdefault("masked", {})[modality] = logits.detach()[rows[:, 0], rows[:, 1]]
 
-                if not in_any_of_expert_group(any(len(mb.rows[modality]) for mb in microbatches)):
+                if not expert_group_max(int(any(len(mb.rows[modality]) for mb in microbatches))):
                     # No evidence of this modality in the step (the same on every rank of the model,
                     # and over an expert group): its term is 0 without its masked forward.
                     continue

@@ -24,19 +24,6 @@ def step_samples(dataset: OmniDataset, rules: SampleRules) -> SampleSource:
     return SampleSource(dataset, rules, group=parallel_state.get_data_parallel_group(), announce=announce)
 
 
-def in_any_of_expert_group(flag: bool) -> bool:
-    """Whether ``flag`` holds on any rank of this rank's expert-parallel group: a forward some of
-    its data-parallel ranks need, all of them run (their MoE layers exchange tokens)."""
-    from megatron.core import parallel_state
-
-    if parallel_state.get_expert_model_parallel_world_size() == 1:
-        return flag
-    value = torch.tensor([float(flag)], device=step_device())
-    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX,
-                                 group=parallel_state.get_expert_model_parallel_group())
-    return bool(value.item())
-
-
 def split_microbatches(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 

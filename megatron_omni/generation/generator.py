@@ -57,7 +57,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.inference.communication_utils import (
@@ -78,6 +77,7 @@ from megatron.core.transformer.attention import SelfAttention
 from megatron_omni.generation.sampling import SamplingConfig, VocabShard, choose_tokens, row_keys
 from megatron_omni.parallel.cpu_compat import cuda_redirect_suspended
 from megatron_omni.parallel.device import step_device
+from megatron_omni.parallel.runtime import expert_group_max
 
 __all__ = ["Generated", "Generator", "GPTAdapter", "KVCache", "ModelAdapter", "Prompt", "SamplingConfig"]
 
@@ -295,15 +295,8 @@ class Generator:
         self.last_stage = parallel_state.is_pipeline_last_stage()
         self.tp_group = parallel_state.get_tensor_model_parallel_group()
         self.tp_rank = parallel_state.get_tensor_model_parallel_rank()
-        # The ranks whose forwards run in step (module docstring); None: this rank decodes alone.
-        in_step = parallel_state.get_expert_model_parallel_world_size() > 1
-        self.lockstep = parallel_state.get_expert_model_parallel_group() if in_step else None
-
-    def _largest(self, count: int) -> int:
-        """The largest ``count`` over the lockstep group."""
-        value = torch.tensor([count], dtype=torch.long, device=self.device)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.lockstep)
-        return int(value)
+        # Whether this rank's forwards run in step with its expert group's (module docstring).
+        self.lockstep = parallel_state.get_expert_model_parallel_world_size() > 1
 
     def _pad_prompt(self, new_tokens: int) -> Prompt:
         """A one-token text prompt that keeps this rank's forwards in step (its completions are dropped)."""
@@ -345,8 +338,8 @@ class Generator:
         only, so how the prompts are split into decodes changes no completion."""
         started = time.perf_counter()
         requested = len(prompts)
-        if self.lockstep is not None:
-            prompts = prompts + [self._pad_prompt(cfg.max_new_tokens)] * (self._largest(requested) - requested)
+        if self.lockstep:
+            prompts = prompts + [self._pad_prompt(cfg.max_new_tokens)] * (expert_group_max(requested) - requested)
         per_decode = max(1, len(prompts)) if cfg.max_decode_rows is None else max(1, cfg.max_decode_rows // group_size)
         completions, logprobs = [], []
         for i in range(0, len(prompts), per_decode):
@@ -420,7 +413,7 @@ class Generator:
             lengths[live[finished]] = t + 1
             done |= finished
             running = int((~done).sum())  # the step's one host read
-            if t == new - 1 or (running if self.lockstep is None else self._largest(running)) == 0:
+            if t == new - 1 or (expert_group_max(running) if self.lockstep else running) == 0:
                 break
             if live.shape[0] - running >= COMPACT_WHEN_DONE * live.shape[0] and live.shape[0] > max(running, 1):
                 keep = ~done

@@ -4,6 +4,7 @@ from megatron_omni.parallel.device import resolve_device, step_device
 from megatron_omni.parallel.runtime import (
     DistEnv,
     destroy_parallel,
+    expert_group_max,
     init_distributed,
     initialize_parallel,
     read_dist_env,
@@ -15,6 +16,7 @@ __all__ = [
     "apply_cpu_compat",
     "cpu_compat_active",
     "destroy_parallel",
+    "expert_group_max",
     "init_distributed",
     "initialize_parallel",
     "read_dist_env",

@@ -104,6 +104,21 @@ def initialize_parallel(
     )
 
 
+def expert_group_max(value: int) -> int:
+    """The largest ``value`` over this rank's expert-parallel group (``value`` itself without expert
+    parallelism). Its ranks are data-parallel replicas whose MoE forwards exchange tokens, so they
+    agree this way on how many forwards to run."""
+    from megatron.core import parallel_state
+
+    from megatron_omni.parallel.device import step_device
+
+    if parallel_state.get_expert_model_parallel_world_size() == 1:
+        return value
+    largest = torch.tensor([value], dtype=torch.long, device=step_device())
+    dist.all_reduce(largest, op=dist.ReduceOp.MAX, group=parallel_state.get_expert_model_parallel_group())
+    return int(largest)
+
+
 def set_seed(seed: int) -> None:
     """Seed python, numpy and torch identically on all ranks, plus megatron's per-TP-rank streams."""
     from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
